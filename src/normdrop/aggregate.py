@@ -1,0 +1,179 @@
+"""From run folders to the study's summary tables, and the learning-rate choice.
+
+    python -m normdrop.aggregate select-lr --out selected.json <candidate>/meta.json ...
+    python -m normdrop.aggregate summarize --config-json '<merged config>' --out-dir summary/
+
+`summarize` loads every run of the config's grid, refuses runs whose recorded settings disagree
+with the current config (a stale result from another config) or that mix code revisions, and
+writes runs.parquet (one row per run with its final metrics), epochs.parquet (every curve) and
+lr_search.parquet (every candidate), atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+from normdrop.config import EXECUTION_FIELDS, run_config, search_config
+from normdrop.metrics import run_metrics
+from normdrop.storage import atomic_write_json, atomic_write_parquet
+
+
+class StaleResultsError(RuntimeError):
+    """Runs on disk disagree with the current config or with each other's code revision."""
+
+
+def load_run(folder: Path) -> tuple[dict, pd.DataFrame]:
+    folder = Path(folder)
+    meta = json.loads((folder / "meta.json").read_text())
+    return meta, pd.read_parquet(folder / "epochs.parquet")
+
+
+# --------------------------------------------------------------------------- lr search
+def candidate_row(meta: dict, epochs: pd.DataFrame) -> dict:
+    best = epochs["val_acc"].max() if meta["status"] == "completed" else math.nan
+    return {
+        "dataset": meta["dataset"],
+        "model": meta["model"],
+        "variant": meta["variant"],
+        "lr": meta["lr"],
+        "status": meta["status"],
+        "best_val_acc": float(best) if pd.notna(best) else math.nan,
+    }
+
+
+def select_lr(candidate_folders: list[Path]) -> dict:
+    """The candidate with the best validation accuracy (ties: the smaller rate); diverged lose."""
+    rows = sorted((candidate_row(*load_run(f)) for f in candidate_folders), key=lambda r: r["lr"])
+    valid = [r for r in rows if r["status"] == "completed" and math.isfinite(r["best_val_acc"])]
+    if not valid:
+        where = f"{rows[0]['dataset']}/{rows[0]['model']}/{rows[0]['variant']}" if rows else "?"
+        raise ValueError(
+            f"every learning-rate candidate diverged for {where} "
+            f"({[r['lr'] for r in rows]}): add smaller values to lr_search.candidates"
+        )
+    best = max(valid, key=lambda r: r["best_val_acc"])  # max keeps the first (smallest lr) tie
+    return {
+        "lr": best["lr"],
+        "criterion": "best validation accuracy of the search run",
+        "candidates": rows,
+    }
+
+
+# --------------------------------------------------------------------------- summary
+def _semantic(settings: dict) -> dict:
+    return {k: v for k, v in settings.items() if k not in (*EXECUTION_FIELDS, "lr")}
+
+
+def _diff(recorded: dict, expected: dict) -> str:
+    keys = sorted(k for k in expected if recorded.get(k) != expected[k])
+    return ", ".join(f"{k}: {recorded.get(k)!r} on disk vs {expected[k]!r} in config" for k in keys)
+
+
+def _normalised(settings: dict) -> dict:
+    # JSON stores tuples as lists; compare like with like.
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def summarize(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    results = Path(config["results_dir"])
+    fraction = config["metrics"]["convergence_fraction"]
+    runs, curves, candidates, stale = [], [], [], []
+    for dataset in config["datasets"]:
+        for model in config["models"]:
+            for variant, spec in config["variants"].items():
+                cell = results / "lr_search" / dataset / model / variant
+                selected = json.loads((cell / "selected.json").read_text())
+                for c in selected["candidates"]:
+                    candidates.append({**c, "selected": c["lr"] == selected["lr"]})
+                for lr in config["lr_search"]["candidates"]:
+                    expected = search_config(config, dataset, model, variant, lr).to_dict()
+                    meta, _ = load_run(cell / f"lr{lr:g}")
+                    if _semantic(meta["settings"]) != _semantic(_normalised(expected)):
+                        stale.append(f"{cell}/lr{lr:g}: {_diff(meta['settings'], expected)}")
+                for seed in config["seeds"]:
+                    folder = results / "runs" / dataset / model / variant / f"seed{seed}"
+                    meta, epochs = load_run(folder)
+                    expected = _normalised(
+                        run_config(config, dataset, model, variant, seed).to_dict()
+                    )
+                    if _semantic(meta["settings"]) != _semantic(expected):
+                        stale.append(f"{folder}: {_diff(meta['settings'], expected)}")
+                    elif meta["lr"] != selected["lr"]:
+                        stale.append(
+                            f"{folder}: lr {meta['lr']} on disk vs {selected['lr']} selected"
+                        )
+                    keys = {"dataset": dataset, "model": model, "variant": variant, "seed": seed}
+                    runs.append(
+                        {
+                            **keys,
+                            "norm": spec["norm"],
+                            "dropout": spec["dropout"],
+                            "dropout_rate": meta["settings"]["dropout"],
+                            "lr": meta["lr"],
+                            "param_count": meta["param_count"],
+                            "status": meta["status"],
+                            "diverged_epoch": meta["diverged_epoch"] or math.nan,
+                            "epochs": meta["settings"]["epochs"],
+                            **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction),
+                            "wall_time_s": meta["wall_time_s"],
+                            "git_revision": meta["git_revision"],
+                            "device": meta.get("device", "unknown"),
+                            "slurm_job_id": meta.get("slurm_job_id"),
+                        }
+                    )
+                    curves.append(epochs.assign(**keys))
+    if stale:
+        raise StaleResultsError(
+            f"{len(stale)} result(s) disagree with the current config (delete them, or rerun "
+            "with --forcerun train lr_search, to recompute):\n  " + "\n  ".join(stale[:20])
+        )
+    runs = pd.DataFrame(runs)
+    revisions = runs["git_revision"].value_counts()
+    if len(revisions) > 1 and not config["metrics"]["allow_mixed_revisions"]:
+        listing = ", ".join(f"{rev} ({n} runs)" for rev, n in revisions.items())
+        raise StaleResultsError(
+            f"runs come from {len(revisions)} code revisions: {listing}. Rerun the older ones, "
+            "or set metrics.allow_mixed_revisions: true to accept the mix."
+        )
+    key_cols = ["dataset", "model", "variant", "seed"]
+    epochs = pd.concat(curves, ignore_index=True)
+    epochs = epochs[key_cols + [c for c in epochs.columns if c not in key_cols]]
+    return runs, epochs, pd.DataFrame(candidates)
+
+
+# --------------------------------------------------------------------------- CLI
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m normdrop.aggregate")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("select-lr", help="choose the learning rate from candidate runs")
+    s.add_argument("--out", type=Path, required=True)
+    s.add_argument("metas", type=Path, nargs="+", help="candidate meta.json files")
+    a = sub.add_parser("summarize", help="summary parquet files of the whole grid")
+    a.add_argument("--config-json", required=True, help="the merged workflow config as JSON")
+    a.add_argument("--out-dir", type=Path, required=True)
+    args = p.parse_args(argv)
+    try:
+        if args.cmd == "select-lr":
+            choice = select_lr([m.parent for m in args.metas])
+            atomic_write_json(args.out, choice)
+            print(f"selected lr {choice['lr']:g}")
+        else:
+            runs, epochs, candidates = summarize(json.loads(args.config_json))
+            atomic_write_parquet(args.out_dir / "runs.parquet", runs)
+            atomic_write_parquet(args.out_dir / "epochs.parquet", epochs)
+            atomic_write_parquet(args.out_dir / "lr_search.parquet", candidates)
+            print(f"summarized {len(runs)} runs into {args.out_dir}")
+    except (ValueError, StaleResultsError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,257 @@
+"""Settings: one frozen dataclass per training run, and the workflow's config file.
+
+`RunConfig` holds everything that determines a run. It refuses unknown keys, wrong types and
+out-of-range values with a `ConfigError` whose one-line message names the setting and what is
+allowed. `validate_workflow_config` checks `config.yaml` (the grid) against the JSON schema in
+`workflow/schemas/` plus the cross-field rules a schema cannot express, and `run_config` turns one
+cell of the grid into a `RunConfig`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+
+from normdrop.models import MODELS, NORMS
+
+AUGMENTS = ("none", "crop_flip")
+PRECISIONS = ("auto", "fp32", "bf16")
+
+# Settings that change how fast a run goes or where it runs, not what it computes (up to float
+# rounding): they are left out of the settings hash that decides whether two runs are the same.
+EXECUTION_FIELDS = ("precision", "compile", "eval_batch_size", "checkpoint_every_s")
+
+
+class ConfigError(ValueError):
+    """A setting is unknown, of the wrong type or out of range; the message says which."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    dataset: str
+    model: str
+    width: int
+    variant: str = "custom"  # a label for paths and tables; `norm` and `dropout` are what count
+    norm: str = "none"
+    dropout: float = 0.0  # rate; 0 turns dropout off
+    seed: int = 42
+    lr: float = 1e-3
+    epochs: int = 100
+    batch_size: int = 128
+    milestones: tuple[int, ...] = (50, 75)  # the lr is multiplied by gamma after these epochs
+    gamma: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    augment: str = "none"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    compile: bool = False
+    eval_batch_size: int = 1024
+    checkpoint_every_s: float = 300.0  # also checkpoint mid-epoch when this much time has passed
+
+    def __post_init__(self):
+        hints = typing.get_type_hints(type(self))
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, list):  # from JSON/YAML
+                value = tuple(value)
+                object.__setattr__(self, f.name, value)
+            if not _is_instance(value, hints[f.name]):
+                raise ConfigError(
+                    f"setting '{f.name}' must be of type {_type_name(hints[f.name])}, got {value!r}"
+                )
+        self._check_values()
+
+    def _check_values(self):
+        def need(ok, key, allowed):
+            if not ok:
+                raise ConfigError(f"setting '{key}' = {getattr(self, key)!r}: {allowed}")
+
+        need(self.model in MODELS, "model", f"allowed: {', '.join(MODELS)}")
+        need(self.norm in NORMS, "norm", f"allowed: {', '.join(NORMS)}")
+        need(self.augment in AUGMENTS, "augment", f"allowed: {', '.join(AUGMENTS)}")
+        need(self.precision in PRECISIONS, "precision", f"allowed: {', '.join(PRECISIONS)}")
+        need(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
+        need(self.width >= 1, "width", "must be >= 1")
+        need(self.lr > 0, "lr", "must be > 0")
+        need(self.epochs >= 1, "epochs", "must be >= 1")
+        need(self.batch_size >= 1, "batch_size", "must be >= 1")
+        need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
+        need(0 < self.gamma <= 1, "gamma", "must lie in (0, 1]")
+        need(self.eps > 0 and self.weight_decay >= 0, "eps", "eps > 0, weight_decay >= 0")
+        need(all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)")
+        need(len(self.betas) == 2, "betas", "two values in [0, 1)")
+        need(
+            all(1 <= m < self.epochs for m in self.milestones)
+            and list(self.milestones) == sorted(set(self.milestones)),
+            "milestones",
+            f"strictly increasing epochs in [1, epochs-1] = [1, {self.epochs - 1}] "
+            "(a milestone at or beyond the last epoch never takes effect)",
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(d) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown setting(s) {unknown}; allowed: {', '.join(names)}")
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in d and f.default is dataclasses.MISSING
+        ]
+        if missing:
+            raise ConfigError(f"missing setting(s): {', '.join(missing)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def settings_hash(self) -> str:
+        """Hash of what determines the run's numbers (execution-only settings left out)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _is_instance(value, hint) -> bool:
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        args = typing.get_args(hint)
+        if not isinstance(value, tuple):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_is_instance(v, args[0]) for v in value)
+        return len(args) == len(value) and all(map(_is_instance, value, args))
+    if origin in (typing.Union, types.UnionType):
+        return any(_is_instance(value, a) for a in typing.get_args(hint))
+    if hint is float:  # an int is a fine float (YAML reads 1e-3 as str, 0 as int)
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, hint)
+
+
+def _type_name(hint) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+# --------------------------------------------------------------------------- workflow config
+SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
+    """Check the workflow config; raise ConfigError naming the key and the allowed values."""
+    import jsonschema
+    import yaml
+
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
+    if errors:
+        err = jsonschema.exceptions.best_match(errors)
+        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+        message = err.message
+        if err.validator == "enum":
+            message = f"{err.instance!r} is not allowed; allowed: {', '.join(err.validator_value)}"
+        elif err.validator == "additionalProperties":
+            allowed = ", ".join(err.schema.get("properties", {})) or "none"
+            message = f"{message}; allowed keys: {allowed}"
+        elif err.validator == "propertyNames":
+            allowed = ", ".join(err.schema["propertyNames"].get("enum", []))
+            message = f"{message}; allowed: {allowed}"
+        raise ConfigError(f"config key '{where}': {message}")
+
+    train = config["train"]
+    seeds = config["seeds"]
+    if len(set(seeds)) != len(seeds):
+        dup = sorted({s for s in seeds if seeds.count(s) > 1})
+        raise ConfigError(f"config key 'seeds': duplicate seed(s) {dup}; each seed once")
+    bad = [m for m in train["lr_milestones"] if m >= train["epochs"]]
+    if bad:
+        raise ConfigError(
+            f"config key 'train.lr_milestones': {bad} at or beyond the last epoch "
+            f"(train.epochs = {train['epochs']}); allowed: 1 .. {train['epochs'] - 1}"
+        )
+    if config["data"]["augment"] != "none" and "mnist" in config["datasets"]:
+        raise ConfigError("config key 'data.augment': crop_flip is for CIFAR-like data, not mnist")
+    # Every cell of the grid must make a valid RunConfig: catches what the schema cannot.
+    for model in config["models"]:
+        for variant in config["variants"]:
+            run_config(config, config["datasets"][0], model, variant, seeds[0])
+    return config
+
+
+def run_config(
+    config: dict, dataset: str, model: str, variant: str, seed: int, lr: float = 1e-3, **overrides
+) -> RunConfig:
+    """The RunConfig of one cell of the grid (the lr comes from the search at run time)."""
+    m, v, t = config["models"][model], config["variants"][variant], config["train"]
+    x = config["execution"]
+    settings = dict(
+        dataset=dataset,
+        model=model,
+        width=m["width"],
+        variant=variant,
+        norm=v["norm"],
+        dropout=m["dropout_rate"] if v["dropout"] else 0.0,
+        seed=seed,
+        lr=lr,
+        epochs=t["epochs"],
+        batch_size=t["batch_size"],
+        milestones=tuple(t["lr_milestones"]),
+        gamma=t["lr_gamma"],
+        betas=tuple(t["adam_betas"]),
+        eps=t["adam_eps"],
+        weight_decay=t["weight_decay"],
+        augment=config["data"]["augment"],
+        precision=x["precision"],
+        compile=x["compile"],
+        eval_batch_size=t["eval_batch_size"],
+        checkpoint_every_s=x["checkpoint_every_s"],
+    )
+    settings.update(overrides)
+    try:
+        return RunConfig.from_dict(settings)
+    except ConfigError as err:
+        raise ConfigError(f"{dataset}/{model}/{variant}: {err}") from None
+
+
+def search_config(config: dict, dataset: str, model: str, variant: str, lr: float) -> RunConfig:
+    """A learning-rate candidate: the run's settings, shortened to the search's epochs."""
+    epochs = config["lr_search"]["epochs"]
+    milestones = tuple(m for m in config["train"]["lr_milestones"] if m < epochs)
+    seed = config["lr_search"]["seed"]
+    return run_config(
+        config, dataset, model, variant, seed, lr=lr, epochs=epochs, milestones=milestones
+    )
+
+
+def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
+    """The `python -m normdrop.train` flags that reproduce `cfg`."""
+    args = []
+    for k, v in cfg.to_dict().items():
+        if k in skip:
+            continue
+        flag = "--" + k.replace("_", "-")
+        if isinstance(v, bool):
+            args.append(flag if v else "--no-" + k.replace("_", "-"))
+        elif isinstance(v, tuple | list):
+            args += [flag, *map(str, v)] if v else [flag]
+        else:
+            args += [flag, str(v)]
+    return args
+
+
+__all__ = [
+    "ConfigError",
+    "RunConfig",
+    "run_config",
+    "search_config",
+    "to_cli_args",
+    "validate_workflow_config",
+]

@@ -1,0 +1,77 @@
+"""The study's metrics (section 4.2 of the paper, as PROTOCOL.md defines them).
+
+Accuracies are fractions in [0, 1]; the generalization gap is in percentage points. A diverged
+run (status 'diverged') has no final metrics: they are NaN, and the tables say 'diverged'.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+
+def loss_sd(epoch_loss_sd) -> float:
+    """Training stability: the within-epoch SD of mini-batch losses, averaged over epochs."""
+    values = np.asarray(epoch_loss_sd, dtype=float)
+    if len(values) == 0 or not np.isfinite(values).all():
+        return math.nan
+    return float(values.mean())
+
+
+def convergence_epoch(val_acc, fraction: float = 0.95) -> float:
+    """First 1-based epoch whose validation accuracy reaches `fraction` of the final epoch's.
+
+    NaN when there is no finite final accuracy (an empty or diverged curve); the final epoch
+    itself always qualifies otherwise.
+    """
+    acc = np.asarray(val_acc, dtype=float)
+    if len(acc) == 0 or not np.isfinite(acc[-1]):
+        return math.nan
+    reached = np.flatnonzero(acc >= fraction * acc[-1])  # NaN compares False: never 'reached'
+    return float(reached[0] + 1)
+
+
+def early_stopping(val_acc, test_acc) -> tuple[float, float]:
+    """(1-based epoch of the best validation accuracy, test accuracy at that epoch); first wins."""
+    val = np.asarray(val_acc, dtype=float)
+    if len(val) == 0 or not np.isfinite(val).any():
+        return math.nan, math.nan
+    best = int(np.nanargmax(val))
+    return float(best + 1), float(np.asarray(test_acc, dtype=float)[best])
+
+
+def generalization_gap(train_acc: float, test_acc: float) -> float:
+    """Final train accuracy (eval mode, training split) minus final test accuracy, in points."""
+    return 100.0 * (train_acc - test_acc)
+
+
+def run_metrics(
+    epochs: pd.DataFrame, train_eval_acc: float, status: str, convergence_fraction: float = 0.95
+) -> dict[str, float]:
+    """All final metrics of one run from its per-epoch table (sorted by epoch)."""
+    if status != "completed":
+        nan = math.nan
+        return dict(
+            loss_sd=nan,
+            convergence_epoch=nan,
+            final_test_acc=nan,
+            final_val_acc=nan,
+            final_train_acc=nan,
+            gen_gap=nan,
+            es_epoch=nan,
+            es_test_acc=nan,
+        )
+    es_epoch, es_test_acc = early_stopping(epochs["val_acc"], epochs["test_acc"])
+    final_test = float(epochs["test_acc"].iloc[-1])
+    return dict(
+        loss_sd=loss_sd(epochs["train_loss_sd"]),
+        convergence_epoch=convergence_epoch(epochs["val_acc"], convergence_fraction),
+        final_test_acc=final_test,
+        final_val_acc=float(epochs["val_acc"].iloc[-1]),
+        final_train_acc=float(train_eval_acc),
+        gen_gap=generalization_gap(train_eval_acc, final_test),
+        es_epoch=es_epoch,
+        es_test_acc=es_test_acc,
+    )

@@ -1,0 +1,53 @@
+"""Atomic file output: write a hidden temp file beside the target, fsync, then rename.
+
+A reader (Snakemake, the aggregate, a user) sees either the previous complete file or the new
+complete file, never a partial one, even if the writer is killed or the disk fills up midway.
+Temp files are named `.<name>.tmp-<pid>` so that no glob for `*.parquet` ever matches them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    return atomic_write(path, lambda f: f.write(data))
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_parquet(path: Path, frame) -> Path:
+    """A pandas DataFrame to parquet (pyarrow), atomically."""
+    return atomic_write(path, lambda f: frame.to_parquet(f, index=False))
+
+
+def atomic_write_torch(path: Path, obj) -> Path:
+    import torch
+
+    return atomic_write(path, lambda f: torch.save(obj, f))

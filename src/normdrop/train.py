@@ -1,0 +1,384 @@
+"""One training run of the study: `train(settings, data, device) -> RunResult`, and its CLI.
+
+    python -m normdrop.train --data resources/prepared/cifar10.pt --dataset cifar10 \
+        --model resnet20 --width 32 --norm batch --dropout 0.3 --seed 42 --lr 1e-3 \
+        --out results/runs/cifar10/resnet20/bn_dropout/seed42
+
+The whole dataset lives on the run's device as uint8; shuffling, augmentation and normalization
+happen there. Per-step losses and correct counts accumulate in device tensors and reach the host
+once per epoch, so the hot loop never waits on a host synchronization. The run checkpoints
+atomically after every epoch and every `checkpoint_every_s` seconds (mid-epoch too); rerun with
+the same checkpoint path and it resumes exactly where it stopped, RNG states included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+from normdrop import provenance
+from normdrop.config import ConfigError, RunConfig
+from normdrop.data import DataError, Prepared, crop_flip, load_prepared, normalize
+from normdrop.models import build_model, count_parameters
+from normdrop.storage import atomic_write_json, atomic_write_parquet, atomic_write_torch
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class RunResult:
+    steps: pd.DataFrame  # one row per optimizer step: epoch, step, loss
+    epochs: pd.DataFrame  # one row per epoch (see `train`)
+    status: str  # "completed" or "diverged"
+    diverged_epoch: int | None
+    train_eval_acc: float  # eval mode, training split, after the last epoch
+    param_count: int
+    wall_time_s: float
+    resumes: list[dict] = field(default_factory=list)  # where a killed run picked up again
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
+    return device
+
+
+@torch.no_grad()
+def evaluate(model, x_u8, y, mean, std, batch_size, use_bf16, memory_format):
+    """(mean cross-entropy, accuracy) over a whole split, in eval mode, in large batches."""
+    model.eval()
+    loss_sum = torch.zeros((), device=y.device)
+    correct = torch.zeros((), device=y.device, dtype=torch.long)
+    for i in range(0, len(y), batch_size):
+        x = normalize(x_u8[i : i + batch_size], mean, std).contiguous(memory_format=memory_format)
+        with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            logits = model(x).float()
+        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
+        correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
+    return loss_sum.item() / len(y), correct.item() / len(y)
+
+
+def _rng_state(device, gen):
+    state = {"cpu": torch.get_rng_state(), "data": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state, device, gen):
+    torch.set_rng_state(state["cpu"])
+    gen.set_state(state["data"])
+    if device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _load_checkpoint(path: Path, cfg: RunConfig, log) -> dict | None:
+    """The checkpoint at `path` if it belongs to these settings; a stale or broken one is moved
+    aside (never deleted: it may still be wanted) and the run starts from epoch 0."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        problem = None
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            problem = f"format {ckpt.get('format')}"
+        elif ckpt["settings_hash"] != cfg.settings_hash():
+            problem = "different settings"
+    except Exception as err:  # truncated or unreadable
+        problem = f"unreadable ({type(err).__name__}: {err})"
+    if problem is None:
+        return ckpt
+    aside = path.with_name(f"{path.name}.stale-{int(time.time())}")
+    path.rename(aside)
+    log(f"checkpoint {path} not usable ({problem}): moved to {aside}, starting from epoch 0")
+    return None
+
+
+def train(
+    cfg: RunConfig, data: Prepared, device: torch.device, checkpoint: Path | None = None, log=print
+) -> RunResult:
+    """Train cfg.model on `data` for cfg.epochs epochs; resume from `checkpoint` if it exists.
+
+    Per epoch it records: epoch (1-based), lr (the rate used during the epoch), train_loss_mean
+    and train_loss_sd (mean and sample SD of the epoch's mini-batch losses), train_acc (running,
+    train mode), val/test loss and accuracy (eval mode), wall_time_s (since the start, summed over
+    resumed sessions). A non-finite loss ends the run after that epoch, as 'diverged'.
+    """
+    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
+    # channels_last makes cuDNN's bf16 convolutions use tensor cores without transposes.
+    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    data = data.to(device)
+    mean, std = data.mean, data.std
+
+    torch.manual_seed(cfg.seed)  # model initialization and dropout masks
+    model = build_model(
+        cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout
+    )
+    model = model.to(device, memory_format=memory_format)
+    param_count = count_parameters(model)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
+    )
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order and augmentation
+    forward = torch.compile(model) if cfg.compile else model
+
+    n, batch = len(data.train_y), cfg.batch_size
+    steps_per_epoch = math.ceil(n / batch)  # the last, smaller batch is kept (as a DataLoader)
+    epoch_rows: list[dict] = []
+    step_losses: list[torch.Tensor] = []  # per finished epoch, on the host
+    resumes: list[dict] = []
+    start_epoch, mid_epoch, elapsed = 0, None, 0.0
+
+    ckpt = _load_checkpoint(Path(checkpoint), cfg, log) if checkpoint else None
+    if ckpt is not None:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        _set_rng_state(ckpt["rng"], device, gen)
+        epoch_rows, step_losses = ckpt["epoch_rows"], ckpt["step_losses"]
+        start_epoch, mid_epoch, elapsed = ckpt["epoch"], ckpt["mid_epoch"], ckpt["elapsed"]
+        resumes = ckpt["resumes"] + [{"epoch": start_epoch, "step": ckpt["step"]}]
+        log(f"resuming from {checkpoint}: epoch {start_epoch + 1}, step {ckpt['step']}")
+
+    def save_checkpoint(epoch, step, mid):
+        atomic_write_torch(
+            checkpoint,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "settings": cfg.to_dict(),
+                "settings_hash": cfg.settings_hash(),
+                "epoch": epoch,  # 0-based epoch to run next (or to continue, if mid-epoch)
+                "step": step,
+                "mid_epoch": mid,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(device, gen),
+                "epoch_rows": epoch_rows,
+                "step_losses": step_losses,
+                "resumes": resumes,
+                "elapsed": time.perf_counter() - t0,
+            },
+        )
+
+    t0 = time.perf_counter() - elapsed
+    last_save = time.monotonic()
+    diverged_epoch = None
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        if mid_epoch is not None:  # resuming inside this epoch
+            perm, losses, correct = (t.to(device) for t in mid_epoch["tensors"])
+            first_step, mid_epoch = mid_epoch["step"], None
+        else:
+            perm = torch.randperm(n, device=device, generator=gen)
+            losses = torch.zeros(steps_per_epoch, device=device)
+            correct = torch.zeros((), device=device, dtype=torch.long)
+            first_step = 0
+        lr = optimizer.param_groups[0]["lr"]
+        for step in range(first_step, steps_per_epoch):
+            idx = perm[step * batch : (step + 1) * batch]
+            x, y = data.train_x[idx], data.train_y[idx]  # (B, C, H, W) uint8, (B,) int64
+            if cfg.augment == "crop_flip":
+                x = crop_flip(x, gen)
+            x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+                logits = forward(x)
+            loss = F.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            losses[step] = loss.detach()  # stays on the device: no sync
+            correct += (logits.argmax(1) == y).sum()
+            if checkpoint and time.monotonic() - last_save > cfg.checkpoint_every_s:
+                tensors = [t.cpu() for t in (perm, losses, correct)]
+                save_checkpoint(epoch, step + 1, {"step": step + 1, "tensors": tensors})
+                last_save = time.monotonic()
+        scheduler.step()
+
+        epoch_losses = losses.cpu()  # the epoch's one host sync
+        step_losses.append(epoch_losses)
+        finite = bool(torch.isfinite(epoch_losses).all())
+        if finite:
+            val_loss, val_acc = evaluate(
+                model, data.val_x, data.val_y, mean, std, cfg.eval_batch_size, use_bf16,
+                memory_format,
+            )  # fmt: skip
+            test_loss, test_acc = evaluate(
+                model, data.test_x, data.test_y, mean, std, cfg.eval_batch_size, use_bf16,
+                memory_format,
+            )  # fmt: skip
+        else:
+            val_loss = val_acc = test_loss = test_acc = math.nan
+        epoch_rows.append(
+            {
+                "epoch": epoch + 1,
+                "lr": lr,
+                "train_loss_mean": float(epoch_losses.mean()),
+                "train_loss_sd": float(epoch_losses.std()) if len(epoch_losses) > 1 else 0.0,
+                "train_acc": correct.item() / n,
+                "val_loss": val_loss,
+                "val_acc": val_acc,
+                "test_loss": test_loss,
+                "test_acc": test_acc,
+                "wall_time_s": time.perf_counter() - t0,
+            }
+        )
+        r = epoch_rows[-1]
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e} loss {r['train_loss_mean']:.4f} "
+            f"(sd {r['train_loss_sd']:.4f}) train {r['train_acc']:.4f} val {val_acc:.4f} "
+            f"test {test_acc:.4f} [{r['wall_time_s']:.1f}s]"
+        )
+        if not finite:
+            diverged_epoch = epoch + 1
+            log(f"diverged: non-finite training loss in epoch {diverged_epoch}; stopping")
+            break
+        if checkpoint:
+            save_checkpoint(epoch + 1, 0, None)
+            last_save = time.monotonic()
+
+    train_eval_acc = math.nan
+    if diverged_epoch is None:
+        _, train_eval_acc = evaluate(
+            model, data.train_x, data.train_y, mean, std, cfg.eval_batch_size, use_bf16,
+            memory_format,
+        )  # fmt: skip
+    losses_all = torch.cat(step_losses) if step_losses else torch.zeros(0)
+    steps = pd.DataFrame(
+        {
+            "epoch": [e + 1 for e, t in enumerate(step_losses) for _ in range(len(t))],
+            "step": range(1, len(losses_all) + 1),
+            "loss": losses_all.double().numpy(),
+        }
+    )
+    return RunResult(
+        steps=steps,
+        epochs=pd.DataFrame(epoch_rows),
+        status="diverged" if diverged_epoch else "completed",
+        diverged_epoch=diverged_epoch,
+        train_eval_acc=train_eval_acc,
+        param_count=param_count,
+        wall_time_s=time.perf_counter() - t0,
+        resumes=resumes,
+    )
+
+
+def write_outputs(out: Path, cfg: RunConfig, result: RunResult, extra: dict) -> None:
+    """steps.parquet, epochs.parquet, then meta.json (last: its presence marks a finished run)."""
+    out = Path(out)
+    atomic_write_parquet(out / "steps.parquet", result.steps)
+    atomic_write_parquet(out / "epochs.parquet", result.epochs)
+    meta = {
+        "settings": cfg.to_dict(),
+        "settings_hash": cfg.settings_hash(),
+        "dataset": cfg.dataset,
+        "model": cfg.model,
+        "variant": cfg.variant,
+        "seed": cfg.seed,
+        "lr": cfg.lr,
+        "status": result.status,
+        "diverged_epoch": result.diverged_epoch,
+        "train_eval_acc": result.train_eval_acc,
+        "param_count": result.param_count,
+        "wall_time_s": result.wall_time_s,
+        "resumes": result.resumes,
+        "git_revision": provenance.git_revision(),
+        "versions": provenance.library_versions(),
+        "finished_at": provenance.now(),
+        **provenance.machine(),
+        **extra,
+    }
+    atomic_write_json(out / "meta.json", meta)
+
+
+# --------------------------------------------------------------------------- CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2 (argparse's default adds the usage)
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="python -m normdrop.train", description=__doc__.split("\n")[0])
+    p.add_argument("--data", type=Path, required=True, help="prepared dataset file (.pt)")
+    p.add_argument("--out", type=Path, required=True, help="run folder for parquet + meta.json")
+    p.add_argument("--checkpoint", type=Path, help="resume file (default: <out>/checkpoint.pt)")
+    p.add_argument("--lr-from", type=Path, help="JSON file with the selected 'lr' (overrides --lr)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--gpu-lock-dir", type=Path, help="folder of GPU lease lock files")
+    p.add_argument("--gpu-slots", type=int, default=1, help="runs that may share one GPU")
+    for f in dataclasses.fields(RunConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = None if f.default is dataclasses.MISSING else f.default
+        if isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            kind = type(default[0]) if default else int
+            p.add_argument(flag, type=kind, nargs="*", default=default)
+        else:
+            kind = {"width": int, "dataset": str, "model": str}.get(f.name, type(default))
+            p.add_argument(flag, type=kind, default=default, required=default is None)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    extra = {"lr_source": "--lr"}
+    if args.lr_from:
+        try:
+            settings["lr"] = float(json.loads(args.lr_from.read_text())["lr"])
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            parser.error(f"--lr-from {args.lr_from}: no readable 'lr' ({err})")
+        extra["lr_source"] = str(args.lr_from)
+    try:
+        cfg = RunConfig.from_dict(settings)
+    except ConfigError as err:
+        parser.error(str(err))
+
+    lease = None
+    if args.device != "cpu":
+        from normdrop import gpu_lease  # before anything initialises CUDA
+
+        lock_dir = args.gpu_lock_dir or Path(args.out).parent / ".gpu-locks"
+        lease = gpu_lease.setup_device_env(lock_dir, args.gpu_slots)
+    try:
+        device = resolve_device(args.device)
+        data = load_prepared(args.data)
+    except (ConfigError, DataError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2 if isinstance(err, ConfigError) else 1
+    if data.name != cfg.dataset:
+        parser.error(f"--data {args.data} holds dataset {data.name!r}, not {cfg.dataset!r}")
+    extra["data_file"] = str(args.data)
+    extra["device"] = str(device) + (
+        f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    )
+    extra["gpu_lease"] = None if lease is None else f"{lease.device}/slot{lease.slot}"
+    checkpoint = args.checkpoint or Path(args.out) / "checkpoint.pt"
+    extra["started_at"] = provenance.now()
+    print(f"{cfg.dataset}/{cfg.model}/{cfg.variant} seed {cfg.seed} lr {cfg.lr:g} on {device}")
+
+    result = train(cfg, data, device, checkpoint, log=lambda s: print(s, flush=True))
+    write_outputs(args.out, cfg, result, extra)
+    checkpoint.unlink(missing_ok=True)  # the outputs now hold everything it had
+    print(f"{result.status}: wrote {args.out} in {result.wall_time_s:.1f}s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

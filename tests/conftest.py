@@ -1,0 +1,34 @@
+"""Shared fixtures: a small synthetic dataset prepared through the real code path."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+
+from normdrop.config import RunConfig  # noqa: E402
+from normdrop.data import SyntheticSpec, download, prepare  # noqa: E402
+
+# Tests run on CPU, single-threaded per process, so that two processes can run side by side.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """A prepared synthetic dataset: 300 train (270 after the split), 100 test, 3x16x16."""
+    root = tmp_path_factory.mktemp("data")
+    spec = SyntheticSpec(n_train=300, n_test=100, num_classes=4, size=16, noise=0.8, seed=1)
+    download("synthetic", root / "raw", spec)
+    return prepare("synthetic", root / "raw", root / "synthetic.pt", val_fraction=0.1)
+
+
+def tiny_config(**overrides) -> RunConfig:
+    settings = dict(
+        dataset="synthetic", model="mlp", width=32, epochs=3, milestones=(2,), batch_size=32
+    )
+    return RunConfig(**{**settings, **overrides})

@@ -1,0 +1,20 @@
+# aggregate: every run's metrics and curves into results/summary/, checked against the config.
+
+
+rule aggregate:
+    input:
+        runs=all_run_metas(),
+        lrs=all_selected_lrs(),
+    output:
+        runs=f"{RESULTS}/summary/runs.parquet",
+        epochs=f"{RESULTS}/summary/epochs.parquet",
+        lr_search=f"{RESULTS}/summary/lr_search.parquet",
+    log:
+        f"{RESULTS}/logs/aggregate.log",
+    params:
+        config=config_json(),
+    resources:
+        gpu=0,
+    shell:
+        "{PY} normdrop.aggregate summarize --config-json {params.config}"
+        " --out-dir {RESULTS}/summary > {log} 2>&1"

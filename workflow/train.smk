@@ -1,0 +1,25 @@
+# train(dataset, model, variant, seed) with the selected learning rate. The checkpoint lives in
+# scratch/, not among the outputs, so that Snakemake never deletes it: a rerun of a killed job
+# resumes from its last epoch (or last timed save).
+
+
+rule train:
+    input:
+        data=prepared,
+        lr=f"{RESULTS}/lr_search/{{dataset}}/{{model}}/{{variant}}/selected.json",
+    output:
+        **run_files(f"{RESULTS}/runs/{RUN}"),
+    log:
+        f"{RESULTS}/logs/train/{RUN}.log",
+    params:
+        out=f"{RESULTS}/runs/{RUN}",
+        checkpoint=f"{RESULTS}/scratch/runs/{RUN}.ckpt",
+        settings=train_args,
+        device=device_args,
+    threads: EXEC["threads"]
+    resources:
+        gpu=GPU_PER_JOB,
+    shell:
+        "OMP_NUM_THREADS={threads} {PY} normdrop.train --data {input.data} --out {params.out}"
+        " --lr-from {input.lr} --checkpoint {params.checkpoint} {params.settings}"
+        " {params.device} >> {log} 2>&1"
