@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config.yaml"
+report: "workflow/report/workflow.rst"
+
+
+# The paper's grid, found beside this file also when run with --directory elsewhere.
+configfile: f"{workflow.basedir}/config.yaml"
 
 
 include: "workflow/common.smk"
@@ -13,6 +17,15 @@ include: "workflow/data.smk"
 include: "workflow/lr_search.smk"
 include: "workflow/train.smk"
 include: "workflow/summary.smk"
+include: "workflow/report.smk"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    model="|".join(MODELS),
+    variant="|".join(VARIANTS),
+    seed=r"\d+",
+    lr=r"[0-9.e+-]+",
 
 
 localrules:
@@ -21,8 +34,12 @@ localrules:
     prepare,
     select_lr,
     aggregate,
+    tables,
+    hypotheses,
+    summary_report,
 
 
 rule all:
     input:
         rules.aggregate.output,
+        report_targets(),

@@ -1,5 +1,6 @@
-# Helpers shared by the rule files: config validation, the grid, paths and per-job arguments.
+# Helpers shared by the .smk files -- config validation, the grid, paths and per-job arguments.
 import json
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -33,27 +34,33 @@ EXEC = config["execution"]
 # A training job holds one GPU slot unless the config pins it to the CPU.
 GPU_PER_JOB = 0 if EXEC["device"] == "cpu" else 1
 
-# Jobs run the package from this checkout with the interpreter running Snakemake, so that an
-# un-activated virtual environment works; under --use-conda the environment's python does.
-_conda = DeploymentMethod.CONDA in workflow.deployment_settings.deployment_method
-PY = ("python" if _conda else shlex.quote(sys.executable)) + " -m"
-PY = f"PYTHONPATH={shlex.quote(SRC)}${{PYTHONPATH:+:$PYTHONPATH}} {PY}"
+# Jobs run `python -m normdrop.<module>` from this checkout: src/ goes on PYTHONPATH and, unless
+# --use-conda provides python, the interpreter running Snakemake comes first on PATH, so that an
+# un-activated virtual environment works. Jobs inherit this environment (also through sbatch).
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    filter(None, [SRC, os.environ.get("PYTHONPATH")])
+)
+if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
+    os.environ["PATH"] = os.pathsep.join(
+        [str(Path(sys.executable).parent), os.environ["PATH"]]
+    )
+
+
+envvars:
+    "PATH",
+    "PYTHONPATH",
+
 
 RUN = "{dataset}/{model}/{variant}/seed{seed}"
 CANDIDATE = "{dataset}/{model}/{variant}/lr{lr}"
 
 
-wildcard_constraints:
-    dataset="|".join(DATASETS),
-    model="|".join(MODELS),
-    variant="|".join(VARIANTS),
-    seed=r"\d+",
-    lr=r"[0-9.e+-]+",
-
-
 def run_files(folder):
     """The three files every training run writes (meta.json last)."""
-    return {name: f"{folder}/{name}" for name in ("steps.parquet", "epochs.parquet", "meta.json")}
+    return {
+        name: f"{folder}/{name}"
+        for name in ("steps.parquet", "epochs.parquet", "meta.json")
+    }
 
 
 def prepared(wildcards):
@@ -69,14 +76,22 @@ def synthetic_args(wildcards):
 
 def search_args(wildcards):
     cfg = search_config(
-        config, wildcards.dataset, wildcards.model, wildcards.variant, float(wildcards.lr)
+        config,
+        wildcards.dataset,
+        wildcards.model,
+        wildcards.variant,
+        float(wildcards.lr),
     )
     return shlex.join(to_cli_args(cfg))
 
 
 def train_args(wildcards):
     cfg = run_config(
-        config, wildcards.dataset, wildcards.model, wildcards.variant, int(wildcards.seed)
+        config,
+        wildcards.dataset,
+        wildcards.model,
+        wildcards.variant,
+        int(wildcards.seed),
     )
     return shlex.join(to_cli_args(cfg, skip=("lr",)))
 
@@ -90,11 +105,8 @@ def device_args(wildcards):
 
 
 def lr_candidates(wildcards):
-    return [
-        f"{RESULTS}/lr_search/{wildcards.dataset}/{wildcards.model}/{wildcards.variant}"
-        f"/lr{lr}/meta.json"
-        for lr in LR_CANDIDATES
-    ]
+    cell = "{dataset}/{model}/{variant}".format(**wildcards)
+    return [f"{RESULTS}/lr_search/{cell}/lr{lr}/meta.json" for lr in LR_CANDIDATES]
 
 
 def all_run_metas():
@@ -119,3 +131,101 @@ def all_selected_lrs():
 def config_json():
     """The merged config, quoted for the shell: the aggregate checks every run against it."""
     return shlex.quote(json.dumps(config, sort_keys=True))
+
+
+def output_dir(wildcards, output):
+    """The folder of a rule's first output (params derived from outputs, as the linter asks)."""
+    return str(Path(output[0]).parent)
+
+
+def input_dir(wildcards, input):
+    return str(Path(input[0]).parent)
+
+
+# ---- report.smk: outputs of tables, hypotheses, figures, summary_report. The file layout comes
+# from the package (one source of truth); the HTML tables and the PNG figures are flagged for
+# `snakemake --report report.html`, grouped by dataset and model.
+from normdrop.hypotheses import hypothesis_paths
+from normdrop.plots import OVERVIEW, figure_paths
+from normdrop.tables import dataset_name, model_name, table_paths
+
+SUMMARY = f"{RESULTS}/summary"
+TABLES = f"{RESULTS}/tables"
+FIGURES = f"{RESULTS}/figures"
+SUMMARY_FILES = [
+    f"{SUMMARY}/{name}.parquet" for name in ("runs", "epochs", "lr_search")
+]
+OVERALL = "All datasets and models"  # report category of the cross-cutting results
+# stem -> (caption file in workflow/report/, name shown in the report)
+REPORT_ITEMS = {
+    "table2": ("table2", "Table 2: metrics per variant"),
+    "table1_params": ("table1", "Table 1: parameter counts"),
+    "paper_comparison": ("paper_comparison", "Paper's Table 2 beside ours"),
+    "hypotheses": ("hypotheses", "Hypothesis tests H1-H3"),
+    "verdicts": ("verdicts", "Verdicts H1-H3"),
+    "curves": ("curves", "Learning curves"),
+    "loss_sd": ("loss_sd", "Training-loss SD per epoch"),
+    "metrics": ("metrics", "Metrics per variant"),
+    "interaction": ("interaction", "BN x dropout interaction (H3)"),
+    "lr_search": ("lr_search", "Learning-rate search"),
+    OVERVIEW: ("overview_test_acc", "Final test accuracy, all datasets and models"),
+}
+
+
+def _for_report(path, root, kind, shown=(".html", ".png")):
+    """Flag an HTML table or PNG figure for the report; other formats stay plain outputs."""
+    path = Path(path)
+    if path.suffix not in shown:
+        return str(path)
+    caption, name = REPORT_ITEMS[path.stem]
+    parts = path.relative_to(root).parts
+    if len(parts) == 3:  # {dataset}/{model}/{stem}.{ext}
+        category, subcategory = dataset_name(parts[0]), model_name(parts[1])
+    else:
+        category, subcategory = OVERALL, "Figures" if kind == "figure" else "Tables"
+    return report(
+        str(path),
+        caption=f"report/{caption}.rst",
+        category=category,
+        subcategory=subcategory,
+        labels={"type": kind, "name": name},
+    )
+
+
+def table_outputs():
+    return [
+        _for_report(p, TABLES, "table") for p in table_paths(TABLES, DATASETS, MODELS)
+    ]
+
+
+def hypothesis_outputs():
+    return [_for_report(p, TABLES, "table") for p in hypothesis_paths(TABLES)]
+
+
+def figure_outputs():
+    return [
+        _for_report(p, FIGURES, "figure")
+        for p in figure_paths(FIGURES, DATASETS, MODELS)
+    ]
+
+
+def summary_dir(wildcards, input):
+    return SUMMARY
+
+
+def tables_dir(wildcards, output):
+    return TABLES
+
+
+def figures_dir(wildcards, output):
+    return FIGURES
+
+
+def report_targets():
+    """Every output of this file, for the Snakefile's `all` rule."""
+    return (
+        rules.tables.output
+        + rules.hypotheses.output
+        + rules.figures.output
+        + rules.summary_report.output
+    )

@@ -1,4 +1,5 @@
-# download -> prepare: one job per dataset each.
+# download -> prepare: one job per dataset each. Both are local rules (compute nodes of many
+# clusters have no internet access).
 
 
 rule download:
@@ -6,14 +7,16 @@ rule download:
         f"{RESOURCES}/raw/{{dataset}}/.downloaded",
     log:
         f"{RESULTS}/logs/download/{{dataset}}.log",
-    params:
-        synthetic=synthetic_args,
+    conda:
+        "../envs/normdrop.yaml"
     resources:
         gpu=0,
+    params:
+        raw_dir=output_dir,
+        synthetic=synthetic_args,
     shell:
-        "{PY} normdrop.data download {wildcards.dataset}"
-        " --raw-dir {RESOURCES}/raw/{wildcards.dataset} {params.synthetic} > {log} 2>&1"
-        " && touch {output}"
+        "python -m normdrop.data download {wildcards.dataset} --raw-dir {params.raw_dir}"
+        " {params.synthetic} > {log} 2>&1 && touch {output}"
 
 
 rule prepare:
@@ -23,12 +26,15 @@ rule prepare:
         f"{RESOURCES}/prepared/{{dataset}}.pt",
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
-    params:
-        val_fraction=config["data"]["val_fraction"],
-        split_seed=config["data"]["split_seed"],
+    conda:
+        "../envs/normdrop.yaml"
     resources:
         gpu=0,
+    params:
+        raw_dir=input_dir,
+        val_fraction=config["data"]["val_fraction"],
+        split_seed=config["data"]["split_seed"],
     shell:
-        "{PY} normdrop.data prepare {wildcards.dataset}"
-        " --raw-dir {RESOURCES}/raw/{wildcards.dataset} --out {output}"
-        " --val-fraction {params.val_fraction} --split-seed {params.split_seed} > {log} 2>&1"
+        "python -m normdrop.data prepare {wildcards.dataset} --raw-dir {params.raw_dir}"
+        " --out {output} --val-fraction {params.val_fraction}"
+        " --split-seed {params.split_seed} > {log} 2>&1"

@@ -9,17 +9,20 @@ rule lr_search:
         **run_files(f"{RESULTS}/lr_search/{CANDIDATE}"),
     log:
         f"{RESULTS}/logs/lr_search/{CANDIDATE}.log",
-    params:
-        out=f"{RESULTS}/lr_search/{CANDIDATE}",
-        checkpoint=f"{RESULTS}/scratch/lr_search/{CANDIDATE}.ckpt",
-        settings=search_args,
-        device=device_args,
+    conda:
+        "../envs/normdrop.yaml"
     threads: EXEC["threads"]
     resources:
         gpu=GPU_PER_JOB,
+    params:
+        out=output_dir,
+        checkpoint=f"{RESULTS}/scratch/lr_search/{CANDIDATE}.ckpt",
+        settings=search_args,
+        device=device_args,
     shell:
-        "OMP_NUM_THREADS={threads} {PY} normdrop.train --data {input.data} --out {params.out}"
-        " --checkpoint {params.checkpoint} {params.settings} {params.device} >> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m normdrop.train --data {input.data}"
+        " --out {params.out} --checkpoint {params.checkpoint} {params.settings}"
+        " {params.device} >> {log} 2>&1"
 
 
 rule select_lr:
@@ -29,7 +32,9 @@ rule select_lr:
         f"{RESULTS}/lr_search/{{dataset}}/{{model}}/{{variant}}/selected.json",
     log:
         f"{RESULTS}/logs/select_lr/{{dataset}}/{{model}}/{{variant}}.log",
+    conda:
+        "../envs/normdrop.yaml"
     resources:
         gpu=0,
     shell:
-        "{PY} normdrop.aggregate select-lr --out {output} {input} > {log} 2>&1"
+        "python -m normdrop.aggregate select-lr --out {output} {input} > {log} 2>&1"

@@ -11,10 +11,13 @@ rule aggregate:
         lr_search=f"{RESULTS}/summary/lr_search.parquet",
     log:
         f"{RESULTS}/logs/aggregate.log",
-    params:
-        config=config_json(),
+    conda:
+        "../envs/normdrop.yaml"
     resources:
         gpu=0,
+    params:
+        out_dir=output_dir,
+        config=config_json(),
     shell:
-        "{PY} normdrop.aggregate summarize --config-json {params.config}"
-        " --out-dir {RESULTS}/summary > {log} 2>&1"
+        "python -m normdrop.aggregate summarize --config-json {params.config}"
+        " --out-dir {params.out_dir} > {log} 2>&1"

@@ -11,15 +11,17 @@ rule train:
         **run_files(f"{RESULTS}/runs/{RUN}"),
     log:
         f"{RESULTS}/logs/train/{RUN}.log",
-    params:
-        out=f"{RESULTS}/runs/{RUN}",
-        checkpoint=f"{RESULTS}/scratch/runs/{RUN}.ckpt",
-        settings=train_args,
-        device=device_args,
+    conda:
+        "../envs/normdrop.yaml"
     threads: EXEC["threads"]
     resources:
         gpu=GPU_PER_JOB,
+    params:
+        out=output_dir,
+        checkpoint=f"{RESULTS}/scratch/runs/{RUN}.ckpt",
+        settings=train_args,
+        device=device_args,
     shell:
-        "OMP_NUM_THREADS={threads} {PY} normdrop.train --data {input.data} --out {params.out}"
-        " --lr-from {input.lr} --checkpoint {params.checkpoint} {params.settings}"
-        " {params.device} >> {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m normdrop.train --data {input.data}"
+        " --out {params.out} --lr-from {input.lr} --checkpoint {params.checkpoint}"
+        " {params.settings} {params.device} >> {log} 2>&1"

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Entry points for users and CI. Needs only python3 (>= 3.11) on Linux x86-64.
+#   ./dev.sh demo    set up .venv, run the offline demo (whole DAG on synthetic data) + report
+#   ./dev.sh test    set up .venv, lint (ruff, snakefmt, snakemake --lint), run the test suite
+#   ./dev.sh setup   only create/refresh .venv from requirements.lock
+#   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
+#   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py)
+set -euo pipefail
+cd "$(dirname "$0")"
+VENV=${NORMDROP_VENV:-.venv}
+PY=$VENV/bin/python
+
+setup() {
+  python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+    { echo "error: python3 >= 3.11 is needed (found $(python3 --version 2>&1))" >&2; exit 1; }
+  [ -x "$PY" ] || python3 -m venv "$VENV"
+  # Reinstall only when the pins change: a stamp named after the lock file's hash.
+  stamp="$VENV/.installed-$(cat requirements.lock pyproject.toml | sha256sum | cut -c1-16)"
+  if [ ! -f "$stamp" ]; then
+    echo "setting up $VENV from requirements.lock (first time: a few minutes, ~5 GB)"
+    "$PY" -m pip install -q --disable-pip-version-check -r requirements.lock
+    "$PY" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
+    rm -f "$VENV"/.installed-* && touch "$stamp"
+  fi
+}
+
+lint() {
+  "$VENV/bin/ruff" check src tests benchmarks
+  "$VENV/bin/ruff" format --check src tests benchmarks
+  "$VENV/bin/snakefmt" --check Snakefile workflow/
+  "$VENV/bin/snakemake" --lint --configfile workflow/demo.yaml >/dev/null
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  demo)
+    setup
+    shift
+    "$VENV/bin/snakemake" --cores all --configfile workflow/demo.yaml "$@"
+    "$VENV/bin/snakemake" --cores 1 --configfile workflow/demo.yaml \
+      --report results/demo/report.html
+    echo "demo done: tables in results/demo/tables, figures in results/demo/figures," \
+      "report in results/demo/report.html"
+    ;;
+  test)
+    setup
+    shift
+    lint
+    # The SLURM tests need a local single-node cluster; root can bring one up (see README).
+    if [ "$(id -u)" = 0 ] && [ -z "${NORMDROP_NO_SLURM:-}" ]; then
+      bash tests/slurm/cluster.sh up
+      trap 'bash tests/slurm/cluster.sh down' EXIT
+    fi
+    "$PY" -m pytest "$@"
+    ;;
+  lock)
+    tmp=$(mktemp -d)
+    python3 -m venv "$tmp/venv"
+    "$tmp/venv/bin/pip" install -q ".[dev]"
+    { sed -n 1,2p requirements.lock; "$tmp/venv/bin/pip" freeze --exclude normdrop; } >requirements.lock.new
+    mv requirements.lock.new requirements.lock
+    rm -rf "$tmp"
+    ;;
+  bench)
+    setup
+    shift
+    PYTHONPATH=src "$PY" benchmarks/bench_train.py "$@"
+    ;;
+  *)
+    sed -n 2,8p "$0"
+    exit 2
+    ;;
+esac

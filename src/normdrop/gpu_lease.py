@@ -1,0 +1,315 @@
+"""Pick one GPU per training process when Snakemake runs several jobs on one workstation.
+
+``snakemake --cores all --resources gpu=4`` limits how many jobs declaring ``resources: gpu=1``
+run at once, but it never says *which* GPU a job should use: left alone, every job would land
+on ``cuda:0``. So each training process, before it touches CUDA, calls
+:func:`setup_device_env`, which takes a *lease* on a free (device, slot) pair and narrows
+``CUDA_VISIBLE_DEVICES`` to that one device. ``slots_per_gpu`` lets several small runs share a
+GPU: with 2, two processes may hold GPU 0 at the same time.
+
+Why ``flock``
+-------------
+A lease is an exclusive ``fcntl.flock`` on a file ``<lock_dir>/gpu<device>.slot<slot>.lock``,
+held through a file descriptor that stays open for the life of the process. The kernel drops
+the lock whenever the last descriptor for it is closed, which includes the process dying in
+any way (exception, Ctrl-C, OOM killer, ``SIGKILL``). There are therefore no stale lock files
+to clean up: a lock file that exists but is not locked is simply a free slot. The file's text
+(pid, host, start time, command) is only a note for humans and means nothing once the lock is
+gone.
+
+Notes:
+
+* ``flock`` is reliable on local filesystems. On NFS it may be emulated, or not shared between
+  hosts at all, so leases are meant for one workstation: keep ``lock_dir`` on a local disk.
+* Under SLURM (``SLURM_JOB_ID`` set) no lease is taken: SLURM already set
+  ``CUDA_VISIBLE_DEVICES`` to the GPUs it allocated to the job.
+* A lock is shared with processes forked afterwards (e.g. DataLoader workers); it is freed when
+  the last of them exits, or at once by :meth:`Lease.release`.
+* Leases are tried slot-major (slot 0 of every device, then slot 1, ...), so jobs spread over
+  the devices before doubling up on one.
+
+This module uses the standard library only and must not import torch: it has to run before
+CUDA is initialised, because CUDA reads ``CUDA_VISIBLE_DEVICES`` only once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, MutableMapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+
+__all__ = [
+    "Lease",
+    "LeaseError",
+    "acquire",
+    "lock_path",
+    "setup_device_env",
+    "under_slurm",
+    "visible_gpus",
+]
+
+log = logging.getLogger(__name__)
+
+NVIDIA_SMI_TIMEOUT_S = 30.0
+
+# Leases are kept here as well as returned, so that a caller who drops the Lease object does
+# not lose the descriptor (the lock must live as long as the process).
+_HELD: list[Lease] = []
+
+
+class LeaseError(RuntimeError):
+    """No GPU slot could be leased."""
+
+
+def under_slurm(env: Mapping[str, str] = os.environ) -> bool:
+    """True when running inside a SLURM job (``SLURM_JOB_ID`` is set)."""
+    return bool(env.get("SLURM_JOB_ID"))
+
+
+def visible_gpus(env: Mapping[str, str] = os.environ) -> list[str]:
+    """The device ids this process may choose from, as strings (they may be UUIDs).
+
+    ``CUDA_VISIBLE_DEVICES`` split on commas if it is set (an empty value means no GPUs; as in
+    CUDA, an entry ``-1`` hides itself and every entry after it). Otherwise the indices printed
+    by ``nvidia-smi --query-gpu=index --format=csv,noheader`` if nvidia-smi is on ``PATH`` and
+    succeeds; otherwise ``[]``.
+    """
+    cvd = env.get("CUDA_VISIBLE_DEVICES")
+    if cvd is not None:
+        devices: list[str] = []
+        for item in cvd.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            if item.startswith("-"):  # CUDA stops at the first invalid id; "-1" hides all
+                break
+            devices.append(item)
+        return devices
+
+    smi = shutil.which("nvidia-smi", path=env.get("PATH"))
+    if smi is None:
+        return []
+    try:
+        proc = subprocess.run(
+            [smi, "--query-gpu=index", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=NVIDIA_SMI_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("nvidia-smi failed (%s); assuming no GPUs", exc)
+        return []
+    if proc.returncode != 0:
+        log.warning(
+            "nvidia-smi exited with %d (%s); assuming no GPUs",
+            proc.returncode,
+            proc.stderr.strip(),
+        )
+        return []
+    return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _file_safe(device: str) -> str:
+    """A file-name-safe form of a device id; a hash keeps rewritten ids distinct."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", device)
+    if safe != device:
+        safe += "-" + hashlib.sha1(device.encode()).hexdigest()[:8]
+    return safe
+
+
+def lock_path(lock_dir: Path | str, device: str, slot: int) -> Path:
+    """The lock file for one (device, slot)."""
+    return Path(lock_dir) / f"gpu{_file_safe(device)}.slot{slot}.lock"
+
+
+class Lease:
+    """An exclusive hold on one (device, slot); the lock lives as long as :attr:`fd` is open.
+
+    Use :meth:`release` or ``with`` to give it back early; otherwise it is held until the
+    process exits. Dropping the object does *not* release it.
+    """
+
+    def __init__(self, device: str, slot: int, path: Path, fd: int) -> None:
+        self.device = device
+        self.slot = slot
+        self.path = path
+        self.fd = fd
+
+    @property
+    def held(self) -> bool:
+        return self.fd >= 0
+
+    def release(self) -> None:
+        """Unlock and close the lock file. Safe to call more than once."""
+        if self.fd < 0:
+            return
+        fd, self.fd = self.fd, -1
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # the note is stale from now on
+        try:
+            # Explicit unlock: forked children may still hold copies of the descriptor.
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+            if self in _HELD:
+                _HELD.remove(self)
+        log.debug("released GPU %s slot %d", self.device, self.slot)
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "held" if self.held else "released"
+        return f"Lease(device={self.device!r}, slot={self.slot}, path={str(self.path)!r}, {state})"
+
+
+def _try_lock(path: Path) -> int | None:
+    """Open and non-blockingly lock ``path``; the fd if we got it, None if someone holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o664)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+            raise LeaseError(
+                f"cannot flock {path}: {exc}. GPU leases need a local filesystem that supports "
+                "flock; point the lock directory at a local disk (e.g. under /tmp)."
+            ) from exc
+        raise
+    return fd
+
+
+def _write_note(fd: int, device: str, slot: int) -> None:
+    """Record who holds the lease, for humans (`cat` the lock file). Best effort."""
+    started = datetime.now(UTC).isoformat(timespec="seconds")
+    cmd = " ".join(sys.argv) if sys.argv else "?"
+    note = (
+        f"pid={os.getpid()} host={socket.gethostname()} started={started} "
+        f"device={device} slot={slot} cmd={cmd}\n"
+    )
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, note.encode(errors="replace"))
+    except OSError as exc:
+        log.debug("could not write lease note: %s", exc)
+
+
+def _holder_pids(paths: Sequence[Path]) -> list[str]:
+    """Pids named in the notes of (held) lock files; '?' where the note is missing."""
+    pids: list[str] = []
+    for path in paths:
+        try:
+            match = re.search(r"\bpid=(\d+)", path.read_text(errors="replace"))
+        except OSError:
+            match = None
+        pid = match.group(1) if match else "?"
+        if pid not in pids:
+            pids.append(pid)
+    return pids
+
+
+def acquire(
+    lock_dir: Path | str,
+    devices: Sequence[str],
+    slots_per_gpu: int = 1,
+    wait_s: float = 0.0,
+    poll_s: float = 0.5,
+) -> Lease:
+    """Lease a free (device, slot), trying slot 0 of every device first, then slot 1, ...
+
+    Never blocks on a single lock. If every slot is held, polls every ``poll_s`` seconds for
+    up to ``wait_s`` seconds, then raises :class:`LeaseError` naming the holders' pids.
+    """
+    devices = list(dict.fromkeys(str(d).strip() for d in devices))  # dedupe, keep order
+    if not devices or any(not d for d in devices):
+        raise ValueError(f"need at least one non-empty device id, got {devices!r}")
+    if slots_per_gpu < 1:
+        raise ValueError(f"slots_per_gpu must be >= 1, got {slots_per_gpu}")
+    if poll_s <= 0:
+        raise ValueError(f"poll_s must be > 0, got {poll_s}")
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+
+    order = [(device, slot) for slot in range(slots_per_gpu) for device in devices]
+    deadline = time.monotonic() + max(wait_s, 0.0)
+    while True:
+        for device, slot in order:
+            path = lock_path(lock_dir, device, slot)
+            fd = _try_lock(path)
+            if fd is None:
+                continue
+            _write_note(fd, device, slot)
+            lease = Lease(device, slot, path, fd)
+            _HELD.append(lease)
+            log.info("leased GPU %s slot %d (%s)", device, slot, path)
+            return lease
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        time.sleep(min(poll_s, remaining))
+
+    n = len(order)
+    pids = ", ".join(_holder_pids([lock_path(lock_dir, d, s) for d, s in order]))
+    waited = f" after waiting {wait_s:g} s" if wait_s > 0 else ""
+    raise LeaseError(
+        f"all {n} GPU slots in {lock_dir} are held (by pids {pids}){waited}; "
+        f"is --resources gpu=N larger than the number of GPUs x slots_per_gpu "
+        f"({len(devices)} x {slots_per_gpu} = {n})?"
+    )
+
+
+def setup_device_env(
+    lock_dir: Path | str,
+    slots_per_gpu: int = 1,
+    env: MutableMapping[str, str] = os.environ,
+    *,
+    wait_s: float = 0.0,
+    poll_s: float = 0.5,
+) -> Lease | None:
+    """Lease one GPU for this process and narrow ``CUDA_VISIBLE_DEVICES`` to it.
+
+    Call it at start-up, BEFORE torch initialises CUDA (before any ``torch.cuda`` call or
+    ``.to("cuda")``; best before ``import torch``): CUDA reads ``CUDA_VISIBLE_DEVICES`` once,
+    so a later change has no effect.
+
+    * Under SLURM: returns None and changes nothing (SLURM already chose the GPUs).
+    * No GPU visible (see :func:`visible_gpus`): returns None (a CPU run).
+    * Otherwise: acquires a lease (see :func:`acquire`), sets
+      ``env["CUDA_VISIBLE_DEVICES"] = lease.device`` and returns the lease, held until the
+      process exits. When the devices came from nvidia-smi, ``CUDA_DEVICE_ORDER`` defaults to
+      ``PCI_BUS_ID`` so that CUDA numbers the GPUs as nvidia-smi does.
+
+    Raises :class:`LeaseError` if every slot is still held after ``wait_s`` seconds.
+    """
+    if under_slurm(env):
+        log.info("under SLURM: using CUDA_VISIBLE_DEVICES=%s", env.get("CUDA_VISIBLE_DEVICES"))
+        return None
+    from_smi = "CUDA_VISIBLE_DEVICES" not in env
+    devices = visible_gpus(env)
+    if not devices:
+        log.info("no GPU visible: running on CPU")
+        return None
+    lease = acquire(lock_dir, devices, slots_per_gpu, wait_s=wait_s, poll_s=poll_s)
+    if from_smi:
+        env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
+    env["CUDA_VISIBLE_DEVICES"] = lease.device
+    return lease

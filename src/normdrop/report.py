@@ -1,0 +1,132 @@
+"""The text summary of a study: `{results_dir}/summary/report.md`.
+
+Per hypothesis (the paper's wording beside ours), one sentence per dataset and model with the
+verdict, effect size and 95% CI; the verdict matrix; our CIFAR-10 numbers beside the paper's
+Table 2; Tables 2 and 1; links to the figures when their directory is given. Everything is
+computed from the summary files with the same code as normdrop.tables and
+normdrop.hypotheses, so the report and the tables cannot disagree.
+
+CLI: python -m normdrop.report --summary-dir D [--out D/report.md] [--figures-dir F]
+                               [--datasets ...] [--models ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from normdrop import hypotheses as hyp
+from normdrop import plots
+from normdrop import tables as tab
+from normdrop.storage import atomic_write_text
+
+METHOD = (
+    "Each effect is a difference of means over seeds with a 95% confidence interval from "
+    "Welch's t-test (unequal variances). A hypothesis is *supported* when the interval lies "
+    "entirely on the predicted side of zero, *reversed* when it lies entirely on the other "
+    "side, and *inconclusive* when it contains zero or cannot be formed (fewer than two "
+    "finished seeds, or no spread at all). H1 needs both of its parts (loss SD and "
+    "convergence epoch). Diverged runs are left out of every mean and counted. The full rule "
+    "is in `normdrop/hypotheses.py`."
+)
+
+
+def _provenance(runs) -> str:
+    n = len(runs)
+    n_done = int(tab.completed(runs).sum())
+    revs = (
+        ", ".join(sorted({str(r) for r in runs["git_revision"]})) if "git_revision" in runs else ""
+    )
+    devices = ", ".join(sorted({str(d) for d in runs["device"]})) if "device" in runs else ""
+    text = f"{n} training runs ({n_done} completed, {n - n_done} diverged)."
+    if revs:
+        text += f" Code revision(s): {revs}."
+    if devices:
+        text += f" Device(s): {devices}."
+    return text
+
+
+def _demote(markdown: str, level: int = 3) -> str:
+    """A table's bold title line becomes a heading of `level` inside the report."""
+    lines = markdown.splitlines()
+    if lines and lines[0].startswith("**") and lines[0].endswith("**"):
+        lines[0] = "#" * level + " " + lines[0].strip("*")
+    return "\n".join(lines) + "\n"
+
+
+def build_report(
+    summary_dir: Path | str,
+    out_path: Path | str,
+    figures_dir: Path | str | None = None,
+    datasets: Sequence[str] | None = None,
+    models: Sequence[str] | None = None,
+) -> str:
+    summary_dir = Path(summary_dir)
+    runs = tab.read_summary(summary_dir, "runs")
+    pairs = tab.select_pairs(runs, datasets, models, source=str(summary_dir / "runs.parquet"))
+    ds = tab.ordered({d for d, _ in pairs}, datasets or tab.DATASET_ORDER)
+    ms = tab.ordered({m for _, m in pairs}, models or tab.MODEL_ORDER)
+    runs = runs[runs["dataset"].isin(ds) & runs["model"].isin(ms)]
+    stats = tab.variant_stats(runs)
+    variants = tab.order_variants(runs)
+    results = hyp.evaluate(runs, pairs)
+    words = hyp.sentences(results)
+    claims = {c["id"]: c for c in hyp.load_claims()}
+
+    out = ["# BatchNorm and dropout: results against the paper's hypotheses", ""]
+    out += [_provenance(runs), "", METHOD, ""]
+    out.append(_demote(tab.to_markdown(hyp.verdict_table(hyp.verdicts(results))), 2))
+    out += ["## Hypotheses", ""]
+    for h, lines in words.items():
+        claim = claims.get(h, {})
+        out.append(f"### {h}: {hyp.HYPOTHESES[h]}")
+        out.append("")
+        if claim:
+            out.append(f'> Paper: "{claim["statement"].strip()}"')
+            if claim.get("evidence"):
+                out.append(f'> Its evidence (Table 2): "{claim["evidence"].strip()}"')
+            out.append("")
+        out += [f"- {s}" for s in lines]
+        out.append("")
+    comparison, _, _ = tab.paper_comparison(stats, runs, ms)
+    out.append(_demote(tab.to_markdown(comparison), 2))
+    out += ["## Table 2 per dataset and model", ""]
+    out += [_demote(tab.to_markdown(tab.table2(stats, d, m, variants))) for d, m in pairs]
+    table1, _ = tab.table1(runs, ds, ms)
+    out += ["## Parameter counts (Table 1)", "", _demote(tab.to_markdown(table1))]
+    if figures_dir is not None:
+        out += ["## Figures", ""]
+        base = Path(out_path).parent
+        paths = [p for p in plots.figure_paths(figures_dir, ds, ms) if p.suffix == ".png"]
+        for p in paths:
+            rel = os.path.relpath(p, base)
+            label = " / ".join(Path(p).relative_to(figures_dir).with_suffix("").parts)
+            out.append(f"- [{label}]({rel})")
+        out.append("")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the study's text summary (Markdown).")
+    parser.add_argument("--summary-dir", required=True, type=Path)
+    parser.add_argument("--out", type=Path, help="default: SUMMARY_DIR/report.md")
+    parser.add_argument("--figures-dir", type=Path, help="link the figures from here")
+    parser.add_argument("--datasets", nargs="+")
+    parser.add_argument("--models", nargs="+")
+    args = parser.parse_args(argv)
+    out = args.out or args.summary_dir / "report.md"
+    try:
+        text = build_report(args.summary_dir, out, args.figures_dir, args.datasets, args.models)
+    except tab.SummaryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    atomic_write_text(out, text)
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

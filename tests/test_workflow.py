@@ -1,0 +1,78 @@
+"""The workflow: the paper's grid plans the right jobs; the demo DAG runs end to end."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from workflow_helpers import FAST, REPO, snakemake, write_config
+
+from normdrop.hypotheses import hypothesis_paths
+from normdrop.plots import figure_paths
+from normdrop.tables import table_paths
+
+MODELS = ["mlp", "cnn", "resnet20"]
+
+
+def job_counts(stdout: str) -> dict[str, int]:
+    table = stdout[stdout.index("Job stats:") :]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
+
+
+def test_dry_run_of_the_paper_grid_plans_108_runs_and_144_searches(tmp_path):
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n",
+           "--directory", str(tmp_path), "--cores", "4"]  # fmt: skip
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    counts = job_counts(res.stdout)
+    assert counts["train"] == 108  # 3 datasets x 3 models x 4 variants x 3 seeds
+    assert counts["lr_search"] == 144  # 3 x 3 x 4 cells x 4 candidates
+    assert counts["select_lr"] == 36 and counts["download"] == 3 and counts["prepare"] == 3
+    assert "results/runs/cifar100/resnet20/bn_dropout/seed44/meta.json" in res.stdout
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end_and_a_second_run_has_nothing_to_do(tmp_path):
+    override = write_config(tmp_path, FAST)
+    res = snakemake(tmp_path, "--cores", "2", configs=[override])
+    assert res.returncode == 0, res.stderr[-3000:]
+    results = tmp_path / "results" / "demo"
+    runs = pd.read_parquet(results / "summary" / "runs.parquet")
+    assert len(runs) == 3 * 4 * 2  # models x variants x seeds
+    assert set(runs["status"]) == {"completed"}
+    assert runs["final_test_acc"].between(0, 1).all() and runs["loss_sd"].gt(0).all()
+    epochs = pd.read_parquet(results / "summary" / "epochs.parquet")
+    assert len(epochs) == len(runs) * 3
+    search = pd.read_parquet(results / "summary" / "lr_search.parquet")
+    assert (
+        len(search) == 3 * 4 * 2
+        and search.groupby(["model", "variant"])["selected"].sum().eq(1).all()
+    )
+    # Each run used the rate its search selected, and says where it came from.
+    merged = runs.merge(search[search.selected], on=["dataset", "model", "variant"])
+    assert (merged["lr_x"] == merged["lr_y"]).all()
+    expected = [
+        *table_paths(results / "tables", ["synthetic"], MODELS),
+        *hypothesis_paths(results / "tables"),
+        *figure_paths(results / "figures", ["synthetic"], MODELS),
+        results / "summary" / "report.md",
+    ]
+    assert len(expected) > 40
+    for path in expected:
+        assert Path(path).is_file() and Path(path).stat().st_size > 0, path
+    report = tmp_path / "report.html"
+    res = snakemake(tmp_path, "--cores", "1", "--report", str(report), configs=[override])
+    assert res.returncode == 0, res.stderr[-3000:]
+    html = report.read_text()
+    assert "<html" in html and "Learning curves" in html and "Hypothesis tests" in html
+    assert not list(results.rglob("*.ckpt"))  # checkpoints removed once a run is complete
+
+    mtimes = {p: p.stat().st_mtime_ns for p in results.rglob("*.parquet")}
+    again = snakemake(tmp_path, "--cores", "2", configs=[override])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "Nothing to be done" in again.stdout + again.stderr
+    assert mtimes == {p: p.stat().st_mtime_ns for p in results.rglob("*.parquet")}

@@ -1,0 +1,50 @@
+"""Running the real Snakefile in a temporary directory, as a user would."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+# The demo, made smaller still: 2 seeds, 3 epochs, a 1-epoch search. Same DAG shape.
+FAST = {
+    "seeds": [42, 43],
+    "models": {
+        "mlp": {"width": 32, "dropout_rate": 0.5},
+        "cnn": {"width": 4, "dropout_rate": 0.3},
+        "resnet20": {"width": 4, "dropout_rate": 0.3},
+    },
+    "data": {
+        "synthetic": {
+            "n_train": 300,
+            "n_test": 100,
+            "num_classes": 10,
+            "channels": 3,
+            "size": 16,
+            "noise": 1.0,
+            "seed": 0,
+        }
+    },
+    "train": {"epochs": 3, "lr_milestones": [2]},
+    "lr_search": {"epochs": 1},
+}
+
+
+def write_config(folder: Path, overrides: dict, name="override.yaml") -> Path:
+    path = Path(folder) / name
+    path.write_text(yaml.safe_dump(overrides))
+    return path
+
+
+def snakemake(workdir: Path, *args, configs=(), timeout=900) -> subprocess.CompletedProcess:
+    """`snakemake` on the repo's Snakefile, with --directory `workdir` and demo + extra configs."""
+    cmd = [
+        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
+        "--directory", str(workdir), "--configfile", str(REPO / "workflow" / "demo.yaml"),
+        *map(str, configs), *args,
+    ]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
