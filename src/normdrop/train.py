@@ -373,8 +373,16 @@ def main(argv=None) -> int:
     extra["started_at"] = provenance.now()
     print(f"{cfg.dataset}/{cfg.model}/{cfg.variant} seed {cfg.seed} lr {cfg.lr:g} on {device}")
 
-    result = train(cfg, data, device, checkpoint, log=lambda s: print(s, flush=True))
-    write_outputs(args.out, cfg, result, extra)
+    try:
+        result = train(cfg, data, device, checkpoint, log=lambda s: print(s, flush=True))
+        write_outputs(args.out, cfg, result, extra)
+    except OSError as err:  # disk full, quota, permissions: nothing partial is left behind
+        print(
+            f"error: writing {err.filename or args.out} failed: {err.strerror or err}. Earlier "
+            f"outputs and the last checkpoint ({checkpoint}) are intact: free space and rerun.",
+            file=sys.stderr,
+        )
+        return 1
     checkpoint.unlink(missing_ok=True)  # the outputs now hold everything it had
     print(f"{result.status}: wrote {args.out} in {result.wall_time_s:.1f}s")
     return 0
