@@ -282,6 +282,25 @@ def test_setup_under_slurm_takes_no_lease(tmp_path):
     assert not (tmp_path / "locks").exists()
 
 
+def test_setup_under_slurm_without_gpus_takes_no_lease(tmp_path):
+    env = {"SLURM_JOB_ID": "42"}  # SLURM gave no GPU: do not look at the node's GPUs
+    assert gpu_lease.setup_device_env(tmp_path / "locks", 1, env=env) is None
+    assert "CUDA_VISIBLE_DEVICES" not in env
+
+
+def test_setup_under_slurm_with_several_gpus_spreads_jobs(tmp_path):
+    # A local Snakemake inside `salloc --gres=gpu:2`: its jobs must not all land on one GPU.
+    env_a = {"SLURM_JOB_ID": "42", "CUDA_VISIBLE_DEVICES": "0,1"}
+    env_b = dict(env_a)
+    a = gpu_lease.setup_device_env(tmp_path / "locks", 1, env=env_a)
+    b = gpu_lease.setup_device_env(tmp_path / "locks", 1, env=env_b)
+    try:
+        assert {env_a["CUDA_VISIBLE_DEVICES"], env_b["CUDA_VISIBLE_DEVICES"]} == {"0", "1"}
+    finally:
+        a.release()
+        b.release()
+
+
 def test_setup_without_gpus_is_a_cpu_run(tmp_path):
     env = {"CUDA_VISIBLE_DEVICES": ""}
     assert gpu_lease.setup_device_env(tmp_path / "locks", 1, env=env) is None

@@ -291,7 +291,7 @@ def setup_device_env(
     ``.to("cuda")``; best before ``import torch``): CUDA reads ``CUDA_VISIBLE_DEVICES`` once,
     so a later change has no effect.
 
-    * Under SLURM: returns None and changes nothing (SLURM already chose the GPUs).
+    * Under SLURM with at most one GPU given (or none): returns None and changes nothing.
     * No GPU visible (see :func:`visible_gpus`): returns None (a CPU run).
     * Otherwise: acquires a lease (see :func:`acquire`), sets
       ``env["CUDA_VISIBLE_DEVICES"] = lease.device`` and returns the lease, held until the
@@ -300,10 +300,13 @@ def setup_device_env(
 
     Raises :class:`LeaseError` if every slot is still held after ``wait_s`` seconds.
     """
-    if under_slurm(env):
+    from_smi = "CUDA_VISIBLE_DEVICES" not in env
+    # Under SLURM a job uses what SLURM gave it (nothing, if it set no CUDA_VISIBLE_DEVICES),
+    # unless it gave several GPUs to one job: a local Snakemake inside `salloc --gres=gpu:4`
+    # must still spread its jobs over them.
+    if under_slurm(env) and (from_smi or len(visible_gpus(env)) <= 1):
         log.info("under SLURM: using CUDA_VISIBLE_DEVICES=%s", env.get("CUDA_VISIBLE_DEVICES"))
         return None
-    from_smi = "CUDA_VISIBLE_DEVICES" not in env
     devices = visible_gpus(env)
     if not devices:
         log.info("no GPU visible: running on CPU")

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import platform
 import sys
 import time
 from dataclasses import dataclass, field
@@ -354,7 +355,8 @@ def main(argv=None) -> int:
     if args.device != "cpu":
         from normdrop import gpu_lease  # before anything initialises CUDA
 
-        lock_dir = args.gpu_lock_dir or Path(args.out).parent / ".gpu-locks"
+        # Per host: device ids repeat across the nodes that may share this filesystem.
+        lock_dir = (args.gpu_lock_dir or Path(args.out).parent / ".gpu-locks") / platform.node()
         lease = gpu_lease.setup_device_env(lock_dir, args.gpu_slots)
     try:
         device = resolve_device(args.device)
