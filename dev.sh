@@ -50,6 +50,7 @@ case "${1:-}" in
     if [ "$(id -u)" = 0 ] && [ -z "${NORMDROP_NO_SLURM:-}" ]; then
       bash tests/slurm/cluster.sh up
       trap 'bash tests/slurm/cluster.sh down' EXIT
+      export NORMDROP_REQUIRE_SLURM=1 # a cluster that is up must not be skipped silently
     fi
     "$PY" -m pytest "$@"
     ;;
