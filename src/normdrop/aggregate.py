@@ -71,6 +71,7 @@ def _semantic(settings: dict) -> dict:
 
 
 def _diff(recorded: dict, expected: dict) -> str:
+    recorded, expected = _semantic(_normalised(recorded)), _semantic(_normalised(expected))
     keys = sorted(k for k in expected if recorded.get(k) != expected[k])
     return ", ".join(f"{k}: {recorded.get(k)!r} on disk vs {expected[k]!r} in config" for k in keys)
 

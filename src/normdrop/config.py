@@ -171,6 +171,10 @@ def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     if len(set(seeds)) != len(seeds):
         dup = sorted({s for s in seeds if seeds.count(s) > 1})
         raise ConfigError(f"config key 'seeds': duplicate seed(s) {dup}; each seed once")
+    if train["lr_milestones"] != sorted(train["lr_milestones"]):
+        raise ConfigError(
+            f"config key 'train.lr_milestones': {train['lr_milestones']} must be increasing"
+        )
     bad = [m for m in train["lr_milestones"] if m >= train["epochs"]]
     if bad:
         raise ConfigError(

@@ -30,6 +30,30 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path
     return path
 
 
+def atomic_write_group(writes: dict[Path, Callable[[io.BufferedWriter], None]]) -> None:
+    """Replace several files together: all temp files are written (and fsynced) first, so a
+    failure (a full disk) changes none of the targets; then they are renamed in order, the last
+    one last (callers put the file that marks completion there)."""
+    tmps = {}
+    try:
+        for path, write in writes.items():
+            path = Path(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmps[path] = tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+            with open(tmp, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+        last = list(tmps)[-1]
+        last.unlink(missing_ok=True)  # the folder stops looking complete before files change
+        for path, tmp in tmps.items():
+            os.replace(tmp, path)
+    except BaseException:
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+        raise
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return atomic_write(path, lambda f: f.write(data))
 

@@ -31,7 +31,7 @@ from normdrop import provenance
 from normdrop.config import ConfigError, RunConfig
 from normdrop.data import DataError, Prepared, crop_flip, load_prepared, normalize
 from normdrop.models import build_model, count_parameters
-from normdrop.storage import atomic_write_json, atomic_write_parquet, atomic_write_torch
+from normdrop.storage import atomic_write_group, atomic_write_torch
 
 CHECKPOINT_FORMAT = 1
 
@@ -279,10 +279,9 @@ def train(
 
 
 def write_outputs(out: Path, cfg: RunConfig, result: RunResult, extra: dict) -> None:
-    """steps.parquet, epochs.parquet, then meta.json (last: its presence marks a finished run)."""
+    """steps.parquet, epochs.parquet and meta.json, replaced together; meta.json (whose presence
+    marks a finished run) last. A failure while writing leaves the previous files untouched."""
     out = Path(out)
-    atomic_write_parquet(out / "steps.parquet", result.steps)
-    atomic_write_parquet(out / "epochs.parquet", result.epochs)
     meta = {
         "settings": cfg.to_dict(),
         "settings_hash": cfg.settings_hash(),
@@ -303,7 +302,14 @@ def write_outputs(out: Path, cfg: RunConfig, result: RunResult, extra: dict) -> 
         **provenance.machine(),
         **extra,
     }
-    atomic_write_json(out / "meta.json", meta)
+    text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
+    atomic_write_group(
+        {
+            out / "steps.parquet": lambda f: result.steps.to_parquet(f, index=False),
+            out / "epochs.parquet": lambda f: result.epochs.to_parquet(f, index=False),
+            out / "meta.json": lambda f: f.write(text.encode()),
+        }
+    )
 
 
 # --------------------------------------------------------------------------- CLI
