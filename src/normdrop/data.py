@@ -41,8 +41,8 @@ def _check_name(name: str) -> None:
 
 def _how_to_obtain(name: str, raw_dir: Path) -> str:
     return (
-        f"run `snakemake download_{name}` (or `python -m normdrop.data download {name} "
-        f"--raw-dir {raw_dir}`) on a machine with internet access, or copy torchvision's "
+        f"run `python -m normdrop.data download {name} --raw-dir {raw_dir}` (what the workflow's "
+        f"`download` rule does) on a machine with internet access, or copy torchvision's "
         f"'{DATASETS[name][1]}' folder for {name} into {raw_dir}"
     )
 
