@@ -114,7 +114,9 @@ def test_prepared_split_is_identical_across_prepares(tmp_path):
 
 
 def test_missing_raw_data_says_what_to_place_where(tmp_path):
-    with pytest.raises(DataError, match=r"cifar-10-batches-py is missing.*normdrop.data download cifar10"):
+    with pytest.raises(
+        DataError, match=r"cifar-10-batches-py is missing.*normdrop.data download cifar10"
+    ):
         load_raw("cifar10", tmp_path)
 
 
