@@ -17,7 +17,8 @@ per variant the minimum and median seconds per step over all rounds are printed.
   compile        ours with torch.compile(model) (compile: true)
   fused_adam     ours with torch.optim.Adam(..., fused=True)
   compile_fused, compile_cl_fused, bf16_cl_compile_fused: combinations
-  fast_dropout   ours with benchmarks/fast_dropout.py's FastDropout for nn.Dropout (+ _cl, _cl_fused)
+  fast_dropout   ours with benchmarks/fast_dropout.py's FastDropout for nn.Dropout (+ _cl, _cl_fused,
+                 _cl_compile)
   no_dropout     ours with dropout 0 (how much of the step the dropout masks cost)
 
 --profile prints torch.profiler's top operators (self CPU time) for ours and ref_compute.
@@ -191,6 +192,9 @@ def main():
         ),
         "fast_dropout_cl_fused": lambda: make_ours_step(
             args.model, data, fast_dropout=True, channels_last=True, fused=True
+        ),
+        "fast_dropout_cl_compile": lambda: make_ours_step(
+            args.model, data, fast_dropout=True, channels_last=True, compile_=True
         ),
         "no_dropout": lambda: make_ours_step(args.model, data, dropout=0.0),
     }
