@@ -477,21 +477,27 @@ def _mtime(path: Path) -> int | None:
         return None
 
 
-def _kill_at_random_points(cmd, out: Path, ckpt: Path, rng: random.Random, why: str) -> list:
-    """Up to 3 runs of `cmd`, each SIGKILLed at a random point; returns the kill delays."""
+def _kill_at_random_points(
+    cmd, out: Path, ckpt: Path, max_delay: float, rng: random.Random, why: str
+) -> list:
+    """Runs `cmd` until it completes, SIGKILLing it at random points on its first 3 tries; returns
+    the delays of the kills that landed (after the try's first checkpoint save)."""
     kills = []
-    for attempt in range(3):
+    for attempt in range(4):
         before = _mtime(ckpt)
         proc = subprocess.Popen(cmd, env=TRAIN_ENV, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
         try:
+            if attempt == 3:  # the last try runs to the end
+                assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+                break
             # "Start" is this process's first checkpoint save: torch's import and the optimizer's
             # lazy imports take seconds on a loaded machine, and a kill there proves nothing.
             t0 = time.monotonic()
             while _mtime(ckpt) == before and proc.poll() is None:
                 assert time.monotonic() - t0 < 180, f"no checkpoint written in 180 s ({why})"
                 time.sleep(0.01)
-            delay = rng.uniform(0.05, 0.6)
+            delay = rng.uniform(0.02, max_delay)
             time.sleep(delay)
         finally:
             kill_group(proc)
@@ -499,6 +505,11 @@ def _kill_at_random_points(cmd, out: Path, ckpt: Path, rng: random.Random, why: 
             break
         assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
         kills.append(round(delay, 3))
+        if not ckpt.exists():
+            # Killed after its last step: the outputs were complete and the checkpoint, which
+            # they supersede, already removed. That is a finished run.
+            assert json.loads((out / "meta.json").read_text())["status"] == "completed"
+            break
         # The checkpoint is always whole; nothing final is visible before the run has finished.
         saved = torch.load(ckpt, weights_only=False)
         visible = [*glob.glob(str(out / "*.parquet")), *glob.glob(str(out / "meta.json"))]
@@ -513,23 +524,17 @@ def _kill_at_random_points(cmd, out: Path, ckpt: Path, rng: random.Random, why: 
 def test_training_sigkilled_at_random_points_resumes_to_identical_metrics(tmp_path, tiny_data):
     seed = random.SystemRandom().randrange(1 << 30)
     rng, why = random.Random(seed), f"random seed {seed}"
-    # The uninterrupted reference runs alongside the interrupted one.
-    ref = subprocess.Popen(train_cmd(tiny_data, tmp_path / "ref"), env=TRAIN_ENV,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                           start_new_session=True)  # fmt: skip
+    # The uninterrupted reference first: its training time (s) scales the kill delays, so the
+    # first kill lands before the end on a fast machine as on a slow one.
+    ref = subprocess.run(train_cmd(tiny_data, tmp_path / "ref"), env=TRAIN_ENV,
+                         capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert ref.returncode == 0, ref.stderr
+    ref_wall = json.loads((tmp_path / "ref" / "meta.json").read_text())["wall_time_s"]
     out, ckpt = tmp_path / "killed", tmp_path / "scratch" / "run.ckpt"
     # A timed save every 0.2 s (the reference has none): kills land mid-epoch, in evaluation and
     # in checkpoint writes, and must not change a single number.
     cmd = train_cmd(tiny_data, out, "--checkpoint", str(ckpt), "--checkpoint-every-s", "0.2")
-    try:
-        kills = _kill_at_random_points(cmd, out, ckpt, rng, why)
-        _, ref_err = ref.communicate(timeout=300)
-    finally:
-        kill_group(ref)
-    assert ref.returncode == 0, ref_err
-
-    done = subprocess.run(cmd, env=TRAIN_ENV, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr
+    kills = _kill_at_random_points(cmd, out, ckpt, 0.6 * ref_wall, rng, why)
     assert kills, f"no kill landed while training ({why})"
     meta = json.loads((out / "meta.json").read_text())
     assert meta["status"] == "completed"
@@ -615,6 +620,33 @@ def test_atomic_write_with_a_failing_writer_keeps_the_old_file(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         storage.atomic_write(fresh, interrupted)
     assert list(fresh.parent.iterdir()) == []
+
+
+def test_next_write_removes_temp_files_of_killed_writers_only(tmp_path):
+    target = tmp_path / "steps.parquet"
+    # A writer SIGKILLed mid-write (a real process, so its pid is really gone) ...
+    code = (
+        "import os, sys, time; from normdrop import storage; "
+        "storage.atomic_write(sys.argv[1], lambda f: (f.write(b'half'), f.flush(), "
+        "print('writing', flush=True), time.sleep(60)))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(target)], env=env,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "writing\n"
+    finally:
+        kill_group(proc)
+    dead = tmp_path / f".steps.parquet.tmp-{proc.pid}"
+    assert dead.read_bytes() == b"half" and not target.exists()
+    # ... and a live one (this test's parent process, standing in for a concurrent writer).
+    live = tmp_path / f".steps.parquet.tmp-{os.getppid()}"
+    live.write_bytes(b"in progress")
+
+    storage.atomic_write_group({target: lambda f: f.write(b"whole")})
+    assert target.read_bytes() == b"whole"
+    assert not dead.exists()  # the killed writer's litter is gone
+    assert live.read_bytes() == b"in progress"  # a running writer's file is not touched
 
 
 # --------------------------------------------------------------------------- 7. config faults

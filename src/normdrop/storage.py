@@ -2,7 +2,9 @@
 
 A reader (Snakemake, the aggregate, a user) sees either the previous complete file or the new
 complete file, never a partial one, even if the writer is killed or the disk fills up midway.
-Temp files are named `.<name>.tmp-<pid>` so that no glob for `*.parquet` ever matches them.
+Temp files are named `.<name>.tmp-<pid>` so that no glob for `*.parquet` ever matches them. A
+writer killed mid-write (SIGKILL, node failure) leaves its temp file behind; the next successful
+write of the same target removes it, so a rerun leaves the folder as clean as a first run.
 """
 
 from __future__ import annotations
@@ -12,6 +14,25 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def _sweep_stale_temps(path: Path) -> None:
+    """Remove temp files of `path` left by writers that no longer run (on this host; a writer on
+    another host sharing the folder cannot hold the same run, which Snakemake's lock prevents)."""
+    for tmp in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = tmp.name.rsplit("-", 1)[1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path:
@@ -27,6 +48,7 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> Path
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    _sweep_stale_temps(path)
     return path
 
 
@@ -52,6 +74,8 @@ def atomic_write_group(writes: dict[Path, Callable[[io.BufferedWriter], None]]) 
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
         raise
+    for path in tmps:
+        _sweep_stale_temps(path)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> Path:
