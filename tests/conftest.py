@@ -27,6 +27,21 @@ def tiny_data(tmp_path_factory) -> Path:
     return prepare("synthetic", root / "raw", root / "synthetic.pt", val_fraction=0.1)
 
 
+# The training CLI as a subprocess: the package on the path, one thread so two run side by side.
+TRAIN_ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+
+
+def train_cli(data: Path, out: Path, *extra) -> list[str]:
+    """`python -m normdrop.train` for a small CNN with BN and dropout on `tiny_data`: 8 epochs of
+    17 steps (about 1 s of training on one core), LR drop after epoch 6; `extra` overrides."""
+    return [
+        sys.executable, "-m", "normdrop.train", "--data", str(data),
+        "--dataset", "synthetic", "--model", "cnn", "--width", "8", "--norm", "batch",
+        "--dropout", "0.3", "--epochs", "8", "--milestones", "6", "--batch-size", "16",
+        "--out", str(out), "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
 def tiny_config(**overrides) -> RunConfig:
     settings = dict(
         dataset="synthetic", model="mlp", width=32, epochs=3, milestones=(2,), batch_size=32

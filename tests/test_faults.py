@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import copy
 import errno
 import glob
 import hashlib
@@ -35,8 +34,8 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
-from workflow_helpers import write_config
+from conftest import REPO, TRAIN_ENV, train_cli
+from workflow_helpers import FAST, deep_merge, snakemake_cmd, write_config
 
 import normdrop.train as train_module
 from normdrop import storage
@@ -53,42 +52,24 @@ SEEDS = [42, 43]
 DIVERGED = ("synthetic", "mlp", "none")  # the cell whose selected rate is set to 1e20
 BIG_LR = 1e20
 
-GRID = {
-    "seeds": SEEDS,
-    "models": {
-        "mlp": {"width": 16, "dropout_rate": 0.5},
-        "cnn": {"width": 4, "dropout_rate": 0.3},
-        "resnet20": {"width": 4, "dropout_rate": 0.3},
+# The workflow tests' fast demo grid, smaller still: 200 images, 2 epochs, one search epoch whose
+# only candidates are a sane rate and one that diverges everywhere.
+GRID = deep_merge(
+    FAST,
+    {
+        "models": {"mlp": {"width": 16}},
+        "data": {"synthetic": {"n_train": 200}},
+        "train": {"epochs": 2, "lr_milestones": [1]},
+        "lr_search": {"candidates": [1e-3, BIG_LR]},
+        # Other engineers may commit while the grid runs: the revision check is tested in-process.
+        "metrics": {"allow_mixed_revisions": True},
     },
-    "data": {
-        "synthetic": {
-            "n_train": 200,
-            "n_test": 100,
-            "num_classes": 10,
-            "channels": 3,
-            "size": 16,
-            "noise": 1.0,
-            "seed": 0,
-        }
-    },
-    "train": {"epochs": 2, "lr_milestones": [1]},
-    "lr_search": {"epochs": 1, "candidates": [1e-3, BIG_LR]},
-    # Other engineers may commit while the grid runs: the revision check is tested in-process.
-    "metrics": {"allow_mixed_revisions": True},
-}
+)
 RUN_KEYS = [(m, v, s) for m in MODELS for v in VARIANTS for s in SEEDS]
 RUN_FILES = ("steps.parquet", "epochs.parquet", "meta.json")
 
 
 # --------------------------------------------------------------------------- helpers
-def snakemake_cmd(workdir: Path, *args, configs=()) -> list[str]:
-    """As workflow_helpers.snakemake: repo Snakefile, --directory workdir, demo + overrides."""
-    return [
-        sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
-        "--directory", str(workdir), "--configfile", str(DEMO), *map(str, configs), *args,
-    ]  # fmt: skip
-
-
 def run(cmd, timeout=900) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
@@ -107,17 +88,6 @@ def kill_group(proc: subprocess.Popen) -> None:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     proc.wait(timeout=60)
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Snakemake's merge of a --configfile into the config: dicts recursively, the rest replaced."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def merged_config(*overrides: dict) -> dict:
@@ -458,18 +428,6 @@ def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(grid):
 
 
 # --------------------------------------------------------------------------- 2. random SIGKILLs
-def train_cmd(data: Path, out: Path, *extra) -> list[str]:
-    return [
-        sys.executable, "-m", "normdrop.train", "--data", str(data),
-        "--dataset", "synthetic", "--model", "cnn", "--width", "8", "--norm", "batch",
-        "--dropout", "0.3", "--epochs", "8", "--milestones", "6", "--batch-size", "16",
-        "--out", str(out), "--device", "cpu", *extra,
-    ]  # fmt: skip
-
-
-TRAIN_ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
-
-
 def _mtime(path: Path) -> int | None:
     try:
         return path.stat().st_mtime_ns
@@ -526,14 +484,14 @@ def test_training_sigkilled_at_random_points_resumes_to_identical_metrics(tmp_pa
     rng, why = random.Random(seed), f"random seed {seed}"
     # The uninterrupted reference first: its training time (s) scales the kill delays, so the
     # first kill lands before the end on a fast machine as on a slow one.
-    ref = subprocess.run(train_cmd(tiny_data, tmp_path / "ref"), env=TRAIN_ENV,
+    ref = subprocess.run(train_cli(tiny_data, tmp_path / "ref"), env=TRAIN_ENV,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert ref.returncode == 0, ref.stderr
     ref_wall = json.loads((tmp_path / "ref" / "meta.json").read_text())["wall_time_s"]
     out, ckpt = tmp_path / "killed", tmp_path / "scratch" / "run.ckpt"
     # A timed save every 0.2 s (the reference has none): kills land mid-epoch, in evaluation and
     # in checkpoint writes, and must not change a single number.
-    cmd = train_cmd(tiny_data, out, "--checkpoint", str(ckpt), "--checkpoint-every-s", "0.2")
+    cmd = train_cli(tiny_data, out, "--checkpoint", str(ckpt), "--checkpoint-every-s", "0.2")
     kills = _kill_at_random_points(cmd, out, ckpt, 0.6 * ref_wall, rng, why)
     assert kills, f"no kill landed while training ({why})"
     meta = json.loads((out / "meta.json").read_text())

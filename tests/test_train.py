@@ -6,13 +6,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
+from importlib import metadata
 
 import pandas as pd
 import pytest
 import torch
-from conftest import REPO, tiny_config
+from conftest import TRAIN_ENV, tiny_config, train_cli
 
 from normdrop.data import load_prepared
 from normdrop.train import train
@@ -61,13 +61,8 @@ def test_diverging_run_is_recorded_not_raised(tiny_data):
 
 
 def run_cli(tmp_path, tiny_data, out, *extra, wait=True):
-    cmd = [
-        sys.executable, "-m", "normdrop.train", "--data", str(tiny_data),
-        "--dataset", "synthetic", "--model", "cnn", "--width", "8", "--norm", "batch",
-        "--dropout", "0.3", "--epochs", "8", "--milestones", "6", "--batch-size", "16",
-        "--out", str(out), "--device", "cpu", *extra,
-    ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = train_cli(tiny_data, out, *extra)
+    env = TRAIN_ENV
     if wait:
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -151,7 +146,9 @@ def test_cli_writes_outputs_and_metadata(tmp_path, tiny_data):
     assert res.returncode == 0, res.stderr
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["settings"]["epochs"] == 2
-    assert meta["versions"]["torch"] == torch.__version__.split("+")[0] or meta["versions"]["torch"]
+    # The installed distributions' versions (torch's wheel may add a "+cu..." local tag).
+    assert meta["versions"]["torch"].split("+")[0] == torch.__version__.split("+")[0]
+    assert meta["versions"]["torchvision"] == metadata.version("torchvision")
     for key in ["git_revision", "param_count", "device", "wall_time_s", "settings_hash"]:
         assert meta[key] not in (None, "")
     assert len(pd.read_parquet(tmp_path / "run" / "epochs.parquet")) == 2

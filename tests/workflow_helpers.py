@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import subprocess
 import sys
 from pathlib import Path
@@ -34,17 +35,32 @@ FAST = {
 }
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """Snakemake's merge of a --configfile into the config: dicts recursively, the rest replaced."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
 def write_config(folder: Path, overrides: dict, name="override.yaml") -> Path:
     path = Path(folder) / name
     path.write_text(yaml.safe_dump(overrides))
     return path
 
 
-def snakemake(workdir: Path, *args, configs=(), timeout=900) -> subprocess.CompletedProcess:
+def snakemake_cmd(workdir: Path, *args, configs=()) -> list[str]:
     """`snakemake` on the repo's Snakefile, with --directory `workdir` and demo + extra configs."""
-    cmd = [
+    return [
         sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"),
         "--directory", str(workdir), "--configfile", str(REPO / "workflow" / "demo.yaml"),
         *map(str, configs), *args,
     ]  # fmt: skip
+
+
+def snakemake(workdir: Path, *args, configs=(), timeout=900) -> subprocess.CompletedProcess:
+    cmd = snakemake_cmd(workdir, *args, configs=configs)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)

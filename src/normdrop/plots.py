@@ -191,6 +191,13 @@ def _no_data(ax, text: str = "no data") -> None:
     ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
+def _no_bar(ax, x: float, text: str, y: float) -> None:
+    """Mark a variant without a finite value ("diverged", "not run") where its bar would stand;
+    `y` is in axes fraction so the label sits at the bottom whatever the data range."""
+    ax.text(x, y, text, rotation=90, ha="center", va="bottom",
+            transform=ax.get_xaxis_transform(), color="0.3")  # fmt: skip
+
+
 def _epoch_axis(ax, milestones: Sequence[float]) -> None:
     """Whole-epoch ticks and the LR milestones as dotted vertical lines."""
     for m in milestones:
@@ -338,16 +345,7 @@ def _bars(ax, runs, variants, styles, column, zoom: bool) -> None:
         vals = metric_values(sub, column)
         st = styles[v]
         if len(vals) == 0:
-            ax.text(
-                x,
-                0.02,
-                "diverged" if len(sub) else "not run",
-                rotation=90,
-                ha="center",
-                va="bottom",
-                transform=ax.get_xaxis_transform(),
-                color="0.3",
-            )
+            _no_bar(ax, x, "diverged" if len(sub) else "not run", 0.02)
             continue
         mean = vals.mean()
         sd = vals.std(ddof=1) if len(vals) > 1 else 0.0
@@ -585,16 +583,7 @@ def plot_overview(runs, pairs, styles) -> Figure:
                 st = styles[v]
                 if len(vals) == 0:
                     if len(vr):
-                        ax.text(
-                            x,
-                            0.05,
-                            "diverged",
-                            rotation=90,
-                            ha="center",
-                            va="bottom",
-                            transform=ax.get_xaxis_transform(),
-                            color="0.3",
-                        )
+                        _no_bar(ax, x, "diverged", 0.05)
                     continue
                 sd = vals.std(ddof=1) if len(vals) > 1 else 0.0
                 ax.errorbar(
