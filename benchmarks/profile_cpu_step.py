@@ -39,7 +39,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_train import Meter, make_prepared, write_cifar_pickles  # noqa: E402
 
-from normdrop.data import normalize  # noqa: E402
+from normdrop.data import normalize, standardization  # noqa: E402
 from normdrop.models import build_model  # noqa: E402
 
 WIDTH = {"mlp": 768, "cnn": 64, "resnet20": 32}
@@ -65,13 +65,14 @@ def make_ours_step(model_name, data, *, channels_last=False, bf16=False, compile
     losses = torch.zeros(10_000)
     correct = torch.zeros((), dtype=torch.long)
     model.train()
+    scale, shift = standardization(data.mean, data.std)
 
     def step():
         i = state["i"] % (n // 128)
         state["i"] += 1
         idx = state["perm"][i * 128 : (i + 1) * 128]
         x, y = data.train_x[idx], data.train_y[idx]
-        x = normalize(x, data.mean, data.std).contiguous(memory_format=fmt)
+        x = normalize(x, scale, shift).contiguous(memory_format=fmt)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             logits = forward(x)
         loss = F.cross_entropy(logits.float(), y)

@@ -20,6 +20,7 @@ from normdrop.data import (
     normalize,
     prepare,
     split_train_val,
+    standardization,
 )
 
 RNG = np.random.default_rng(0)
@@ -146,7 +147,7 @@ def test_corrupt_prepared_file_is_refused(tiny_data, tmp_path):
 
 def test_normalize_standardises_per_channel(tiny_data):
     p = load_prepared(tiny_data)
-    x = normalize(p.train_x, p.mean, p.std)
+    x = normalize(p.train_x, *standardization(p.mean, p.std))
     pixels = p.train_x.double() / 255
     expected = (pixels - p.mean.view(1, -1, 1, 1)) / p.std.view(1, -1, 1, 1)
     assert torch.allclose(x.double(), expected, atol=1e-5)

@@ -260,10 +260,17 @@ def file_sha256(path: Path) -> str:
 
 
 # --------------------------------------------------------------------------- on-device batches
-def normalize(x_u8: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """uint8 (N, C, H, W) -> float32, scaled to [0, 1] and standardised per channel."""
-    scale = (1 / (255 * std)).view(1, -1, 1, 1)
-    return x_u8.float() * scale - (mean / std).view(1, -1, 1, 1)
+def standardization(mean: torch.Tensor, std: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift), each (1, C, 1, 1), for `normalize`: per-channel mean and std (C,) of pixels
+    in [0, 1], folded into one multiply-subtract on the uint8 values. Computed once per run, so the
+    training step does not recompute them for every batch."""
+    return (1 / (255 * std)).view(1, -1, 1, 1), (mean / std).view(1, -1, 1, 1)
+
+
+def normalize(x_u8: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """uint8 (N, C, H, W) -> float32, scaled to [0, 1] and standardised per channel, with the
+    (scale, shift) of `standardization`."""
+    return x_u8.float() * scale - shift
 
 
 def crop_flip(x_u8: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:

@@ -29,7 +29,14 @@ import torch.nn.functional as F
 
 from normdrop import provenance
 from normdrop.config import ConfigError, RunConfig
-from normdrop.data import DataError, Prepared, crop_flip, load_prepared, normalize
+from normdrop.data import (
+    DataError,
+    Prepared,
+    crop_flip,
+    load_prepared,
+    normalize,
+    standardization,
+)
 from normdrop.models import build_model, count_parameters
 from normdrop.storage import atomic_write_group, atomic_write_torch
 
@@ -58,13 +65,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 @torch.no_grad()
-def evaluate(model, x_u8, y, mean, std, batch_size, use_bf16, memory_format):
+def evaluate(model, x_u8, y, scale, shift, batch_size, use_bf16, memory_format):
     """(mean cross-entropy, accuracy) over a whole split, in eval mode, in large batches."""
     model.eval()
     loss_sum = torch.zeros((), device=y.device)
     correct = torch.zeros((), device=y.device, dtype=torch.long)
     for i in range(0, len(y), batch_size):
-        x = normalize(x_u8[i : i + batch_size], mean, std).contiguous(memory_format=memory_format)
+        x = normalize(x_u8[i : i + batch_size], scale, shift)
+        x = x.contiguous(memory_format=memory_format)
         with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=use_bf16):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
@@ -122,7 +130,7 @@ def train(
     # channels_last makes cuDNN's bf16 convolutions use tensor cores without transposes.
     memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
     data = data.to(device)
-    mean, std = data.mean, data.std
+    scale, shift = standardization(data.mean, data.std)  # (1, C, 1, 1) each, on the device
 
     torch.manual_seed(cfg.seed)  # model initialization and dropout masks
     model = build_model(
@@ -195,7 +203,7 @@ def train(
             x, y = data.train_x[idx], data.train_y[idx]  # (B, C, H, W) uint8, (B,) int64
             if cfg.augment == "crop_flip":
                 x = crop_flip(x, gen)
-            x = normalize(x, mean, std).contiguous(memory_format=memory_format)
+            x = normalize(x, scale, shift).contiguous(memory_format=memory_format)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
                 logits = forward(x)
             loss = F.cross_entropy(logits.float(), y)
@@ -215,11 +223,11 @@ def train(
         finite = bool(torch.isfinite(epoch_losses).all())
         if finite:
             val_loss, val_acc = evaluate(
-                model, data.val_x, data.val_y, mean, std, cfg.eval_batch_size, use_bf16,
+                model, data.val_x, data.val_y, scale, shift, cfg.eval_batch_size, use_bf16,
                 memory_format,
             )  # fmt: skip
             test_loss, test_acc = evaluate(
-                model, data.test_x, data.test_y, mean, std, cfg.eval_batch_size, use_bf16,
+                model, data.test_x, data.test_y, scale, shift, cfg.eval_batch_size, use_bf16,
                 memory_format,
             )  # fmt: skip
         else:
@@ -255,7 +263,7 @@ def train(
     train_eval_acc = math.nan
     if diverged_epoch is None:
         _, train_eval_acc = evaluate(
-            model, data.train_x, data.train_y, mean, std, cfg.eval_batch_size, use_bf16,
+            model, data.train_x, data.train_y, scale, shift, cfg.eval_batch_size, use_bf16,
             memory_format,
         )  # fmt: skip
     losses_all = torch.cat(step_losses) if step_losses else torch.zeros(0)
