@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from normdrop.models import MODELS, NORMS
+from normdrop.models import INITS, MODELS, NORMS
 
 AUGMENTS = ("none", "crop_flip")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -36,6 +36,7 @@ class RunConfig:
     dataset: str
     model: str
     width: int
+    init: str = "stable"  # stable: every variant starts from a stable network; he: plain He init
     variant: str = "custom"  # a label for paths and tables; `norm` and `dropout` are what count
     norm: str = "none"
     dropout: float = 0.0  # rate; 0 turns dropout off
@@ -74,6 +75,7 @@ class RunConfig:
 
         need(self.model in MODELS, "model", f"allowed: {', '.join(MODELS)}")
         need(self.norm in NORMS, "norm", f"allowed: {', '.join(NORMS)}")
+        need(self.init in INITS, "init", f"allowed: {', '.join(INITS)}")
         need(self.augment in AUGMENTS, "augment", f"allowed: {', '.join(AUGMENTS)}")
         need(self.precision in PRECISIONS, "precision", f"allowed: {', '.join(PRECISIONS)}")
         need(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
@@ -200,6 +202,7 @@ def run_config(
         dataset=dataset,
         model=model,
         width=m["width"],
+        init=m.get("init", "stable"),
         variant=variant,
         norm=v["norm"],
         dropout=m["dropout_rate"] if v["dropout"] else 0.0,

@@ -1,14 +1,23 @@
 """The three architectures of the study (Table 1 of the paper), with a norm and a dropout switch.
 
 Every constructor takes the same arguments, so that a factory can build any of them from a run's
-settings: ``(in_shape, num_classes, width, norm, dropout)``, where ``in_shape`` is ``(C, H, W)``,
-``norm`` is one of ``NORMS`` and ``dropout`` is the rate (0 turns dropout off).
+settings: ``(in_shape, num_classes, width, norm, dropout, init)``, where ``in_shape`` is
+``(C, H, W)``, ``norm`` is one of ``NORMS``, ``dropout`` is the rate (0 turns dropout off) and
+``init`` one of ``INITS``.
 
-Placement (PROTOCOL.md): a norm layer follows each conv / hidden linear layer and precedes its
+Placement (docs/protocol.md): a norm layer follows each conv / hidden linear layer and precedes its
 ReLU; without a norm that layer keeps its bias (with one, the norm's shift makes the bias
 redundant). Dropout follows each hidden activation of the MLP, each pooling block and the hidden
 linear layer of the CNN, and sits between the two convolutions of each ResNet basic block (as in
 wide residual networks).
+
+Initialization (docs/protocol.md, "Initialization"): every variant starts from a stable network,
+i.e. its first-batch loss is close to ln(classes). ``init="stable"`` (the default) is PyTorch's
+default init for the MLP and the CNN; for the ResNets, He init for the convolutions, the head with
+``nn.Linear``'s default init and, without a norm, the last conv of every residual branch at zero,
+so that each block starts as the identity (Fixup, Zhang et al. 2019; SkipInit, De & Smith 2020).
+``init="he"`` is He's normal init for every conv and linear weight (the code before that rule):
+without a norm it makes the ResNets' logits explode, for whoever wants to see that.
 """
 
 from __future__ import annotations
@@ -20,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 NORMS = ("none", "batch", "group", "layer")
+INITS = ("stable", "he")
 
 
 def norm_layer(norm: str, channels: int, spatial: bool) -> nn.Module | None:
@@ -45,6 +55,13 @@ def _dropout(rate: float) -> nn.Module | None:
     return nn.Dropout(rate) if rate > 0 else None
 
 
+def he_init_(module: nn.Module) -> None:
+    """He's normal init (gain sqrt(2), fan-in) for the weight of every conv and linear layer."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d | nn.Linear):
+            nn.init.kaiming_normal_(m.weight)
+
+
 class MLP(nn.Module):
     """3 linear layers: flatten -> width -> width -> classes, ReLU between.
 
@@ -52,7 +69,7 @@ class MLP(nn.Module):
     (the paper's 1.2M); BatchNorm adds 2 x 2 x 768 and removes 2 x 768 biases: 1,202,698.
     """
 
-    def __init__(self, in_shape, num_classes, width=768, norm="none", dropout=0.0):
+    def __init__(self, in_shape, num_classes, width=768, norm="none", dropout=0.0, init="stable"):
         super().__init__()
         bias = norm == "none"
         in_features = math.prod(in_shape)
@@ -72,6 +89,8 @@ class MLP(nn.Module):
             ),
             nn.Linear(width, num_classes),
         )
+        if init == "he":
+            he_init_(self)
 
     def forward(self, x):
         return self.net(x)
@@ -86,7 +105,7 @@ class CNN(nn.Module):
     paper's 2.5M).
     """
 
-    def __init__(self, in_shape, num_classes, width=64, norm="none", dropout=0.0):
+    def __init__(self, in_shape, num_classes, width=64, norm="none", dropout=0.0, init="stable"):
         super().__init__()
         channels, height, wide = in_shape
         bias = norm == "none"
@@ -127,6 +146,8 @@ class CNN(nn.Module):
             ),
             nn.Linear(hidden, num_classes),
         )
+        if init == "he":
+            he_init_(self)
 
     def forward(self, x):
         return self.classifier(self.features(x))
@@ -162,16 +183,22 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNet20(nn.Module):
-    """He et al. (2016) CIFAR ResNet-20: a 3x3 conv, 3 stages x 3 basic blocks, a linear layer.
+class ResNet(nn.Module):
+    """He et al. (2016) CIFAR ResNet of depth 6n+2: a 3x3 conv, 3 stages x n basic blocks, a
+    linear layer.
 
-    Stage widths (w, 2w, 4w), strides (1, 2, 2), option-A shortcuts. With BatchNorm on CIFAR-10
-    it has 269,722 parameters at width 16 (the original) and 1,073,962 at width 32 (the paper's
-    1.1M).
+    Stage widths (w, 2w, 4w), strides (1, 2, 2), option-A shortcuts. ResNet-20 (n = 3) with
+    BatchNorm on CIFAR-10 has 269,722 parameters at width 16 (the original) and 1,073,962 at
+    width 32 (the paper's 1.1M); at width 32, ResNet-32/44/56 have 1,849,898 / 2,625,834 /
+    3,401,770.
     """
 
-    def __init__(self, in_shape, num_classes, width=32, norm="none", dropout=0.0):
+    def __init__(
+        self, in_shape, num_classes, width=32, norm="none", dropout=0.0, init="stable", depth=20
+    ):
         super().__init__()
+        if depth < 8 or (depth - 2) % 6:
+            raise ValueError(f"ResNet depth must be 6n+2 with n >= 1 (20, 32, 44, 56), got {depth}")
         bias = norm == "none"
         self.stem = nn.Sequential(
             *_block(
@@ -182,30 +209,64 @@ class ResNet20(nn.Module):
         )
         blocks, cin = [], width
         for stage, cout in enumerate((width, 2 * width, 4 * width)):
-            for i in range(3):
+            for i in range((depth - 2) // 6):
                 stride = 2 if stage > 0 and i == 0 else 1
                 blocks.append(BasicBlock(cin, cout, stride, norm, dropout))
                 cin = cout
         self.blocks = nn.Sequential(*blocks)
         self.head = nn.Linear(cin, num_classes)
+        if init == "he":
+            he_init_(self)
+            return
+        # "stable": He init for the convs (right where a norm follows each one); the head keeps
+        # nn.Linear's default init (He's would give logits of SD ~3-5 with a norm). Without a
+        # norm, each residual branch ends in a zero conv, so every block starts as the identity
+        # and the activations' variance does not double at each of the 3n blocks.
         for m in self.modules():
-            if isinstance(m, nn.Conv2d | nn.Linear):
+            if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight)
+        if norm == "none":
+            for block in self.blocks:
+                nn.init.zeros_(block.conv2.weight)
+                nn.init.zeros_(block.conv2.bias)
 
     def forward(self, x):
         x = self.blocks(self.stem(x))
         return self.head(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
 
 
-MODELS = {"mlp": MLP, "cnn": CNN, "resnet20": ResNet20}
+def _resnet(depth: int):
+    def factory(in_shape, num_classes, width=32, norm="none", dropout=0.0, init="stable"):
+        return ResNet(in_shape, num_classes, width, norm, dropout, init, depth=depth)
+
+    factory.__name__ = factory.__qualname__ = f"resnet{depth}"
+    factory.__doc__ = f"ResNet-{depth} ({(depth - 2) // 6} basic blocks per stage)."
+    return factory
 
 
-def build_model(name, in_shape, num_classes, width, norm="none", dropout=0.0) -> nn.Module:
+# resnet20 is the paper's model; the deeper members of the 6n+2 family are for the depth study.
+MODELS = {
+    "mlp": MLP,
+    "cnn": CNN,
+    "resnet20": _resnet(20),
+    "resnet32": _resnet(32),
+    "resnet44": _resnet(44),
+    "resnet56": _resnet(56),
+}
+
+
+def build_model(
+    name, in_shape, num_classes, width, norm="none", dropout=0.0, init="stable"
+) -> nn.Module:
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; allowed: {', '.join(NORMS)}")
-    return MODELS[name](tuple(in_shape), num_classes, width=width, norm=norm, dropout=dropout)
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
+    return MODELS[name](
+        tuple(in_shape), num_classes, width=width, norm=norm, dropout=dropout, init=init
+    )
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -134,7 +134,7 @@ def train(
 
     torch.manual_seed(cfg.seed)  # model initialization and dropout masks
     model = build_model(
-        cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout
+        cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout, cfg.init
     )
     model = model.to(device, memory_format=memory_format)
     param_count = count_parameters(model)
