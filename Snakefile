@@ -1,4 +1,4 @@
-# normdrop: BatchNorm and Dropout, alone and together (see README.md and PROTOCOL.md).
+# normdrop: BatchNorm and Dropout, alone and together (see README.md and docs/protocol.md).
 #   download -> prepare -> lr_search -> select_lr -> train -> aggregate -> tables, figures
 from snakemake.utils import min_version
 

@@ -135,6 +135,7 @@ def make_summary(
                             diverged_epoch=float(div_epoch) if is_div else nan,
                             epochs=epochs,
                             loss_sd=nan if is_div else float(np.mean(curve_sd)),
+                            loss_sd_late=nan if is_div else float(np.mean(curve_sd[1:])),
                             convergence_epoch=nan
                             if is_div
                             else float(min(epochs, round(conv_target + rng.integers(0, 2)))),
@@ -181,6 +182,7 @@ def runs_from_values(values: dict[str, dict[str, list[float]]], dataset="cifar10
                 diverged_epoch=np.nan,
                 epochs=10,
                 loss_sd=0.03,
+                loss_sd_late=0.03,
                 convergence_epoch=5.0,
                 final_test_acc=0.8,
                 final_val_acc=0.8,
@@ -196,7 +198,14 @@ def runs_from_values(values: dict[str, dict[str, list[float]]], dataset="cifar10
                 row[col] = vals[i]
             if not np.isfinite(row["final_test_acc"]):
                 row.update(status="diverged", diverged_epoch=3.0)
-                for col in ("loss_sd", "convergence_epoch", "gen_gap", "es_epoch", "es_test_acc"):
+                for col in (
+                    "loss_sd",
+                    "loss_sd_late",
+                    "convergence_epoch",
+                    "gen_gap",
+                    "es_epoch",
+                    "es_test_acc",
+                ):
                     row[col] = np.nan
             rows.append(row)
     return pd.DataFrame(rows)

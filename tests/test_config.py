@@ -34,12 +34,15 @@ def test_settings_hash_ignores_execution_only_settings():
     a = RunConfig(**BASE)
     assert a.settings_hash() == RunConfig(**BASE, precision="fp32", compile=True).settings_hash()
     assert a.settings_hash() != RunConfig(**BASE, seed=43).settings_hash()
+    # The init rule changes what a run computes: a result from the other rule is stale.
+    assert a.init == "stable" and a.settings_hash() != RunConfig(**BASE, init="he").settings_hash()
 
 
 def test_grid_cell_and_cli_round_trip():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg = run_config(config, "cifar10", "resnet20", "bn_dropout", 44, lr=3e-4)
     assert (cfg.norm, cfg.dropout, cfg.width, cfg.seed) == ("batch", 0.3, 32, 44)
+    assert cfg.init == "stable"
     assert (cfg.epochs, cfg.milestones, cfg.batch_size) == (100, (50, 75), 128)
     args = _parser().parse_args([*to_cli_args(cfg), "--data", "x.pt", "--out", "o"])
     assert RunConfig(**{f: getattr(args, f) for f in cfg.to_dict()}) == cfg

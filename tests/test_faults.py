@@ -624,6 +624,10 @@ CONFIG_FAULTS = {
         {"variants": {"gn": {"norm": "instance", "dropout": False}}}, "variants.gn.norm",
         "'instance' is not allowed; allowed: none, batch, group, layer",
     ),
+    "unknown_init": (
+        {"models": {"mlp": {"init": "xavier"}}}, "models.mlp.init",
+        "'xavier' is not allowed; allowed: stable, he",
+    ),
     "empty_grid": ({"datasets": []}, "datasets", "[] should be non-empty"),
     "duplicate_seeds": ({"seeds": [42, 43, 42]}, "seeds", "duplicate seed(s) [42]"),
     "milestone_beyond_last_epoch": (

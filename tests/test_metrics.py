@@ -8,8 +8,16 @@ from normdrop.metrics import (
     early_stopping,
     generalization_gap,
     loss_sd,
+    loss_sd_late,
     run_metrics,
 )
+
+
+def test_loss_sd_late_leaves_out_the_first_epoch():
+    # An exploding first epoch dominates the paper's loss SD but not the late form.
+    assert loss_sd([15.3, 0.2, 0.1]) == pytest.approx(5.2)
+    assert loss_sd_late([15.3, 0.2, 0.1]) == pytest.approx(0.15)
+    assert math.isnan(loss_sd_late([0.3]))  # one epoch: nothing left to average
 
 
 def test_loss_sd_is_the_mean_of_per_epoch_sds():
@@ -54,6 +62,7 @@ def test_run_metrics_of_a_completed_and_a_diverged_run():
     )
     m = run_metrics(epochs, train_eval_acc=0.95, status="completed")
     assert m["loss_sd"] == pytest.approx(0.2)
+    assert m["loss_sd_late"] == pytest.approx(0.2)  # mean of epochs 2 and 3: (0.1 + 0.3) / 2
     assert m["convergence_epoch"] == 2
     assert m["final_test_acc"] == 0.75
     assert m["gen_gap"] == pytest.approx(20.0)

@@ -79,7 +79,7 @@ def test_unknown_names_are_refused():
 
 
 def test_deeper_resnets_are_the_6n_plus_2_family():
-    # +12 layers = +1 basic block per stage (387,968 parameters); BN, width 32, CIFAR-10.
+    # +12 layers = 2 more basic blocks per stage (2 x 387,968 parameters); BN, width 32, CIFAR.
     counts = {d: params(f"resnet{d}", CIFAR, 10, 32, "batch") for d in (20, 32, 44, 56)}
     assert counts == {20: 1_073_962, 32: 1_849_898, 44: 2_625_834, 56: 3_401_770}
     model = build_model("resnet56", CIFAR, 10, 8, "batch", 0.3)

@@ -1,4 +1,4 @@
-"""The study's metrics (section 4.2 of the paper, as PROTOCOL.md defines them).
+"""The study's metrics (section 4.2 of the paper, as docs/protocol.md defines them).
 
 Accuracies are fractions in [0, 1]; the generalization gap is in percentage points. A diverged
 run (status 'diverged') has no final metrics: they are NaN, and the tables say 'diverged'.
@@ -18,6 +18,17 @@ def loss_sd(epoch_loss_sd) -> float:
     if len(values) == 0 or not np.isfinite(values).all():
         return math.nan
     return float(values.mean())
+
+
+def loss_sd_late(epoch_loss_sd, skip: int = 1) -> float:
+    """Loss SD over epochs skip+1..N: the same average without the first epoch(s).
+
+    The paper's loss SD averages every epoch, so one violent first epoch (an initialization that
+    starts far from ln(classes)) can decide it; this form tells a difference in the first epoch
+    from one throughout training. NaN for a run of `skip` epochs or fewer.
+    """
+    values = np.asarray(epoch_loss_sd, dtype=float)
+    return loss_sd(values[skip:]) if len(values) > skip else math.nan
 
 
 def convergence_epoch(val_acc, fraction: float = 0.95) -> float:
@@ -55,6 +66,7 @@ def run_metrics(
         nan = math.nan
         return dict(
             loss_sd=nan,
+            loss_sd_late=nan,
             convergence_epoch=nan,
             final_test_acc=nan,
             final_val_acc=nan,
@@ -67,6 +79,7 @@ def run_metrics(
     final_test = float(epochs["test_acc"].iloc[-1])
     return dict(
         loss_sd=loss_sd(epochs["train_loss_sd"]),
+        loss_sd_late=loss_sd_late(epochs["train_loss_sd"]),
         convergence_epoch=convergence_epoch(epochs["val_acc"], convergence_fraction),
         final_test_acc=final_test,
         final_val_acc=float(epochs["val_acc"].iloc[-1]),

@@ -53,6 +53,7 @@ RUN_COLUMNS = (
     "diverged_epoch",
     "epochs",
     "loss_sd",
+    "loss_sd_late",
     "convergence_epoch",
     "final_test_acc",
     "final_val_acc",
@@ -244,6 +245,7 @@ class Metric:
 
 METRICS = (
     Metric("loss_sd", "Loss SD", 1.0, 4, "loss_sd"),
+    Metric("loss_sd_late", "Loss SD ep. 2+", 1.0, 4, "loss_sd_late"),
     Metric("convergence_epoch", "Conv. epoch", 1.0, 1, "convergence_epoch"),
     Metric("final_test_acc", "Test acc. (%)", 100.0, 2, "final_test_acc_pct"),
     Metric("gen_gap", "Gen. gap (pts)", 1.0, 2, "gen_gap_pts"),
