@@ -38,8 +38,8 @@ def test_dry_run_of_the_paper_grid_plans_108_runs_and_144_searches(tmp_path):
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_a_second_run_has_nothing_to_do(tmp_path):
     # The README's demo itself (workflow/demo.yaml, nothing overridden): 3 models x 4 variants x
-    # 3 seeds of 6 epochs, a 2-candidate search of 2 epochs.
-    res = snakemake(tmp_path, "--cores", "2")
+    # 3 seeds of 6 epochs, a 2-candidate search of 2 epochs (about 4 minutes on 2 quiet cores).
+    res = snakemake(tmp_path, "--cores", "2", timeout=1800)
     assert res.returncode == 0, res.stderr[-3000:]
     results = tmp_path / "results" / "demo"
     runs = pd.read_parquet(results / "summary" / "runs.parquet")
