@@ -245,8 +245,8 @@ def grid_config(config: dict) -> dict:
                 )
             variants[vname] = spec
     cells = select.get("cells") or [f"{d}/{m}" for d in config["datasets"] for m in models]
-    return {**config, "models": models, "variants": variants, "select": {"cells": list(cells)},
-            "sweep": {}}  # fmt: skip
+    selected = {"models": models, "variants": variants, "select": {"cells": list(cells)}}
+    return {**config, **selected, "sweep": {}}
 
 
 def grid_cells(config: dict) -> list[tuple[str, str]]:
