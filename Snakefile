@@ -1,5 +1,7 @@
 # normdrop: BatchNorm and Dropout, alone and together (see README.md and docs/protocol.md).
 #   download -> prepare -> lr_search -> select_lr -> train -> aggregate -> tables, figures
+import re
+
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -23,7 +25,7 @@ include: "workflow/report.smk"
 wildcard_constraints:
     dataset="|".join(DATASETS),
     model="|".join(MODELS),
-    variant="|".join(VARIANTS),
+    variant="|".join(map(re.escape, VARIANTS)),  # swept names hold dots: dropout_p0.1
     seed=r"\d+",
     lr=r"[0-9.e+-]+",
 
@@ -37,6 +39,7 @@ localrules:
     tables,
     hypotheses,
     summary_report,
+    study,
 
 
 rule all:

@@ -12,6 +12,8 @@ sys.path.insert(0, SRC)
 
 from normdrop.config import (  # noqa: E402
     ConfigError,
+    grid_cells,
+    grid_config,
     run_config,
     search_config,
     to_cli_args,
@@ -23,11 +25,15 @@ try:
 except ConfigError as err:
     raise WorkflowError(f"invalid config: {err}") from None
 
+# The grid as it is run: `select` applied, `sweep` expanded into variants (config.py).
+GRID = grid_config(config)
+CELLS = grid_cells(GRID)  # (dataset, model) pairs
+STUDY = config.get("study")
 RESULTS = config["results_dir"]
 RESOURCES = config["resources_dir"]
-DATASETS = config["datasets"]
-MODELS = list(config["models"])
-VARIANTS = list(config["variants"])
+DATASETS = [d for d in config["datasets"] if any(d == c[0] for c in CELLS)]
+MODELS = list(GRID["models"])
+VARIANTS = list(GRID["variants"])
 SEEDS = config["seeds"]
 LR_CANDIDATES = [f"{lr:g}" for lr in config["lr_search"]["candidates"]]
 EXEC = config["execution"]
@@ -76,7 +82,7 @@ def synthetic_args(wildcards):
 
 def search_args(wildcards):
     cfg = search_config(
-        config,
+        GRID,
         wildcards.dataset,
         wildcards.model,
         wildcards.variant,
@@ -87,7 +93,7 @@ def search_args(wildcards):
 
 def train_args(wildcards):
     cfg = run_config(
-        config,
+        GRID,
         wildcards.dataset,
         wildcards.model,
         wildcards.variant,
@@ -110,27 +116,25 @@ def lr_candidates(wildcards):
 
 
 def all_run_metas():
-    return expand(
-        f"{RESULTS}/runs/{RUN}/meta.json",
-        dataset=DATASETS,
-        model=MODELS,
-        variant=VARIANTS,
-        seed=SEEDS,
-    )
+    return [
+        f"{RESULTS}/runs/{d}/{m}/{v}/seed{s}/meta.json"
+        for d, m in CELLS
+        for v in VARIANTS
+        for s in SEEDS
+    ]
 
 
 def all_selected_lrs():
-    return expand(
-        f"{RESULTS}/lr_search/{{dataset}}/{{model}}/{{variant}}/selected.json",
-        dataset=DATASETS,
-        model=MODELS,
-        variant=VARIANTS,
-    )
+    return [
+        f"{RESULTS}/lr_search/{d}/{m}/{v}/selected.json"
+        for d, m in CELLS
+        for v in VARIANTS
+    ]
 
 
 def config_json():
-    """The merged config, quoted for the shell: the aggregate checks every run against it."""
-    return shlex.quote(json.dumps(config, sort_keys=True))
+    """The grid's config, quoted for the shell: the aggregate checks every run against it."""
+    return shlex.quote(json.dumps(GRID, sort_keys=True))
 
 
 def output_dir(wildcards, output):
@@ -147,6 +151,7 @@ def input_dir(wildcards, input):
 # `snakemake --report report.html`, grouped by dataset and model.
 from normdrop.hypotheses import hypothesis_paths
 from normdrop.plots import OVERVIEW, figure_paths
+from normdrop.study import FIGURE_STEM, TABLE_STEM, study_paths
 from normdrop.tables import dataset_name, model_name, table_paths
 
 SUMMARY = f"{RESULTS}/summary"
@@ -169,6 +174,8 @@ REPORT_ITEMS = {
     "interaction": ("interaction", "BN x dropout interaction (H3)"),
     "lr_search": ("lr_search", "Learning-rate search"),
     OVERVIEW: ("overview_test_acc", "Final test accuracy, all datasets and models"),
+    TABLE_STEM: ("study_effects", "Study: effect per value of the swept setting"),
+    FIGURE_STEM: ("study_metrics", "Study: metrics against the swept setting"),
 }
 
 
@@ -181,6 +188,8 @@ def _for_report(path, root, kind, shown=(".html", ".png")):
     parts = path.relative_to(root).parts
     if len(parts) == 3:  # {dataset}/{model}/{stem}.{ext}
         category, subcategory = dataset_name(parts[0]), model_name(parts[1])
+    elif STUDY:
+        category, subcategory = f"Study: {STUDY['name']}", "Figures and tables"
     else:
         category, subcategory = OVERALL, "Figures" if kind == "figure" else "Tables"
     return report(
@@ -209,6 +218,17 @@ def figure_outputs():
     ]
 
 
+def study_outputs():
+    tables, figures = study_paths(TABLES, FIGURES)
+    return [_for_report(p, TABLES, "table") for p in tables] + [
+        _for_report(p, FIGURES, "figure") for p in figures
+    ]
+
+
+def study_json():
+    return shlex.quote(json.dumps(STUDY, sort_keys=True))
+
+
 def summary_dir(wildcards, input):
     return SUMMARY
 
@@ -222,7 +242,10 @@ def figures_dir(wildcards, output):
 
 
 def report_targets():
-    """Every output of this file, for the Snakefile's `all` rule."""
+    """The outputs of this file for the Snakefile's `all` rule: a study's own figure and table,
+    else the paper's tables, hypothesis tests, figures and summary."""
+    if STUDY:
+        return rules.study.output
     return (
         rules.tables.output
         + rules.hypotheses.output

@@ -1,4 +1,5 @@
-# tables, hypotheses, figures, summary_report: everything a reader sees, from results/summary/.
+# tables, hypotheses, figures, summary_report: everything a reader sees, from results/summary/;
+# for a study (config key `study`), the rule `study` instead: its figure and table of effects.
 # Output lists and report flags are built in common.smk.
 
 
@@ -89,3 +90,26 @@ rule summary_report:
         "python -m normdrop.report --summary-dir {params.summary} --out {output}"
         " --figures-dir {params.figures}"
         " --datasets {params.datasets} --models {params.models} > {log} 2>&1"
+
+
+rule study:
+    input:
+        runs=f"{SUMMARY}/runs.parquet",
+    output:
+        study_outputs(),
+    log:
+        f"{RESULTS}/logs/study.log",
+    conda:
+        "../envs/normdrop.yaml"
+    resources:
+        gpu=0,
+        mem_mb=4000,
+    params:
+        summary=summary_dir,
+        tables=tables_dir,
+        figures=figures_dir,
+        study=study_json(),
+    shell:
+        "MPLBACKEND=Agg python -m normdrop.study --summary-dir {params.summary}"
+        " --tables-dir {params.tables} --figures-dir {params.figures}"
+        " --study-json {params.study} > {log} 2>&1"

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from normdrop.config import EXECUTION_FIELDS, run_config, search_config
+from normdrop.config import EXECUTION_FIELDS, grid_cells, grid_config, run_config, search_config
 from normdrop.metrics import run_metrics
 from normdrop.storage import atomic_write_json, atomic_write_parquet
 
@@ -82,53 +82,52 @@ def _normalised(settings: dict) -> dict:
 
 
 def summarize(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    config = grid_config(config)  # `select` and `sweep` applied (a no-op on the workflow's grid)
     results = Path(config["results_dir"])
     fraction = config["metrics"]["convergence_fraction"]
     runs, curves, candidates, stale = [], [], [], []
-    for dataset in config["datasets"]:
-        for model in config["models"]:
-            for variant, spec in config["variants"].items():
-                cell = results / "lr_search" / dataset / model / variant
-                selected = json.loads((cell / "selected.json").read_text())
-                for c in selected["candidates"]:
-                    candidates.append({**c, "selected": c["lr"] == selected["lr"]})
-                for lr in config["lr_search"]["candidates"]:
-                    expected = search_config(config, dataset, model, variant, lr).to_dict()
-                    meta, _ = load_run(cell / f"lr{lr:g}")
-                    if _semantic(meta["settings"]) != _semantic(_normalised(expected)):
-                        stale.append(f"{cell}/lr{lr:g}: {_diff(meta['settings'], expected)}")
-                for seed in config["seeds"]:
-                    folder = results / "runs" / dataset / model / variant / f"seed{seed}"
-                    meta, epochs = load_run(folder)
-                    expected = _normalised(
-                        run_config(config, dataset, model, variant, seed).to_dict()
-                    )
-                    if _semantic(meta["settings"]) != _semantic(expected):
-                        stale.append(f"{folder}: {_diff(meta['settings'], expected)}")
-                    elif meta["lr"] != selected["lr"]:
-                        stale.append(
-                            f"{folder}: lr {meta['lr']} on disk vs {selected['lr']} selected"
-                        )
-                    keys = {"dataset": dataset, "model": model, "variant": variant, "seed": seed}
-                    runs.append(
-                        {
-                            **keys,
-                            "norm": spec["norm"],
-                            "dropout": spec["dropout"],
-                            "dropout_rate": meta["settings"]["dropout"],
-                            "lr": meta["lr"],
-                            "param_count": meta["param_count"],
-                            "status": meta["status"],
-                            "diverged_epoch": meta["diverged_epoch"] or math.nan,
-                            "epochs": meta["settings"]["epochs"],
-                            **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction),
-                            "wall_time_s": meta["wall_time_s"],
-                            "git_revision": meta["git_revision"],
-                            "device": meta.get("device", "unknown"),
-                            "slurm_job_id": meta.get("slurm_job_id"),
-                        }
-                    )
-                    curves.append(epochs.assign(**keys))
+    for dataset, model in grid_cells(config):
+        for variant, spec in config["variants"].items():
+            cell = results / "lr_search" / dataset / model / variant
+            selected = json.loads((cell / "selected.json").read_text())
+            for c in selected["candidates"]:
+                candidates.append({**c, "selected": c["lr"] == selected["lr"]})
+            for lr in config["lr_search"]["candidates"]:
+                expected = search_config(config, dataset, model, variant, lr).to_dict()
+                meta, _ = load_run(cell / f"lr{lr:g}")
+                if _semantic(meta["settings"]) != _semantic(_normalised(expected)):
+                    stale.append(f"{cell}/lr{lr:g}: {_diff(meta['settings'], expected)}")
+            for seed in config["seeds"]:
+                folder = results / "runs" / dataset / model / variant / f"seed{seed}"
+                meta, epochs = load_run(folder)
+                expected = _normalised(run_config(config, dataset, model, variant, seed).to_dict())
+                if _semantic(meta["settings"]) != _semantic(expected):
+                    stale.append(f"{folder}: {_diff(meta['settings'], expected)}")
+                elif meta["lr"] != selected["lr"]:
+                    stale.append(f"{folder}: lr {meta['lr']} on disk vs {selected['lr']} selected")
+                keys = {"dataset": dataset, "model": model, "variant": variant, "seed": seed}
+                runs.append(
+                    {
+                        **keys,
+                        "norm": spec["norm"],
+                        # on when its rate is > 0 (a swept rate of 0 is dropout off)
+                        "dropout": bool(spec["dropout"] and meta["settings"]["dropout"] > 0),
+                        "dropout_rate": meta["settings"]["dropout"],
+                        "family": spec.get("family", variant),  # variant before a sweep
+                        "batch_size": meta["settings"]["batch_size"],
+                        "lr": meta["lr"],
+                        "param_count": meta["param_count"],
+                        "status": meta["status"],
+                        "diverged_epoch": meta["diverged_epoch"] or math.nan,
+                        "epochs": meta["settings"]["epochs"],
+                        **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction),
+                        "wall_time_s": meta["wall_time_s"],
+                        "git_revision": meta["git_revision"],
+                        "device": meta.get("device", "unknown"),
+                        "slurm_job_id": meta.get("slurm_job_id"),
+                    }
+                )
+                curves.append(epochs.assign(**keys))
     if stale:
         raise StaleResultsError(
             f"{len(stale)} result(s) disagree with the current config (delete them, or rerun "

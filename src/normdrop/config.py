@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -185,11 +187,130 @@ def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
         )
     if config["data"]["augment"] != "none" and "mnist" in config["datasets"]:
         raise ConfigError("config key 'data.augment': crop_flip is for CIFAR-like data, not mnist")
+    _check_selection(config)
+    grid = grid_config(config)
+    _check_study(config, grid)
     # Every cell of the grid must make a valid RunConfig: catches what the schema cannot.
-    for model in config["models"]:
-        for variant in config["variants"]:
-            run_config(config, config["datasets"][0], model, variant, seeds[0])
+    for dataset, model in grid_cells(grid):
+        for variant in grid["variants"]:
+            run_config(grid, dataset, model, variant, seeds[0])
     return config
+
+
+# --------------------------------------------------------------------------- selection, sweeps
+# A --configfile is deep-merged into config.yaml (dicts merge, lists replace), so a study cannot
+# drop a model or variant by leaving it out: `select` names the ones to run (default: all), and
+# `sweep` crosses the selected variants with values of a run setting. `grid_config` applies both;
+# everything that enumerates the grid (the workflow, the aggregate) goes through it.
+
+# setting -> tag in the generated variant's name: bn x batch_size 16 -> "bn_bs16"
+SWEEP_TAGS = {"batch_size": "bs", "dropout_rate": "p"}
+STUDY_AXES = ("batch_size", "dropout_rate", "depth")
+
+
+def model_depth(model: str) -> int | None:
+    """Layer count of a ResNet of the 6n+2 family from its name (resnet32 -> 32), else None."""
+    found = re.fullmatch(r"resnet(\d+)", model)
+    return int(found[1]) if found else None
+
+
+def swept_variants(name: str, spec: dict, sweep: dict) -> dict[str, dict]:
+    """One variant per combination of swept values; a variant without dropout is not swept over
+    the dropout rate (its runs would all be the same). Each keeps its `family` (the base name)."""
+    axes = [s for s in sweep if not (s == "dropout_rate" and not spec["dropout"])]
+    out = {}
+    for values in itertools.product(*(sweep[s] for s in axes)):
+        tags = [f"{SWEEP_TAGS[s]}{v:g}" for s, v in zip(axes, values, strict=True)]
+        out["_".join([name, *tags])] = {
+            **spec,
+            "family": spec.get("family", name),
+            **dict(zip(axes, values, strict=True)),
+        }
+    return out
+
+
+def grid_config(config: dict) -> dict:
+    """The config as it is run: the selected models, the selected variants crossed with the
+    sweep, and the (dataset, model) cells as `select.cells`. Applying it twice changes nothing."""
+    select = config.get("select") or {}
+    sweep = config.get("sweep") or {}
+    models = {m: config["models"][m] for m in select.get("models") or config["models"]}
+    variants: dict[str, dict] = {}
+    for name in select.get("variants") or config["variants"]:
+        for vname, spec in swept_variants(name, config["variants"][name], sweep).items():
+            if vname in variants:
+                raise ConfigError(
+                    f"config key 'sweep': the generated variant '{vname}' is also defined in "
+                    "'variants'; rename that variant or leave it out of select.variants"
+                )
+            variants[vname] = spec
+    cells = select.get("cells") or [f"{d}/{m}" for d in config["datasets"] for m in models]
+    selected = {"models": models, "variants": variants, "select": {"cells": list(cells)}}
+    return {**config, **selected, "sweep": {}}
+
+
+def grid_cells(config: dict) -> list[tuple[str, str]]:
+    """The (dataset, model) pairs that are run."""
+    return [tuple(c.split("/")) for c in grid_config(config)["select"]["cells"]]
+
+
+def _check_selection(config: dict) -> None:
+    select = config.get("select") or {}
+    for key, defined in (("models", config["models"]), ("variants", config["variants"])):
+        unknown = [name for name in select.get(key, []) if name not in defined]
+        if unknown:
+            raise ConfigError(
+                f"config key 'select.{key}': {unknown[0]!r} is not defined in '{key}'; "
+                f"allowed: {', '.join(defined)}"
+            )
+    models = select.get("models") or list(config["models"])
+    allowed = [f"{d}/{m}" for d in config["datasets"] for m in models]
+    bad = [c for c in select.get("cells", []) if c not in allowed]
+    if bad:
+        raise ConfigError(
+            f"config key 'select.cells': {bad[0]!r} is not a selected dataset/model; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    sweep = config.get("sweep") or {}
+    variants = select.get("variants") or list(config["variants"])
+    if "dropout_rate" in sweep and not any(config["variants"][v]["dropout"] for v in variants):
+        raise ConfigError(
+            "config key 'sweep.dropout_rate': no selected variant has dropout: true; "
+            "select one (e.g. select.variants: [dropout, bn_dropout])"
+        )
+
+
+def _check_study(config: dict, grid: dict) -> None:
+    study = config.get("study")
+    if not study:
+        if len(grid_cells(grid)) != len(config["datasets"]) * len(grid["models"]):
+            raise ConfigError(
+                "config key 'select.cells': a subset of dataset/model cells needs a 'study' "
+                "section (the paper's tables and figures are per full dataset x model grid)"
+            )
+        return
+    axis = study["axis"]
+    if axis == "depth":
+        shallow = [m for m in grid["models"] if model_depth(m) is None]
+        if shallow or len(grid["models"]) < 2:
+            raise ConfigError(
+                f"config key 'study.axis': depth needs two or more ResNets of the 6n+2 family in "
+                f"select.models, got {list(grid['models'])}; allowed: resnet20, resnet32, "
+                "resnet44, resnet56"
+            )
+    elif axis not in (config.get("sweep") or {}):
+        raise ConfigError(
+            f"config key 'study.axis': {axis!r} is not swept; add sweep.{axis}: [values]"
+        )
+    families = {spec["family"] for spec in grid["variants"].values()}
+    for i, effect in enumerate(study["effects"]):
+        for side in ("plus", "minus"):
+            unknown = [v for v in effect[side] if v not in families]
+            if unknown:
+                raise ConfigError(
+                    f"config key 'study.effects.{i}.{side}': {unknown[0]!r} is not a selected "
+                    f"variant; allowed: {', '.join(sorted(families))}"
+                )
 
 
 def run_config(
@@ -205,11 +326,12 @@ def run_config(
         init=m.get("init", "stable"),
         variant=variant,
         norm=v["norm"],
-        dropout=m["dropout_rate"] if v["dropout"] else 0.0,
+        # A variant may override the model's rate (a dropout-rate sweep; rate 0 = off).
+        dropout=v.get("dropout_rate", m["dropout_rate"]) if v["dropout"] else 0.0,
         seed=seed,
         lr=lr,
         epochs=t["epochs"],
-        batch_size=t["batch_size"],
+        batch_size=v.get("batch_size", t["batch_size"]),
         milestones=tuple(t["lr_milestones"]),
         gamma=t["lr_gamma"],
         betas=tuple(t["adam_betas"]),
@@ -257,8 +379,12 @@ def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
 __all__ = [
     "ConfigError",
     "RunConfig",
+    "grid_cells",
+    "grid_config",
+    "model_depth",
     "run_config",
     "search_config",
+    "swept_variants",
     "to_cli_args",
     "validate_workflow_config",
 ]

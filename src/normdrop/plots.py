@@ -72,8 +72,11 @@ OVERVIEW = "overview_test_acc"
 # Okabe-Ito colours (readable with colour-vision deficiency) for the paper's four variants.
 PAPER_COLORS = {"none": "#4D4D4D", "bn": "#0072B2", "dropout": "#E69F00", "bn_dropout": "#009E73"}
 PAPER_MARKERS = {"none": "o", "bn": "s", "dropout": "^", "bn_dropout": "D"}
-EXTRA_COLORS = ("#CC79A7", "#D55E00", "#56B4E9", "#8C564B", "#9467BD", "#BCBD22", "#17BECF")
-EXTRA_MARKERS = ("v", "P", "X", "*", "h", "<", ">")
+# GroupNorm and LayerNorm without dropout (the batch-size study) get fixed colours too.
+NORM_COLORS = {"group": "#CC79A7", "layer": "#D55E00"}
+NORM_MARKERS = {"group": "v", "layer": "P"}
+EXTRA_COLORS = ("#56B4E9", "#8C564B", "#9467BD", "#BCBD22", "#17BECF", "#F0E442", "#7F7F7F")
+EXTRA_MARKERS = ("X", "*", "h", "<", ">", "p", "d")
 
 RC = {
     "font.size": 10,
@@ -138,6 +141,9 @@ def variant_styles(runs: pd.DataFrame) -> dict[str, Style]:
         if key is not None and key not in used:
             used.add(key)
             styles[variant] = Style(PAPER_COLORS[key], PAPER_MARKERS[key], "-", label)
+        elif norm in NORM_COLORS and not dropout and norm not in used:
+            used.add(norm)
+            styles[variant] = Style(NORM_COLORS[norm], NORM_MARKERS[norm], "-.", label)
         else:
             color = EXTRA_COLORS[extra % len(EXTRA_COLORS)]
             marker = EXTRA_MARKERS[extra % len(EXTRA_MARKERS)]
