@@ -22,7 +22,7 @@ from conftest import TRAIN_ENV, tiny_config
 from workflow_helpers import REPO
 
 from normdrop.data import load_prepared
-from normdrop.status import main
+from normdrop.status import main, read_checkpoint
 from normdrop.train import train
 
 CPU = torch.device("cpu")
@@ -267,3 +267,13 @@ def test_mistakes_are_one_line_errors(tmp_path):
     assert len(res.stderr.strip().splitlines()) == 1
     res = status("--results", tmp_path, "--resources", "gpu=x", cwd=tmp_path)
     assert res.returncode == 2 and "gpu=N" in res.stderr
+
+
+def test_checkpoint_mid_epoch_counts_the_steps_done(tmp_path, real_checkpoint):
+    path = tmp_path / "run.ckpt"
+    mid = {"step": 3, "tensors": [torch.arange(270), torch.zeros(9), torch.tensor(0)]}
+    torch.save({**real_checkpoint, "epoch": 1, "mid_epoch": mid, "elapsed": 8.0}, path)
+    got = read_checkpoint(path)
+    assert got["done"] == pytest.approx(1 + 3 / 9) and got["elapsed"] == 8.0
+    path.write_bytes(path.read_bytes()[:1000])  # truncated: unknown, not a crash
+    assert read_checkpoint(path) is None

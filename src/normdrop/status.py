@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import torch
 import yaml
 
 from normdrop.config import ConfigError, run_config, search_config, validate_workflow_config
@@ -187,9 +188,8 @@ def read_checkpoint(path: Path) -> dict | None:
     if not path.exists():
         return None
     try:
-        import torch  # only when there is a checkpoint: the import takes seconds
-
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        # mmap: only the few numbers read here come off the disk, not the model's weights.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         done = float(ckpt["epoch"])
         mid = ckpt.get("mid_epoch")
         if mid:  # tensors = (perm, per-step losses, correct): len(losses) = steps per epoch
