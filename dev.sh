@@ -5,6 +5,7 @@
 #   ./dev.sh setup   only create/refresh .venv from requirements.lock
 #   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
 #   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py)
+#   ./dev.sh status  where a grid stands: runs per state, failures, time left (normdrop.status)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${NORMDROP_VENV:-.venv}
@@ -66,6 +67,11 @@ case "${1:-}" in
     setup
     shift
     PYTHONPATH=src "$PY" benchmarks/bench_train.py "$@"
+    ;;
+  status)
+    setup
+    shift
+    PYTHONPATH=src "$PY" -m normdrop.status "$@"
     ;;
   *)
     sed -n 2,8p "$0"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -75,6 +77,22 @@ def test_demo_runs_end_to_end_and_a_second_run_has_nothing_to_do(tmp_path):
     html = report.read_text()
     assert "<html" in html and "Learning curves" in html and "Hypothesis tests" in html
     assert not list(results.rglob("*.ckpt"))  # checkpoints removed once a run is complete
+
+    # The status command on the finished grid: every run and candidate finished, nothing left.
+    demo = REPO / "workflow" / "demo.yaml"
+    status = [sys.executable, "-m", "normdrop.status", "--configfile", str(demo),
+              "--directory", str(tmp_path)]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    shown = subprocess.run([*status, "--json"], capture_output=True, text=True, env=env)
+    assert shown.returncode == 0, shown.stderr
+    state = json.loads(shown.stdout)
+    assert state["counts"]["train"]["finished"] == 36 and state["estimate"]["runs_left"] == 0
+    assert state["counts"]["lr_search"]["finished"] == 24 and state["estimate"]["wall_s"] == 0
+    text = subprocess.run(status, capture_output=True, text=True, env=env).stdout
+    assert "Time left: 0 s (every run is done)" in text, text
+    assert text.strip().splitlines()[-1] == (
+        "Total: 36/36 training runs done; 24/24 search runs done; 0 s left"
+    )
 
     mtimes = {p: p.stat().st_mtime_ns for p in results.rglob("*.parquet")}
     again = snakemake(tmp_path, "--cores", "2")

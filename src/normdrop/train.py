@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import pickle
 import platform
 import sys
 import time
@@ -26,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
 from normdrop import provenance
 from normdrop.config import ConfigError, RunConfig
@@ -96,28 +98,48 @@ def _set_rng_state(state, device, gen):
 
 def _load_checkpoint(path: Path, cfg: RunConfig, log) -> dict | None:
     """The checkpoint at `path` if it belongs to these settings; a stale or broken one is moved
-    aside (never deleted: it may still be wanted) and the run starts from epoch 0."""
+    aside (never deleted: it may still be wanted) and the run starts from epoch 1.
+
+    It is read with weights_only=True: a file on a shared filesystem must not be able to run code
+    when loaded, so only tensors and plain containers are accepted (what `train` saves)."""
     if not path.exists():
         return None
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
         problem = None
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            problem = f"format {ckpt.get('format')}"
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            problem = f"format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}"
         elif ckpt["settings_hash"] != cfg.settings_hash():
             problem = "different settings"
+    except pickle.UnpicklingError as err:
+        unsafe = "Weights only load failed" in str(err)  # torch's words for a refused object
+        problem = "unsafe" if unsafe else f"unreadable (UnpicklingError: {_first_line(err)})"
     except Exception as err:  # truncated or unreadable
-        problem = f"unreadable ({type(err).__name__}: {err})"
+        problem = f"unreadable ({type(err).__name__}: {_first_line(err)})"
     if problem is None:
         return ckpt
     aside = path.with_name(f"{path.name}.stale-{int(time.time())}")
     path.rename(aside)
-    log(f"checkpoint {path} not usable ({problem}): moved to {aside}, starting from epoch 0")
+    if problem == "unsafe":
+        why = "cannot be read safely (weights_only: it holds objects other than tensors and plain "
+        why += "containers)"
+    else:
+        why = f"not usable ({problem})"
+    log(f"checkpoint {path} {why}: moved aside to {aside}; starting from epoch 1")
     return None
 
 
+def _first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
 def train(
-    cfg: RunConfig, data: Prepared, device: torch.device, checkpoint: Path | None = None, log=print
+    cfg: RunConfig,
+    data: Prepared,
+    device: torch.device,
+    checkpoint: Path | None = None,
+    log=print,
+    progress=None,
 ) -> RunResult:
     """Train cfg.model on `data` for cfg.epochs epochs; resume from `checkpoint` if it exists.
 
@@ -125,6 +147,10 @@ def train(
     and train_loss_sd (mean and sample SD of the epoch's mini-batch losses), train_acc (running,
     train mode), val/test loss and accuracy (eval mode), wall_time_s (since the start, summed over
     resumed sessions). A non-finite loss ends the run after that epoch, as 'diverged'.
+
+    `log(line)` gets one line per epoch and per event (resume, divergence); `progress(done,
+    epochs, row)`, if given, is called before the first epoch (row None) and after each epoch
+    (row: that epoch's record), e.g. to drive a progress bar.
     """
     use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     # channels_last makes cuDNN's bf16 convolutions use tensor cores without transposes.
@@ -187,6 +213,8 @@ def train(
     t0 = time.perf_counter() - elapsed
     last_save = time.monotonic()
     diverged_epoch = None
+    if progress:
+        progress(start_epoch, cfg.epochs, None)
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         if mid_epoch is not None:  # resuming inside this epoch
@@ -252,6 +280,8 @@ def train(
             f"(sd {r['train_loss_sd']:.4f}) train {r['train_acc']:.4f} val {val_acc:.4f} "
             f"test {test_acc:.4f} [{r['wall_time_s']:.1f}s]"
         )
+        if progress:
+            progress(epoch + 1, cfg.epochs, r)
         if not finite:
             diverged_epoch = epoch + 1
             log(f"diverged: non-finite training loss in epoch {diverged_epoch}; stopping")
@@ -321,6 +351,38 @@ def write_outputs(out: Path, cfg: RunConfig, result: RunResult, extra: dict) -> 
 
 
 # --------------------------------------------------------------------------- CLI
+class _EpochBar:
+    """A run's progress in a terminal: a tqdm bar over epochs, log lines written above it."""
+
+    def __init__(self, stream):
+        self.stream, self.bar = stream, None
+
+    def log(self, line: str) -> None:
+        tqdm.write(line, file=self.stream)
+
+    def __call__(self, done: int, epochs: int, row: dict | None) -> None:
+        if self.bar is None:  # `done` > 0 when resumed: the rate counts this session's epochs
+            self.bar = tqdm(total=epochs, initial=done, unit="epoch", file=self.stream)
+            return
+        if row:
+            loss, val = f"{row['train_loss_mean']:.4f}", f"{row['val_acc']:.4f}"
+            self.bar.set_postfix(loss=loss, val=val, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def reporters(stream) -> tuple:
+    """(log, progress, close) for `train`: a bar when `stream` is a terminal; otherwise (a file
+    or a pipe, as the workflow's logs) one plain flushed line per epoch, no control characters."""
+    if stream.isatty():
+        bar = _EpochBar(stream)
+        return bar.log, bar, bar.close
+    return (lambda line: print(line, file=stream, flush=True)), None, lambda: None
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit code 2 (argparse's default adds the usage)
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
@@ -387,10 +449,14 @@ def main(argv=None) -> int:
     extra["gpu_lease"] = None if lease is None else f"{lease.device}/slot{lease.slot}"
     checkpoint = args.checkpoint or Path(args.out) / "checkpoint.pt"
     extra["started_at"] = provenance.now()
-    print(f"{cfg.dataset}/{cfg.model}/{cfg.variant} seed {cfg.seed} lr {cfg.lr:g} on {device}")
+    print(
+        f"{cfg.dataset}/{cfg.model}/{cfg.variant} seed {cfg.seed} lr {cfg.lr:g} on {device}",
+        flush=True,  # a job's log shows it has started before its first epoch ends
+    )
 
+    log, progress, close_progress = reporters(sys.stdout)
     try:
-        result = train(cfg, data, device, checkpoint, log=lambda s: print(s, flush=True))
+        result = train(cfg, data, device, checkpoint, log=log, progress=progress)
         write_outputs(args.out, cfg, result, extra)
     except OSError as err:  # disk full, quota, permissions: nothing partial is left behind
         print(
@@ -399,6 +465,8 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 1
+    finally:
+        close_progress()
     checkpoint.unlink(missing_ok=True)  # the outputs now hold everything it had
     print(f"{result.status}: wrote {args.out} in {result.wall_time_s:.1f}s")
     return 0

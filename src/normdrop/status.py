@@ -1,0 +1,522 @@
+"""Where a grid stands, from its files alone: per run finished, running, failed, diverged...
+
+    python -m normdrop.status --configfile workflow/demo.yaml     # the grid of a config
+    python -m normdrop.status --results results/demo              # whatever the folder holds
+    python -m normdrop.status --resources gpu=4 --all             # 4 runs at once; every run
+
+It only reads: each run's meta.json and epochs.parquet, its checkpoint in scratch/ (with
+torch.load(weights_only=True)) and its log in logs/. It takes no Snakemake lock and writes nothing,
+so it works while Snakemake runs (locally or on SLURM), after it stopped, and on a finished grid.
+
+A run is
+  finished      meta.json says completed
+  diverged      meta.json says diverged (at the epoch it names)
+  failed        no meta.json, and the last line of its log is an error (a traceback's last line,
+                `error: ...`); a rerun appends to the log, so it counts as running again
+  running       no meta.json, and its checkpoint or log was written within the last
+                2 x checkpoint_every_s + 5 min (a live run writes its checkpoint that often)
+  stopped       no meta.json, files from an earlier attempt but no recent write and no error: killed
+                (SIGKILL, out of memory, time limit) or its workflow stopped; a rerun resumes it
+  not started   none of its files exist
+Progress ("ep k/N": k epochs done of N) comes from the checkpoint, else from the log's last
+`epoch k/N` line.
+
+Time left: seconds per epoch are measured per (dataset, model) from the finished runs'
+epochs.parquet (wall_time_s of the last epoch / epochs) and the checkpoints' elapsed time of
+unfinished ones (search and training runs alike); a (dataset, model) without a measurement uses the
+mean over all. The remaining work (epochs left x seconds per epoch, summed over every unfinished
+run, failed ones included) is divided by the number of runs that run at once: `--resources gpu=N`
+(what Snakemake was given), else the runs running now (at least 1); and it is never less than the
+longest single remaining run. The order of the DAG (search before training) is not modelled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import re
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from normdrop.config import (
+    ConfigError,
+    grid_cells,
+    grid_config,
+    run_config,
+    search_config,
+    validate_workflow_config,
+)
+
+REPO = Path(__file__).resolve().parents[2]  # the checkout whose config.yaml the Snakefile loads
+STATES = ("finished", "diverged", "running", "stopped", "failed", "not started")
+KINDS = {"train": ("runs", "train"), "lr_search": ("lr_search", "lr_search")}  # folder, log folder
+LOG_TAIL_BYTES = 256 * 1024  # enough for a long traceback; logs grow with each retry
+EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)\b")
+# The last line of a Python traceback ("RuntimeError: ...", "torch.OutOfMemoryError: ..."), or
+# an error line of our CLIs ("error: ...", "python -m normdrop.train: error: ...").
+ERROR_LINE = re.compile(
+    r"^([A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b|Traceback \(most recent)|\berror:",
+    re.IGNORECASE,
+)
+CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+@dataclass
+class Run:
+    kind: str  # "train" or "lr_search"
+    dataset: str
+    model: str
+    variant: str
+    key: str  # "seed42" or "lr0.001", as in the paths
+    epochs: int | None = None  # N; None: unknown (no config and no file says)
+    state: str = "not started"
+    done: float = 0.0  # epochs done, fractional when a checkpoint is mid-epoch
+    measured_s: float | None = None  # seconds spent on `done` epochs (a rate sample)
+    diverged_epoch: int | None = None
+    last_line: str | None = None  # of the log, for failed runs
+    last_write_s: float | None = None  # seconds since the checkpoint or log was last written
+    active_s: float = 900.0  # a write within this many seconds means the run is alive
+    paths: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return f"{self.dataset}/{self.model}/{self.variant}/{self.key}"
+
+    def progress(self) -> str:
+        n = "?" if self.epochs is None else self.epochs
+        return f"ep {math.floor(self.done + 1e-9)}/{n}"
+
+
+# --------------------------------------------------------------------------- the grid
+def load_config(configfiles: list[Path]) -> dict:
+    """The repository's config.yaml with each --configfile merged over it, as Snakemake does."""
+    config = {}
+    for path in [REPO / "config.yaml", *configfiles]:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"config file {path}: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: not a mapping of keys to values")
+        config = deep_merge(config, loaded)
+    return validate_workflow_config(config)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Snakemake's merge of a --configfile into the config: dicts recursively, the rest replaced."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def grid_runs(config: dict) -> list[Run]:
+    """Every search candidate and training run of the config's grid (as workflow/*.smk do):
+    `select` applied and `sweep` expanded, as config.grid_config does for the workflow."""
+    config = grid_config(config)
+    runs = []
+    for dataset, model in grid_cells(config):
+        for variant in config["variants"]:
+            for lr in config["lr_search"]["candidates"]:
+                cfg = search_config(config, dataset, model, variant, lr)
+                runs.append(_run("lr_search", dataset, model, variant, f"lr{lr:g}", cfg))
+            for seed in config["seeds"]:
+                cfg = run_config(config, dataset, model, variant, seed)
+                runs.append(_run("train", dataset, model, variant, f"seed{seed}", cfg))
+    return runs
+
+
+def _run(kind, dataset, model, variant, key, cfg) -> Run:
+    return Run(kind, dataset, model, variant, key, epochs=cfg.epochs,
+               active_s=_active_s(cfg.checkpoint_every_s))  # fmt: skip
+
+
+def _active_s(checkpoint_every_s: float) -> float:
+    return 2 * float(checkpoint_every_s) + 300
+
+
+def discover(results: Path) -> list[Run]:
+    """Without a config: every run that has a meta.json, a checkpoint or a log under `results`."""
+    found = set()
+    for kind, (folder, logs) in KINDS.items():
+        patterns = [
+            (results / folder, "*/*/*/*/meta.json", lambda p: p.parent),
+            (results / "scratch" / folder, "*/*/*/*.ckpt", lambda p: p.with_suffix("")),
+            (results / "logs" / logs, "*/*/*/*.log", lambda p: p.with_suffix("")),
+        ]
+        for root, pattern, cell in patterns:
+            for path in root.glob(pattern):
+                parts = cell(path).relative_to(root).parts
+                if parts[-1].startswith("seed" if kind == "train" else "lr"):
+                    found.add((kind, *parts))
+    return [Run(*cell) for cell in sorted(found)]
+
+
+def run_paths(results: Path, run: Run) -> dict[str, Path]:
+    """A run's files, as workflow/train.smk and workflow/lr_search.smk name them."""
+    folder, logs = KINDS[run.kind]
+    return {
+        "meta": results / folder / run.name / "meta.json",
+        "epochs": results / folder / run.name / "epochs.parquet",
+        "checkpoint": results / "scratch" / folder / f"{run.name}.ckpt",
+        "log": results / "logs" / logs / f"{run.name}.log",
+    }
+
+
+# --------------------------------------------------------------------------- one run's files
+def _read_json(path: Path) -> dict | None:
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+def _mtime(path: Path) -> float | None:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
+def read_checkpoint(path: Path) -> dict | None:
+    """epoch (done), fraction of the next one, elapsed seconds and settings, or None if absent or
+    unreadable (a file that would need code to load counts as unreadable: weights_only)."""
+    if not path.exists():
+        return None
+    try:
+        # mmap: only the few numbers read here come off the disk, not the model's weights.
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        done = float(ckpt["epoch"])
+        mid = ckpt.get("mid_epoch")
+        if mid:  # tensors = (perm, per-step losses, correct): len(losses) = steps per epoch
+            done += mid["step"] / len(mid["tensors"][1])
+        return {"done": done, "elapsed": float(ckpt["elapsed"]), "settings": ckpt["settings"]}
+    except Exception:  # partial, foreign or unsafe: the run's state then comes from its log
+        return None
+
+
+def read_log(path: Path) -> dict | None:
+    """The last `epoch k/N` line's k and N, and the last non-blank line, of a run's log."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, 2) - LOG_TAIL_BYTES))
+            text = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return None
+    lines = [CONTROL.sub("", line).strip() for line in text.splitlines()]
+    lines = [line for line in lines if line]
+    epoch = None
+    for line in reversed(lines):
+        if m := EPOCH_LINE.match(line):
+            epoch = (int(m[1]), int(m[2]))
+            break
+    last = lines[-1] if lines else None
+    return {
+        "epoch": epoch,
+        "last_line": last,
+        "error": bool(last and ERROR_LINE.search(last)),
+    }
+
+
+def inspect(run: Run, results: Path, now: float) -> Run:
+    """Fill in `run`'s state, progress and measured time from its files."""
+    run.paths = paths = run_paths(results, run)
+    meta = _read_json(paths["meta"])
+    if meta is not None and meta.get("status") in ("completed", "diverged"):
+        settings = meta.get("settings") or {}
+        run.epochs = run.epochs or settings.get("epochs")
+        if meta["status"] == "diverged":
+            run.state, run.diverged_epoch = "diverged", meta.get("diverged_epoch")
+            run.done = float(run.diverged_epoch or 0)
+        else:
+            run.state, run.done = "finished", float(run.epochs or 0)
+        try:  # wall_time_s: since the start, summed over resumed sessions, per epoch
+            epochs = pd.read_parquet(paths["epochs"], columns=["epoch", "wall_time_s"])
+            if len(epochs) and epochs["epoch"].iloc[-1] > 0:
+                run.done = float(epochs["epoch"].iloc[-1])
+                run.measured_s = float(epochs["wall_time_s"].iloc[-1])
+        except Exception:  # unreadable: this run just gives no measurement
+            pass
+        return run
+
+    ckpt, log = read_checkpoint(paths["checkpoint"]), read_log(paths["log"])
+    if ckpt is not None:
+        run.epochs = run.epochs or ckpt["settings"].get("epochs")
+        run.active_s = _active_s(ckpt["settings"].get("checkpoint_every_s", 300))
+        run.done, run.measured_s = ckpt["done"], ckpt["elapsed"]
+    elif log and log["epoch"]:
+        run.done = float(log["epoch"][0])
+    if log and log["epoch"]:
+        run.epochs = run.epochs or log["epoch"][1]
+    writes = [t for t in map(_mtime, (paths["checkpoint"], paths["log"])) if t is not None]
+    run.last_write_s = now - max(writes) if writes else None
+    if log and log["error"]:
+        run.state, run.last_line = "failed", log["last_line"][:300]
+    elif run.last_write_s is not None and run.last_write_s <= run.active_s:
+        run.state = "running"
+    elif writes:
+        run.state = "stopped"
+    return run
+
+
+# --------------------------------------------------------------------------- time left
+def estimate(runs: list[Run], slots: int | None) -> dict:
+    """Seconds of work and of wall-clock left; see the module's docstring for how."""
+    samples = [r for r in runs if r.measured_s and r.done > 0]
+    per_cell: dict[tuple, list[float]] = {}
+    for r in samples:
+        s = per_cell.setdefault((r.dataset, r.model), [0.0, 0.0])
+        s[0], s[1] = s[0] + r.measured_s, s[1] + r.done
+    rates = {cell: sec / ep for cell, (sec, ep) in per_cell.items()}
+    overall = sum(r.measured_s for r in samples) / sum(r.done for r in samples) if samples else None
+    running = sum(r.state == "running" for r in runs)
+    concurrency = slots or max(1, running)
+    out = {
+        "seconds_per_epoch": {f"{d}/{m}": round(v, 3) for (d, m), v in sorted(rates.items())},
+        "overall_seconds_per_epoch": overall,
+        "runs_left": 0,
+        "runs_from_overall_mean": 0,
+        "runs_unknown": 0,
+        "work_s": 0.0,
+        "longest_run_s": 0.0,
+        "concurrency": concurrency,
+        "concurrency_from": "--resources" if slots else "the runs running now, at least 1",
+        "wall_s": 0.0,
+    }
+    for r in runs:
+        if r.state in ("finished", "diverged"):
+            continue
+        out["runs_left"] += 1
+        rate = rates.get((r.dataset, r.model))
+        if rate is None:
+            out["runs_from_overall_mean"] += overall is not None
+            rate = overall
+        if rate is None or r.epochs is None:
+            out["runs_unknown"] += 1
+            continue
+        left = max(0.0, r.epochs - r.done) * rate
+        out["work_s"] += left
+        out["longest_run_s"] = max(out["longest_run_s"], left)
+    if out["runs_unknown"]:
+        out["wall_s"] = None
+    else:
+        out["wall_s"] = max(out["work_s"] / concurrency, out["longest_run_s"])
+    return out
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "unknown"
+    s = round(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min"
+    if s < 86400:
+        return f"{s // 3600} h {s % 3600 // 60} min"
+    return f"{s // 86400} d {s % 86400 // 3600} h"
+
+
+# --------------------------------------------------------------------------- rendering
+def summarize(runs: list[Run]) -> str:
+    """One cell's runs in words: '2/3 done, 1 running (ep 37/100)'."""
+    by = {state: [r for r in runs if r.state == state] for state in STATES}
+    done = len(by["finished"]) + len(by["diverged"])
+    parts = [f"{done}/{len(runs)} done"]
+    if by["diverged"]:
+        parts[0] += f" ({len(by['diverged'])} diverged)"
+    for state in ("running", "stopped", "failed"):
+        if by[state]:
+            progress = ", ".join(r.progress() for r in by[state])
+            parts.append(f"{len(by[state])} {state} ({progress})")
+    if by["not started"]:
+        parts.append(f"{len(by['not started'])} not started")
+    return ", ".join(parts)
+
+
+def cell_table(runs: list[Run]) -> str:
+    rows = {}
+    for r in runs:
+        rows.setdefault((r.dataset, r.model, r.variant), []).append(r)
+    frame = pd.DataFrame(
+        [(*cell, summarize(rs)) for cell, rs in rows.items()],
+        columns=["dataset", "model", "variant", "runs"],
+    )
+    return left_aligned(frame)
+
+
+def left_aligned(frame: pd.DataFrame) -> str:
+    """A plain-text table, every column left-aligned (names read better that way)."""
+    width = {c: max(len(str(c)), *(len(str(v)) for v in frame[c])) for c in frame}
+    formatters = {c: (lambda v, w=width[c]: f"{v!s:<{w}}") for c in frame}
+    text = frame.to_string(index=False, justify="left", formatters=formatters)
+    return "\n".join(line.rstrip() for line in text.splitlines())
+
+
+def counts(runs: list[Run]) -> dict[str, int]:
+    return {state: sum(r.state == state for r in runs) for state in STATES}
+
+
+def render(runs: list[Run], est: dict, results: Path, source: str, show_all: bool) -> str:
+    out = [f"normdrop status of {results} ({source}), {time.strftime('%Y-%m-%d %H:%M %Z')}"]
+    train = [r for r in runs if r.kind == "train"]
+    search = [r for r in runs if r.kind == "lr_search"]
+    for title, group in (("Learning-rate search", search), ("Training runs", train)):
+        out += ["", f"{title}:", cell_table(group) if group else "  (none)"]
+    failed = [r for r in runs if r.state == "failed"]
+    if failed:
+        out += ["", f"Failed ({len(failed)}), last line of each log:"]
+        for r in failed:
+            out += [f"  {r.kind} {r.name} ({r.progress()}): {r.last_line}", f"    {r.paths['log']}"]
+    if show_all:
+        frame = pd.DataFrame(
+            {
+                "kind": r.kind,
+                "run": r.name,
+                "state": r.state,
+                "progress": r.progress(),
+                "last write": "-" if r.last_write_s is None else f"{duration(r.last_write_s)} ago",
+                "log": str(r.paths["log"]) if r.paths["log"].exists() else "-",
+            }
+            for r in runs
+        )
+        out += ["", "Every run:", left_aligned(frame)]
+    out += ["", "Time left: " + time_left_line(est), *estimate_note(est)]
+    out += ["", total_line(train, search, est)]
+    return "\n".join(out)
+
+
+def time_left_line(est: dict) -> str:
+    if est["runs_left"] == 0:
+        return "0 s (every run is done)"
+    if est["wall_s"] is None:
+        return f"unknown ({est['runs_unknown']} of {est['runs_left']} runs left have no timing)"
+    return (
+        f"about {duration(est['wall_s'])} ({est['runs_left']} runs left, "
+        f"{duration(est['work_s'])} of work, {est['concurrency']} at once)"
+    )
+
+
+def estimate_note(est: dict) -> list[str]:
+    """How the time left was estimated, in two indented lines."""
+    rates = ", ".join(f"{k} {v:.3g} s" for k, v in est["seconds_per_epoch"].items()) or "none"
+    first = f"  from the measured seconds per epoch: {rates}"
+    if est["runs_from_overall_mean"]:
+        first += f" (runs of other models: the mean, {est['overall_seconds_per_epoch']:.3g} s)"
+    second = f"  x epochs left, summed, / {est['concurrency']} at once ({est['concurrency_from']})"
+    second += "; never less than the longest run left"
+    return [first, second]
+
+
+def total_line(train: list[Run], search: list[Run], est: dict) -> str:
+    def part(runs, label):
+        c = counts(runs)
+        done = c["finished"] + c["diverged"]
+        words = [f"{done}/{len(runs)} {label} done"]
+        if c["diverged"]:
+            words[0] += f" ({c['diverged']} diverged)"
+        words += [f"{c[s]} {s}" for s in STATES[2:] if c[s]]
+        return ", ".join(words)
+
+    left = "0 s left" if est["runs_left"] == 0 else f"{duration(est['wall_s'])} left"
+    return f"Total: {part(train, 'training runs')}; {part(search, 'search runs')}; {left}"
+
+
+# --------------------------------------------------------------------------- CLI
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit code 2
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _slots(value: str) -> int:
+    """`--resources gpu=4` (as given to Snakemake) or `--resources 4`."""
+    text = value.split("=", 1)[1] if value.startswith("gpu=") else value
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: give gpu=N or N, a whole number >= 1")
+    return int(text)
+
+
+def main(argv=None) -> int:
+    p = _Parser(prog="python -m normdrop.status", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "--configfile",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="config file(s) merged over config.yaml, as given to snakemake",
+    )
+    p.add_argument(
+        "--directory",
+        "-d",
+        type=Path,
+        default=Path("."),
+        help="the workflow's working directory (snakemake --directory)",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        help="results folder (default: the config's results_dir); without "
+        "--configfile, the runs are discovered from its files",
+    )
+    p.add_argument(
+        "--resources",
+        type=_slots,
+        metavar="gpu=N",
+        help="runs at once, for the time left (default: the runs running now)",
+    )
+    p.add_argument("--all", action="store_true", help="also list every run")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    args = p.parse_args(argv)
+
+    if args.configfile or args.results is None:
+        try:
+            config = load_config(args.configfile)
+        except ConfigError as err:
+            print(f"{p.prog}: error: invalid config: {err}", file=sys.stderr)
+            return 2
+        runs = grid_runs(config)
+        results = args.results or args.directory / config["results_dir"]
+        files = " + ".join(str(f) for f in ["config.yaml", *args.configfile])
+        source = f"grid of {files}"
+    else:
+        results = args.results
+        runs = discover(results)
+        if not results.is_dir():
+            print(f"{p.prog}: error: results folder {results} does not exist", file=sys.stderr)
+            return 2
+        source = "runs found in the folder; without --configfile, runs not started are not known"
+
+    now = time.time()
+    runs = [inspect(r, results, now) for r in runs]
+    est = estimate(runs, args.resources)
+    if args.json:
+        rows = [{**asdict(r), "paths": {k: str(v) for k, v in r.paths.items()}} for r in runs]
+        train = [r for r in runs if r.kind == "train"]
+        search = [r for r in runs if r.kind == "lr_search"]
+        report = {
+            "results": str(results),
+            "source": source,
+            "counts": {"train": counts(train), "lr_search": counts(search)},
+            "estimate": est,
+            "runs": rows,
+        }
+        print(json.dumps(report, indent=2, default=str))
+    else:
+        print(render(runs, est, results, source, args.all))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

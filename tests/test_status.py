@@ -1,0 +1,291 @@
+"""`python -m normdrop.status` on constructed results trees: every state, the time left, and that
+it changes no file and takes no lock."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from conftest import TRAIN_ENV, tiny_config
+from workflow_helpers import REPO
+
+from normdrop.data import load_prepared
+from normdrop.status import main, read_checkpoint
+from normdrop.train import train
+
+CPU = torch.device("cpu")
+DEMO = REPO / "workflow" / "demo.yaml"  # results_dir results/demo, 6 epochs, a 2-epoch search
+SEEDS = {"seeds": [42, 43, 44]}
+
+
+class _StopAfter(Exception):
+    pass
+
+
+@pytest.fixture(scope="module")
+def real_checkpoint(tmp_path_factory, tiny_data) -> dict:
+    """A checkpoint as `train` writes it, after 3 of 6 epochs (read back safely)."""
+    path = tmp_path_factory.mktemp("ckpt") / "run.ckpt"
+
+    def stop(line):
+        if line.startswith("epoch 4/"):  # the checkpoint of epoch 3's end is on disk
+            raise _StopAfter
+
+    with pytest.raises(_StopAfter):
+        train(tiny_config(epochs=6), load_prepared(tiny_data), CPU, checkpoint=path, log=stop)
+    return torch.load(path, weights_only=True)
+
+
+def write_run(folder: Path, status: str, wall: list[float], diverged_epoch=None, epochs=6):
+    """meta.json + epochs.parquet of a run that ended; `wall` is wall_time_s per epoch."""
+    folder.mkdir(parents=True)
+    pd.DataFrame({"epoch": range(1, len(wall) + 1), "wall_time_s": wall}).to_parquet(
+        folder / "epochs.parquet"
+    )
+    meta = {"status": status, "diverged_epoch": diverged_epoch, "settings": {"epochs": epochs}}
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def write_checkpoint(path: Path, real: dict, epoch: int, elapsed: float, age_s: float = 0.0):
+    """The real checkpoint's format with chosen progress and elapsed time, `age_s` old."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**real, "epoch": epoch, "elapsed": elapsed}, path)
+    os.utime(path, (time.time() - age_s,) * 2)
+
+
+def write_log(path: Path, lines: list[str], age_s: float = 0.0):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(line + "\n" for line in lines))
+    os.utime(path, (time.time() - age_s,) * 2)
+
+
+def epoch_line(k, n=6):
+    return f"epoch {k}/{n} lr 1.00e-03 loss 2.1000 (sd 0.1000) train 0.3 val 0.3 test 0.3 [1.0s]"
+
+
+TRACEBACK = [
+    "Traceback (most recent call last):",
+    '  File "train.py", line 1, in <module>',
+    "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB",
+]
+
+
+@pytest.fixture()
+def tree(tmp_path, real_checkpoint) -> Path:
+    """results/demo with one run in each state (synthetic dataset; mlp 2 s/epoch, cnn 10 s/epoch):
+
+    search mlp/none/lr0.003   finished, 2 epochs in 4 s
+    train  mlp/none/seed42    finished, 6 epochs in 12 s
+    train  mlp/none/seed43    running: checkpoint after epoch 3 (6 s), written just now
+    train  mlp/none/seed44    failed: log with epoch 1, then a traceback; no checkpoint
+    train  mlp/bn/seed42      diverged in epoch 2 (4 s)
+    train  cnn/none/seed42    stopped: checkpoint after epoch 2 (20 s), last written 2 h ago
+    train  resnet20/none/seed42  running: log at epoch 1, no checkpoint yet, no timing
+    """
+    res = tmp_path / "results" / "demo"
+    s = "synthetic"
+    write_run(res / f"lr_search/{s}/mlp/none/lr0.003", "completed", [2.0, 4.0], epochs=2)
+    write_run(res / f"runs/{s}/mlp/none/seed42", "completed", [2.0 * k for k in range(1, 7)])
+    write_checkpoint(res / f"scratch/runs/{s}/mlp/none/seed43.ckpt", real_checkpoint, 3, 6.0)
+    write_log(res / f"logs/train/{s}/mlp/none/seed43.log", ["start", *map(epoch_line, (1, 2, 3))])
+    write_log(res / f"logs/train/{s}/mlp/none/seed44.log", ["start", epoch_line(1), *TRACEBACK])
+    write_run(res / f"runs/{s}/mlp/bn/seed42", "diverged", [2.0, 4.0], diverged_epoch=2)
+    write_checkpoint(res / f"scratch/runs/{s}/cnn/none/seed42.ckpt", real_checkpoint, 2, 20.0,
+                     age_s=7200)  # fmt: skip
+    write_log(res / f"logs/train/{s}/cnn/none/seed42.log", ["start", epoch_line(2)], age_s=7200)
+    write_log(res / f"logs/train/{s}/resnet20/none/seed42.log", ["start", epoch_line(1)])
+    (tmp_path / "seeds.yaml").write_text(yaml.safe_dump(SEEDS))
+    return tmp_path
+
+
+def status_cli(*args, cwd) -> subprocess.CompletedProcess:
+    """The command as a user runs it."""
+    cmd = [sys.executable, "-m", "normdrop.status", *map(str, args)]
+    return subprocess.run(cmd, cwd=cwd, env=TRAIN_ENV, capture_output=True, text=True, timeout=300)
+
+
+def status(*args, cwd) -> SimpleNamespace:
+    """The same in this process (torch is imported once): returncode, stdout, stderr."""
+    out, err, old = io.StringIO(), io.StringIO(), os.getcwd()
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                code = main([str(a) for a in args])
+            except SystemExit as exit:  # argparse's errors
+                code = exit.code
+    finally:
+        os.chdir(old)
+    return SimpleNamespace(returncode=code, stdout=out.getvalue(), stderr=err.getvalue())
+
+
+def status_json(*args, cwd) -> dict:
+    res = status(*args, "--json", cwd=cwd)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def states(report) -> dict[str, str]:
+    return {
+        f"{r['kind']} {r['model']}/{r['variant']}/{r['key']}": r["state"] for r in report["runs"]
+    }
+
+
+def snapshot(folder: Path) -> dict:
+    return {
+        p: (p.stat().st_mtime_ns, p.stat().st_size, p.is_dir()) for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_every_state_from_the_files_of_a_config_grid(tree):
+    report = status_json("--configfile", DEMO, tree / "seeds.yaml", "--directory", tree, cwd=REPO)
+    got = states(report)
+    assert len(got) == 3 * 4 * (2 + 3)  # models x variants x (candidates + seeds)
+    expected = {
+        "lr_search mlp/none/lr0.003": "finished",
+        "train mlp/none/seed42": "finished",
+        "train mlp/none/seed43": "running",
+        "train mlp/none/seed44": "failed",
+        "train mlp/bn/seed42": "diverged",
+        "train cnn/none/seed42": "stopped",
+        "train resnet20/none/seed42": "running",
+    }
+    assert {k: got[k] for k in expected} == expected
+    assert {v for k, v in got.items() if k not in expected} == {"not started"}
+    assert report["counts"]["train"] == {
+        "finished": 1, "diverged": 1, "running": 2, "stopped": 1, "failed": 1, "not started": 30
+    }  # fmt: skip
+    runs = {f"{r['model']}/{r['variant']}/{r['key']}": r for r in report["runs"]}
+    assert runs["mlp/none/seed43"]["done"] == 3 and runs["mlp/none/seed43"]["epochs"] == 6
+    assert runs["cnn/none/seed42"]["done"] == 2
+    assert runs["mlp/bn/seed42"]["diverged_epoch"] == 2
+    assert runs["mlp/none/seed44"]["last_line"] == TRACEBACK[-1]
+
+    text = status("--configfile", DEMO, tree / "seeds.yaml", "-d", tree, cwd=REPO).stdout
+    training = text[text.index("Training runs:") :]
+    row = next(line for line in training.splitlines() if line.startswith("synthetic mlp      none"))
+    assert "1/3 done, 1 running (ep 3/6), 1 failed (ep 1/6)" in row, text
+    assert "1/3 done (1 diverged), 2 not started" in training
+    assert "1 stopped (ep 2/6)" in text
+    log = tree / "results/demo/logs/train/synthetic/mlp/none/seed44.log"
+    assert f"train synthetic/mlp/none/seed44 (ep 1/6): {TRACEBACK[-1]}\n    {log}" in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("Total: 2/36 training runs done (1 diverged), 2 running, 1 stopped, ")
+    assert "1/24 search runs done, 23 not started" in last
+
+
+def test_time_left_from_measured_epoch_times(tree):
+    """Without a config only the runs with files count, so the expected numbers are simple."""
+    results = tree / "results" / "demo"
+    report = status_json("--results", results, cwd=tree)
+    assert len(report["runs"]) == 7 and report["counts"]["train"]["not started"] == 0
+    est = report["estimate"]
+    # mlp: (4 + 12 + 6 + 4) s / (2 + 6 + 3 + 2) epochs; cnn: 20 s / 2 epochs.
+    assert est["seconds_per_epoch"] == {"synthetic/cnn": 10.0, "synthetic/mlp": 2.0}
+    overall = (4 + 12 + 6 + 4 + 20) / (2 + 6 + 3 + 2 + 2)
+    assert est["overall_seconds_per_epoch"] == pytest.approx(overall)
+    # Left: mlp seed43 3 epochs, mlp seed44 5 (failed after epoch 1, counted from its log),
+    # cnn 4 epochs, resnet20 5 epochs at the overall mean (no resnet20 timing).
+    work = 3 * 2.0 + 5 * 2.0 + 4 * 10.0 + 5 * overall
+    assert est["runs_left"] == 4 and est["runs_from_overall_mean"] == 1
+    assert est["work_s"] == pytest.approx(work)
+    # Two runs are running now (written in the last minutes): work / 2 = 35.7 s < the cnn run's
+    # own 40 s, which no parallelism shortens.
+    assert est["concurrency"] == 2 and est["wall_s"] == pytest.approx(40.0)
+    one = status_json("--results", results, "--resources", "gpu=1", cwd=tree)["estimate"]
+    assert one["concurrency"] == 1 and one["wall_s"] == pytest.approx(work)
+    text = status("--results", results, "--resources", "gpu=1", cwd=tree).stdout
+    assert "Time left: about 1 min (4 runs left, 1 min of work, 1 at once)" in text, text
+    assert "synthetic/cnn 10 s, synthetic/mlp 2 s (runs of other models: the mean, 3.07 s)" in text
+
+
+def test_time_left_is_unknown_without_any_timing_and_zero_when_done(tmp_path):
+    res = tmp_path / "results"
+    write_log(res / "logs/train/synthetic/mlp/none/seed42.log", ["start", epoch_line(1)])
+    est = status_json("--results", res, cwd=tmp_path)["estimate"]
+    assert est["wall_s"] is None and est["runs_unknown"] == 1
+    text = status("--results", res, cwd=tmp_path).stdout
+    assert "Time left: unknown (1 of 1 runs left have no timing)" in text
+
+    done = tmp_path / "done"
+    write_run(done / "runs/synthetic/mlp/none/seed42", "completed", [1.0] * 6)
+    text = status("--results", done, cwd=tmp_path).stdout
+    assert "Time left: 0 s (every run is done)" in text
+    assert text.strip().splitlines()[-1].endswith("; 0 s left")
+
+
+def test_a_failed_run_that_was_rerun_counts_as_running(tree):
+    log = tree / "results/demo/logs/train/synthetic/mlp/none/seed44.log"
+    write_log(log, [*log.read_text().splitlines(), "start", "resuming from x: epoch 2, step 0"])
+    got = states(status_json("--results", tree / "results/demo", cwd=tree))
+    assert got["train mlp/none/seed44"] == "running"
+
+
+def test_status_changes_no_file_takes_no_lock_and_runs_no_checkpoint_code(tree, real_checkpoint):
+    # A checkpoint that would run code if loaded unsafely (pickle calls Path.touch on load).
+    marker = tree / "code-ran"
+
+    class Payload:
+        def __reduce__(self):
+            return pathlib.Path.touch, (marker,)
+
+    ckpt = tree / "results/demo/scratch/runs/synthetic/cnn/bn/seed42.ckpt"
+    ckpt.parent.mkdir(parents=True)
+    torch.save({**real_checkpoint, "extra": Payload()}, ckpt)
+    write_log(ckpt.parents[4] / "logs/train/synthetic/cnn/bn/seed42.log", ["start", epoch_line(4)])
+    before = snapshot(tree)
+    for args in (["--configfile", DEMO, tree / "seeds.yaml", "-d", tree, "--all"],
+                 ["--results", tree / "results/demo", "--json"]):  # fmt: skip
+        res = status_cli(*args, cwd=tree)
+        assert res.returncode == 0, res.stderr
+    assert snapshot(tree) == before  # no file added, removed or touched
+    assert not marker.exists() and not (tree / ".snakemake").exists()
+    got = states(status_json("--results", tree / "results/demo", cwd=tree))
+    assert got["train cnn/bn/seed42"] == "running"  # from its log: ep 4, the checkpoint is unread
+
+
+def test_mistakes_are_one_line_errors(tmp_path):
+    res = status("--results", tmp_path / "nowhere", cwd=tmp_path)
+    assert res.returncode == 2 and "results folder" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seeds: [1, 1]\n")
+    res = status("--configfile", bad, cwd=tmp_path)
+    assert res.returncode == 2 and "config key 'seeds'" in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+    res = status("--results", tmp_path, "--resources", "gpu=x", cwd=tmp_path)
+    assert res.returncode == 2 and "gpu=N" in res.stderr
+
+
+def test_checkpoint_mid_epoch_counts_the_steps_done(tmp_path, real_checkpoint):
+    path = tmp_path / "run.ckpt"
+    mid = {"step": 3, "tensors": [torch.arange(270), torch.zeros(9), torch.tensor(0)]}
+    torch.save({**real_checkpoint, "epoch": 1, "mid_epoch": mid, "elapsed": 8.0}, path)
+    got = read_checkpoint(path)
+    assert got["done"] == pytest.approx(1 + 3 / 9) and got["elapsed"] == 8.0
+    path.write_bytes(path.read_bytes()[:1000])  # truncated: unknown, not a crash
+    assert read_checkpoint(path) is None
+
+
+@pytest.mark.parametrize("study,train,search", [("batch_size", 60, 80), ("depth", 48, 64)])
+def test_a_study_config_lists_its_swept_runs(study, train, search):
+    # The same grid as the workflow's dry run (tests/test_studies.py): select and sweep applied.
+    from normdrop.status import grid_runs, load_config
+
+    runs = grid_runs(load_config([REPO / "studies" / f"{study}.yaml"]))
+    kinds = pd.Series([r.kind for r in runs]).value_counts().to_dict()
+    assert kinds == {"train": train, "lr_search": search}
+    if study == "batch_size":
+        assert {r.variant for r in runs} >= {"bn_bs8", "gn_bs128", "none_bs16"}
