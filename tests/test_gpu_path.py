@@ -5,18 +5,21 @@ set from the differences measured on this machine (torch 2.14.0 CPU), with a mar
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 import yaml
 from conftest import REPO, tiny_config
 
 from normdrop.config import ConfigError, run_config, validate_workflow_config
 from normdrop.data import load_prepared
-from normdrop.train import main, resolve_execution, train
+from normdrop.models import build_model
+from normdrop.train import _capture_train_step, main, resolve_execution, train
 
 CPU = torch.device("cpu")
 QUIET = dict(log=lambda s: None)
@@ -176,3 +179,82 @@ def test_execution_settings_come_from_the_config():
         base, memory_format="channels_last", cuda_graphs="on", deterministic=True
     )
     assert base.settings_hash() == other.settings_hash()
+
+
+class FakeCuda:
+    """torch.cuda's streams, graphs and RNG state, faked on the CPU: 'capture' runs the step once
+    like the warm-up does, 'replay' only counts. Enough to test what `_capture_train_step` does
+    around the capture: warm-up and capture must leave weights, BN statistics, Adam state and RNG
+    exactly as they found them."""
+
+    def __init__(self, monkeypatch):
+        self.replays = 0
+        fake = self
+
+        class Stream:
+            def __init__(self, device=None):
+                pass
+
+            def wait_stream(self, other):
+                pass
+
+        class Graph:
+            def replay(self):
+                fake.replays += 1
+
+        for name, value in {
+            "Stream": Stream,
+            "current_stream": lambda device=None: Stream(),
+            "stream": lambda s: contextlib.nullcontext(),
+            "CUDAGraph": Graph,
+            "graph": lambda g: contextlib.nullcontext(),
+            "get_rng_state": lambda device=None: torch.get_rng_state(),
+            "set_rng_state": lambda state, device=None: torch.set_rng_state(state),
+        }.items():
+            monkeypatch.setattr(torch.cuda, name, value)
+
+
+def _small_run(steps_before: int):
+    """A BN + dropout CNN, its Adam, a step function like train()'s, `steps_before` steps taken."""
+    torch.manual_seed(0)
+    model = build_model("cnn", (3, 16, 16), 4, 4, "batch", 0.3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step(x, y):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    g = torch.Generator().manual_seed(1)
+    batches = [(torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 4, (8,), generator=g))
+               for _ in range(steps_before + 3)]  # fmt: skip
+    for x, y in batches[:steps_before]:
+        step(x, y)
+    return model, optimizer, step, batches[steps_before:]
+
+
+@pytest.mark.parametrize("steps_before", [0, 2])  # a fresh run; a resumed one with Adam state
+def test_graph_capture_leaves_the_run_where_it_was(monkeypatch, steps_before):
+    model, optimizer, step, batches = _small_run(steps_before)
+    reference = [step(x, y)[0] for x, y in batches]
+    ref_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    fake = FakeCuda(monkeypatch)
+    model, optimizer, step, batches = _small_run(steps_before)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    graph_step = _capture_train_step(
+        step, model, optimizer, (8, 3, 16, 16), torch.contiguous_format, CPU
+    )
+    for k, v in model.state_dict().items():  # warm-up and capture undone, in place
+        assert torch.equal(v, before[k]), k
+    got = [step(x, y)[0] for x, y in batches]  # then the same steps, the same dropout masks
+    assert torch.equal(torch.stack(got), torch.stack(reference))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, ref_state[k]), k
+
+    x, y = batches[0]
+    loss, correct = graph_step(x, y)  # copies the batch into the static buffers, replays
+    assert fake.replays == 1 and loss.shape == () and correct.dtype == torch.long

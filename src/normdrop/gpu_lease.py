@@ -25,6 +25,9 @@ Notes:
   ``CUDA_VISIBLE_DEVICES`` to the GPUs it allocated to the job.
 * A lock is shared with processes forked afterwards (e.g. DataLoader workers); it is freed when
   the last of them exits, or at once by :meth:`Lease.release`.
+* When every slot is held, :func:`acquire` can wait for one (``wait_s``); the training CLI
+  waits until a slot frees, so a grid started without ``--resources gpu=N`` queues its jobs on
+  the leases instead of failing them.
 * Leases are tried slot-major (slot 0 of every device, then slot 1, ...), so jobs spread over
   the devices before doubling up on one.
 
