@@ -156,14 +156,13 @@ def bench_files():
 
 
 # --------------------------------------------------------------------------- resume
-def _train_cmd(c: Check, data: Path, out: Path, ckpt: Path, deterministic: bool) -> list[str]:
+def _train_cmd(c: Check, data: Path, out: Path, ckpt: Path, flags: list[str]) -> list[str]:
     return [
         sys.executable, "-m", "normdrop.train", "--data", str(data), "--dataset", "synthetic",
         "--model", "cnn", "--width", str(c.width("cnn")), "--norm", "batch", "--dropout", "0.3",
         "--epochs", "3", "--milestones", "2", "--batch-size", str(c.sizes.batch),
         "--device", str(c.device), "--out", str(out), "--checkpoint", str(ckpt),
-        "--checkpoint-every-s", "0", "--gpu-lock-dir", str(c.tmp / "locks"),
-        "--deterministic" if deterministic else "--no-deterministic",
+        "--checkpoint-every-s", "0", "--gpu-lock-dir", str(c.tmp / "locks"), *flags,
     ]  # fmt: skip
 
 
@@ -185,22 +184,46 @@ def _kill_mid_epoch_2(proc, ckpt: Path, timeout_s=300.0) -> bool:
     return False
 
 
-def resume(c: Check) -> dict:
+def _compare(out_a: Path, out_b: Path) -> dict:
+    """Bitwise equality and the largest differences of two runs' per-epoch and per-step metrics."""
     import pandas as pd
 
-    n_train = round(c.sizes.resume_steps * c.sizes.batch / 0.9)  # 10% go to validation
+    a, b = (pd.read_parquet(o / "epochs.parquet").drop(columns="wall_time_s")
+            for o in (out_a, out_b))  # fmt: skip
+    sa, sb = (pd.read_parquet(o / "steps.parquet") for o in (out_a, out_b))
+    loss_rel = float(((a.train_loss_mean - b.train_loss_mean).abs() / a.train_loss_mean).max())
+    acc = float(max((a[k] - b[k]).abs().max() for k in ("train_acc", "val_acc", "test_acc")))
+    return {
+        "bitwise equal": a.equals(b) and sa.equals(sb),
+        "max rel. loss diff": f"{loss_rel:.2e}",
+        "max acc diff": f"{acc:.4f}",
+        "within": loss_rel <= RESUME_TOLERANCE["loss_rel"] and acc <= RESUME_TOLERANCE["acc"],
+    }
+
+
+def resume(c: Check) -> dict:
+    # 3 epochs of resume_steps - 1 full batches and a last, smaller one (eager under CUDA graphs).
+    n_train = round((c.sizes.resume_steps - 0.5) * c.sizes.batch / 0.9)  # 10% go to validation
     spec = SyntheticSpec(n_train=n_train, n_test=500, num_classes=10, channels=3, size=32,
                          noise=0.35, seed=3)  # fmt: skip
     download("synthetic", c.tmp / "raw", spec)
     data = prepare("synthetic", c.tmp / "raw", c.tmp / "synthetic.pt", val_fraction=0.1)
+    # mode -> (CLI flags, what the resumed run must match: bitwise, or within the tolerance)
+    modes = {"deterministic": (["--deterministic"], "bitwise"),
+             "default": (["--no-deterministic"], "within")}  # fmt: skip
+    if c.device.type == "cuda":
+        modes["cuda graphs, deterministic"] = (
+            ["--deterministic", "--cuda-graphs", "on"],
+            "bitwise",
+        )
     rows = []
-    for deterministic in (True, False):
-        tag = "deterministic" if deterministic else "default"
-        outs = {k: c.tmp / f"resume-{tag}-{k}" for k in ("ref", "killed")}
-        done = {}
+    for mode, (flags, must) in modes.items():
+        outs = {k: c.tmp / f"resume-{mode.replace(', ', '-')}-{k}".replace(" ", "_")
+                for k in ("ref", "killed")}  # fmt: skip
+        killed = False
         for k, out in outs.items():
             ckpt = out.with_suffix(".ckpt")
-            cmd = _train_cmd(c, data, out, ckpt, deterministic)
+            cmd = _train_cmd(c, data, out, ckpt, flags)
             proc = subprocess.Popen(cmd, env=c.env, stdout=subprocess.PIPE,
                                     stderr=subprocess.STDOUT, text=True)  # fmt: skip
             if k == "killed":
@@ -209,30 +232,28 @@ def resume(c: Check) -> dict:
                                         stderr=subprocess.STDOUT, text=True)  # fmt: skip
             text = proc.communicate(timeout=600)[0]
             if proc.returncode:
-                raise RuntimeError(f"training CLI exited {proc.returncode}: {text[-2000:]}")
-            done[k] = text
-        a, b = (pd.read_parquet(outs[k] / "epochs.parquet").drop(columns="wall_time_s")
-                for k in ("ref", "killed"))  # fmt: skip
-        sa, sb = (pd.read_parquet(outs[k] / "steps.parquet") for k in ("ref", "killed"))
-        bitwise = a.equals(b) and sa.equals(sb)
-        loss_rel = float(((a.train_loss_mean - b.train_loss_mean).abs() / a.train_loss_mean).max())
-        acc = float(max((a[col] - b[col]).abs().max() for col in ("train_acc", "val_acc",
-                                                                     "test_acc")))  # fmt: skip
-        within = loss_rel <= RESUME_TOLERANCE["loss_rel"] and acc <= RESUME_TOLERANCE["acc"]
+                raise RuntimeError(f"{mode}: training CLI exited {proc.returncode}: {text[-2000:]}")
+        d = _compare(outs["ref"], outs["killed"])
         meta = json.loads((outs["killed"] / "meta.json").read_text())
-        rows.append({
-            "mode": tag, "killed mid-epoch 2": killed, "resumes": str(meta["resumes"]),
-            "bitwise equal": bitwise, "max rel. loss diff": f"{loss_rel:.2e}",
-            "max acc diff": f"{acc:.4f}", "ok": killed and bool(meta["resumes"]) and
-            (bitwise if deterministic else within),
-        })  # fmt: skip
+        ok = killed and bool(meta["resumes"]) and d[must.replace("bitwise", "bitwise equal")]
+        rows.append({"mode": mode, "compared": "killed + resumed vs uninterrupted",
+                     "killed mid-epoch 2": killed, "resumes": str(meta["resumes"]),
+                     **d, "must be": must, "ok": ok})  # fmt: skip
+        if mode.startswith("cuda graphs"):  # the graph against eager, both deterministic
+            d = _compare(c.tmp / "resume-deterministic-ref", outs["ref"])
+            rows.append({"mode": mode, "compared": "uninterrupted: cuda graphs vs eager", **d,
+                         "must be": "within", "ok": d["within"]})  # fmt: skip
     ok = all(r["ok"] for r in rows)
     return {
         "status": "pass" if ok else "fail",
-        "summary": f"deterministic: bitwise {'equal' if rows[0]['bitwise equal'] else 'DIFFERENT'};"
-        f" default: max rel. loss diff {rows[1]['max rel. loss diff']}, max acc diff "
-        f"{rows[1]['max acc diff']} (bounds {RESUME_TOLERANCE['loss_rel']}, "
-        f"{RESUME_TOLERANCE['acc']}; bitwise {rows[1]['bitwise equal']})",
+        "summary": "; ".join(
+            f"{r['mode']} ({r['compared']}): bitwise {r['bitwise equal']}, "
+            f"max rel. loss diff {r['max rel. loss diff']}, max acc diff "
+            f"{r['max acc diff']}"
+            for r in rows
+        )  # fmt: skip
+        + f" (tolerance without bitwise: {RESUME_TOLERANCE['loss_rel']} relative loss, "
+        f"{RESUME_TOLERANCE['acc']} accuracy)",
         "rows": rows,
     }
 
@@ -358,7 +379,7 @@ def speed(c: Check) -> dict:
             {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in rows
         ],  # fmt: skip
         "grid_hours": hours,
-        "note": "images/s, CIFAR-shaped, batch 128, variant bn_dropout; 'k proc.' = aggregate "
+        "note": "images/s (eval: evaluation images/s), CIFAR-shaped, batch 128, variant bn_dropout; 'k proc.' = aggregate "
         "of k eager processes; the projection uses each model's best setting scaled by the "
         "best sharing gain, and every variant at the bn_dropout rate (an upper bound)",
     }
@@ -450,29 +471,34 @@ def precision(c: Check) -> dict:
 
     frac = 512 / spec.n_train
     data = load_prepared(prepare("synthetic", raw, c.tmp / "precision.pt", val_fraction=frac))
+    # group -> settings; on CUDA also bf16 with the training step as a CUDA graph
+    groups = {"fp32": dict(precision="fp32"), "bf16": dict(precision="bf16")}
+    if c.device.type == "cuda":
+        groups["bf16, cuda graphs"] = dict(precision="bf16", cuda_graphs="on")
     rows = []
-    for prec in ("fp32", "bf16"):
+    for group, settings in groups.items():
         for seed in SEEDS:
-            cfg = c.cell("cnn", "bn_dropout", "synthetic", precision=prec, seed=seed,
-                         epochs=epochs)  # fmt: skip
+            cfg = c.cell("cnn", "bn_dropout", "synthetic", seed=seed, epochs=epochs, **settings)
             r = train(cfg, data, c.device, log=quiet)
             last = r.epochs.iloc[-1]
-            rows.append({"precision": prec, "seed": seed, "test_acc": last.test_acc,
+            rows.append({"group": group, "seed": seed, "test_acc": last.test_acc,
                          "train_loss_sd": last.train_loss_sd, "finite": finite(r)})  # fmt: skip
     df = pd.DataFrame(rows)
-    g = df.groupby("precision")[["test_acc", "train_loss_sd"]]
+    g = df.groupby("group")[["test_acc", "train_loss_sd"]]
     mean, sd = g.mean(), g.std()
-    out = {}
-    for col in ("test_acc", "train_loss_sd"):
-        diff = float(mean.loc["bf16", col] - mean.loc["fp32", col])
-        spread = float(sd[col].mean())  # mean over the two precisions of the SD over seeds
-        out[col] = (diff, spread, abs(diff) <= 2 * spread)
-    within = all(v[2] for v in out.values())
+    lines, within = [], True
+    pairs = [("bf16", "fp32"), ("bf16, cuda graphs", "bf16")][: len(groups) - 1]
+    for a, b in pairs:
+        parts = []
+        for col in ("test_acc", "train_loss_sd"):
+            diff = float(mean.loc[a, col] - mean.loc[b, col])
+            spread = float((sd.loc[a, col] + sd.loc[b, col]) / 2)  # SD over seeds, both groups
+            within &= abs(diff) <= 2 * spread
+            parts.append(f"{col} {diff:+.4f} (seed SD {spread:.4f})")
+        lines.append(f"{a} - {b}, mean of {len(SEEDS)} seeds: " + ", ".join(parts))
     return {
         "status": "info" if all(df.finite) else "fail",
-        "summary": "bf16 - fp32, mean of 3 seeds: "
-        + "; ".join(f"{k} {d:+.4f} (seed SD {s:.4f})" for k, (d, s, _) in out.items())
-        + f" -> {'within' if within else 'OUTSIDE'} 2 seed SDs",
+        "summary": "; ".join(lines) + f" -> {'within' if within else 'OUTSIDE'} 2 seed SDs",
         "rows": [
             {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows
         ],  # fmt: skip
@@ -485,16 +511,20 @@ SECTIONS = {"smoke": smoke, "resume": resume, "leases": leases, "speed": speed,
 MUST_PASS = ("smoke", "resume", "leases")
 
 
+def _cell(v) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):  # rates as whole numbers, metrics with 4 significant digits
+        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
+    return str(v)
+
+
 def markdown_table(rows: list[dict]) -> str:
     if not rows:
         return ""
     head = list(dict.fromkeys(k for r in rows for k in r))
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        cells = [r.get(k) for k in head]
-        lines.append("| " + " | ".join("" if v is None else
-                                       f"{v:,.2f}" if isinstance(v, float) else str(v)
-                                       for v in cells) + " |")  # fmt: skip
+    lines += ["| " + " | ".join(_cell(r.get(k)) for k in head) + " |" for r in rows]
     return "\n".join(lines)
 
 
