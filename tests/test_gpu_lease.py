@@ -418,3 +418,8 @@ def test_second_training_job_waits_for_the_one_gpu_slot(tmp_path, tiny_data):
     for name in ("first", "second"):
         meta = json.loads((tmp_path / name / "meta.json").read_text())
         assert meta["gpu_lease"] == "0/slot0" and meta["status"] == "completed"
+        # --device auto without CUDA: the CPU's settings, recorded as they ran
+        assert meta["execution"] == {
+            "precision": "fp32", "memory_format": "contiguous", "cuda_graphs": False,
+            "adam": "default", "compile": False, "deterministic": False,
+        }  # fmt: skip
