@@ -4,8 +4,9 @@
 #   ./dev.sh test    set up .venv, lint (ruff, snakefmt, snakemake --lint), run the test suite
 #   ./dev.sh setup   only create/refresh .venv from requirements.lock
 #   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
-#   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py)
+#   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py; --tiny: a check)
 #   ./dev.sh status  where a grid stands: runs per state, failures, time left (normdrop.status)
+#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny]   check and measure the GPU path
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${NORMDROP_VENV:-.venv}
@@ -73,8 +74,20 @@ case "${1:-}" in
     shift
     PYTHONPATH=src "$PY" -m normdrop.status "$@"
     ;;
+  gpu-check)
+    shift
+    # A GPU machine may come with its own CUDA build of torch and no package index: without a
+    # .venv the system python3 runs it (torch, torchvision, pandas, pyarrow, pyyaml suffice).
+    if [ -d "$VENV" ]; then
+      setup
+      py=$PY
+    else
+      py=python3
+    fi
+    PYTHONPATH=src "$py" benchmarks/gpu_check.py "$@"
+    ;;
   *)
-    sed -n 2,8p "$0"
+    sed -n 2,9p "$0"
     exit 2
     ;;
 esac

@@ -1,9 +1,10 @@
 """Training-step benchmark: our `normdrop.train.train` vs a textbook DataLoader loop.
 
     PYTHONPATH=src .venv/bin/python benchmarks/bench_train.py [--device cpu|cuda] [--steps N]
-        [--models mlp cnn resnet20] [--shapes cifar mnist] [--concurrent K]
+        [--models mlp cnn resnet20] [--shapes cifar mnist] [--concurrent K] [--tiny]
 
-Not part of the test suite. For each model (variant bn_dropout: BatchNorm + dropout, the heaviest
+`--tiny` (2 steps, narrow models, no repeats; its figures mean nothing) is what the test suite
+runs, so that the script cannot rot. For each model (variant bn_dropout: BatchNorm + dropout, the heaviest
 one) it trains the same number of optimizer steps, batch 128, in this one process, with
 
   ours       `train(cfg, data, device)` on a `Prepared` dataset whose training split holds exactly
@@ -60,12 +61,9 @@ import torch
 import yaml
 
 from normdrop.config import RunConfig
-from normdrop.data import Prepared, SyntheticSpec, make_synthetic
+from normdrop.data import Prepared, SyntheticSpec, make_synthetic, standardization
 from normdrop.models import build_model, count_parameters
-from normdrop.train import evaluate, train
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from proto_train import train_prototype  # noqa: E402
+from normdrop.train import evaluate, resolve_execution, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 128
@@ -81,6 +79,7 @@ DEFAULT_STEPS = {  # keeps the whole CPU run (3 models, both shapes) under ~8 mi
     "cpu": {"mlp": 100, "cnn": 24, "resnet20": 16},
     "cuda": {"mlp": 200, "cnn": 200, "resnet20": 200},
 }
+TINY_WIDTH = {"mlp": 16, "cnn": 4, "resnet20": 4}  # --tiny: the code path, not the speed
 VAL_TEST = 256  # images in the benchmark's validation and test splits (their eval is subtracted)
 
 
@@ -186,10 +185,6 @@ def measured(fn, args) -> dict:
     return best
 
 
-def ours_best_s(results: list[dict]) -> float:
-    return min(r["seconds"] for r in clean_only(results))
-
-
 def clean_only(results: list[dict]) -> list[dict]:
     return [r for r in results if r["clean"]] or results
 
@@ -273,22 +268,19 @@ def run_config(model: str, width: int, dropout: float, lr: float = 1e-3, compile
     )  # fmt: skip
 
 
-def time_ours(cfg: RunConfig, data: Prepared, device: torch.device, train_fn=train,
-              channels_last=None) -> dict:  # fmt: skip
-    """Seconds of our training steps over data's training split (one epoch), eval subtracted.
-    train_fn: normdrop.train.train, or the prototype (benchmarks/proto_train.py)."""
+def time_ours(cfg: RunConfig, data: Prepared, device: torch.device) -> dict:
+    """Seconds of our training steps over data's training split (one epoch), eval subtracted."""
     meter, seen = Meter(), {}
 
     def at_epoch_end(line):  # train() logs each epoch's line right after its evaluation
+        if not line.startswith("epoch "):
+            return
         seen.setdefault("meter", meter.stop())
         seen.setdefault("epoch_end_wall", time.time())
 
-    result = train_fn(cfg, data, device, checkpoint=None, log=at_epoch_end)
+    result = train(cfg, data, device, checkpoint=None, log=at_epoch_end)
     epoch_s = float(result.epochs["wall_time_s"].iloc[0])
-    eval_s = time_eval(
-        cfg, data, device, [(data.val_x, data.val_y), (data.test_x, data.test_y)],
-        channels_last=channels_last,
-    )  # fmt: skip
+    eval_s = time_eval(cfg, data, device, [(data.val_x, data.val_y), (data.test_x, data.test_y)])
     # Contention anywhere in the timing (the subtracted evaluation too) makes it a contended one.
     other = [
         m["other_cores"] for m in (seen["meter"], meter.stop()) if m["other_cores"] is not None
@@ -301,24 +293,22 @@ def time_ours(cfg: RunConfig, data: Prepared, device: torch.device, train_fn=tra
     }  # fmt: skip
 
 
-def time_eval(cfg, data: Prepared, device, splits, repeats=3, channels_last=None) -> float:
+def time_eval(cfg, data: Prepared, device, splits, repeats=3) -> float:
     """Seconds of `normdrop.train.evaluate` over the given splits (min of `repeats`), with the
-    same precision and memory format as `train()` uses on this device (channels_last: override)."""
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    if channels_last is None:
-        channels_last = device.type == "cuda"
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    same precision and memory format as `train()` uses on this device."""
+    ex = resolve_execution(cfg, device)
+    use_bf16, memory_format = ex.bf16, ex.memory_format
     model = build_model(
         cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout
     )
     model = model.to(device, memory_format=memory_format)
-    mean, std = data.mean.to(device), data.std.to(device)
+    scale, shift = standardization(data.mean.to(device), data.std.to(device))
     splits = [(x.to(device), y.to(device)) for x, y in splits]
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         for x, y in splits:
-            evaluate(model, x, y, mean, std, cfg.eval_batch_size, use_bf16, memory_format)
+            evaluate(model, x, y, scale, shift, cfg.eval_batch_size, use_bf16, memory_format)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -484,9 +474,8 @@ def parse_args(argv=None):
     p.add_argument("--concurrent", type=int, default=1, help="K of our processes at once")
     p.add_argument("--compile", action="store_true", help="ours with torch.compile (cfg.compile)")
     p.add_argument(
-        "--prototype", action="store_true",
-        help="also time benchmarks/proto_train.py (train() + channels_last and a cheaper dropout "
-        "mask on CPU)",
+        "--tiny", action="store_true",
+        help="2 steps of narrow models, one repetition: checks that the script runs (the tests)",
     )  # fmt: skip
     p.add_argument("--config", type=Path, default=ROOT / "config.yaml")
     p.add_argument("--_worker", action="store_true", help=argparse.SUPPRESS)
@@ -500,6 +489,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args._worker:
         return worker_main(args)
+    if args.tiny:
+        args.steps, args.warmup_steps, args.repeats, args.attempts = args.steps or 2, 1, 1, 1
+        args.wait_quiet = 0.0
     t_start = time.perf_counter()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -518,7 +510,7 @@ def main(argv=None) -> int:
     rows = []
     tmp = tempfile.TemporaryDirectory(prefix="bench_train_")
     for model in args.models:
-        width = config["models"][model]["width"]
+        width = TINY_WIDTH[model] if args.tiny else config["models"][model]["width"]
         dropout = config["models"][model]["dropout_rate"]
         steps = args.steps or DEFAULT_STEPS[device.type][model]
         cfg = run_config(model, width, dropout, compile_=args.compile)
@@ -532,10 +524,6 @@ def main(argv=None) -> int:
             row[f"params_{shape}"] = count_parameters(m)
             log(f"warm-up ours ({args.warmup_steps} steps) ...")
             train(cfg, warm, device, log=lambda s: None)
-            proto_cl = device.type == "cuda" or model != "mlp"
-            if args.prototype:
-                log(f"warm-up prototype ({args.warmup_steps} steps) ...")
-                train_prototype(cfg, warm, device, log=lambda s: None)
             ref_cls = None
             if shape == "cifar":
                 root = Path(tmp.name) / model
@@ -544,7 +532,7 @@ def main(argv=None) -> int:
                 warm_cls = write_cifar_pickles(warm, warm_root)
                 log(f"warm-up reference ({args.warmup_steps} steps) ...")
                 time_reference(cfg, warm_cls, warm_root, warm, device, workers)
-            ours, ref, proto = [], [], []
+            ours, ref = [], []
             for rep in range(args.repeats):
                 r = measured(lambda: time_ours(cfg, data, device), args)
                 ours.append(r)
@@ -559,22 +547,8 @@ def main(argv=None) -> int:
                     log(f"reference rep {rep + 1}: {r['seconds']:.2f} s for {r['steps']} steps "
                         f"({steps / r['seconds']:.2f} steps/s; first batch after "
                         f"{r['first_batch_s']:.3f} s{contention(r)})")  # fmt: skip
-                if args.prototype:
-                    r = measured(
-                        lambda: time_ours(cfg, data, device, train_prototype, proto_cl), args
-                    )
-                    proto.append(r)
-                    log(f"prototype rep {rep + 1}: {r['seconds']:.2f} s for {steps} steps "
-                        f"({steps / r['seconds']:.2f} steps/s{contention(r)})")  # fmt: skip
             # Best of the repeats (the least disturbed), among the uncontended ones if any.
             ours, ref = clean_only(ours), clean_only(ref)
-            if proto:
-                p_best = min(clean_only(proto), key=lambda r: r["seconds"])
-                row[f"proto_{shape}"] = steps / p_best["seconds"]
-                row["contended"] = row.get("contended", False) or not p_best["clean"]
-                log(
-                    f"=> prototype / ours = {row[f'proto_{shape}'] * ours_best_s(ours) / steps:.2f}x"
-                )
             best = [min(x, key=lambda r: r["seconds"]) for x in (ours, ref) if x]
             others = [r["other_cores"] for r in best if r.get("other_cores") is not None]
             if others:
@@ -637,8 +611,6 @@ def main(argv=None) -> int:
     conc = args.concurrent > 1
     head = ["model", "params", "steps timed", "ours steps/s", "ours images/s",
             "reference steps/s", "reference images/s", "ours / reference"]  # fmt: skip
-    if args.prototype:
-        head += ["prototype images/s", "prototype / reference"]
     if "mnist" in measured_shapes:
         head.append("ours images/s, MNIST-shaped")
     if conc:
@@ -658,10 +630,6 @@ def main(argv=None) -> int:
             f"{r['ref_cifar'] * BATCH:,.0f}" if "ref_cifar" in r else "-",
             f"**{r['ours_cifar'] / r['ref_cifar']:.2f}x**" if "ref_cifar" in r else "-",
         ]
-        if args.prototype:
-            pc = r.get("proto_cifar")
-            cells.append(f"{pc * BATCH:,.0f}" if pc else "-")
-            cells.append(f"{pc / r['ref_cifar']:.2f}x" if pc and "ref_cifar" in r else "-")
         if "mnist" in measured_shapes:
             cells.append(f"{r['ours_mnist'] * BATCH:,.0f}")
         if conc:
@@ -670,7 +638,7 @@ def main(argv=None) -> int:
         if r.get("contended"):
             cells[0] += " (contended)"
         log("| " + " | ".join(cells) + " |")
-    log("| **grid** | | | | | | | |" + (" | |" if args.prototype else "")
+    log("| **grid** | | | | | | | |"
         + (" |" if "mnist" in measured_shapes else "")
         + (" |" if conc else "") + f" **{total:,.1f} h** |")  # fmt: skip
     log("")
@@ -697,10 +665,6 @@ def main(argv=None) -> int:
         f"other processes used more than {args.max_other_cores} cores was repeated (up to "
         f"{args.attempts} tries). Other processes used up to {worst:.2f} cores during a reported "
         f"timing{'; rows marked (contended) could not get a quiet machine: their figures are pessimistic and noisy' if any(r.get('contended') for r in rows) else ''}.")  # fmt: skip
-    if args.prototype:
-        log("Prototype: benchmarks/proto_train.py = normdrop.train.train + channels_last on CPU for "
-            "cnn/resnet20 + benchmarks/fast_dropout.py's dropout mask on CPU; the projection uses "
-            "ours, not the prototype.")  # fmt: skip
     for n in dict.fromkeys(notes):
         log(f"Note: {n}.")
     log(f"Benchmark wall time: {elapsed:.0f} s.")

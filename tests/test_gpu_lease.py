@@ -380,3 +380,46 @@ def test_visible_gpus_when_nvidia_smi_fails_or_is_missing(tmp_path):
 def test_under_slurm():
     assert gpu_lease.under_slurm({"SLURM_JOB_ID": "123"})
     assert not gpu_lease.under_slurm({"CUDA_VISIBLE_DEVICES": "0"})
+
+
+# --- the training CLI without --resources gpu=N ------------------------------------------------
+
+
+def test_second_training_job_waits_for_the_one_gpu_slot(tmp_path, tiny_data):
+    """A new user's `snakemake --cores 4` on a one-GPU machine: more training jobs than GPU slots
+    start at once. The second job says in one line that it waits, gets the slot when the first
+    exits, and both finish; no traceback. (No CUDA here: the lease is taken on the fake device
+    "0", then `--device auto` trains on the CPU.)"""
+    from conftest import TRAIN_ENV, train_cli
+
+    env = {**TRAIN_ENV, "CUDA_VISIBLE_DEVICES": "0"}
+    env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
+    locks = tmp_path / "locks"
+
+    def start(name):
+        cmd = train_cli(tiny_data, tmp_path / name, "--gpu-lock-dir", str(locks))
+        cmd[cmd.index("--device") + 1] = "auto"
+        return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+
+    first = start("first")
+    lock = gpu_lease.lock_path(locks / os.uname().nodename, "0", 0)
+    t0 = time.monotonic()
+    while f"pid={first.pid}" not in (lock.read_text() if lock.exists() else ""):
+        assert first.poll() is None and time.monotonic() - t0 < 120, first.communicate()
+        time.sleep(0.05)
+    second = start("second")  # the slot is held now: it must wait, not fail
+    outs = [p.communicate(timeout=300) for p in (first, second)]
+    assert [first.returncode, second.returncode] == [0, 0], outs
+    err = outs[1][1]
+    assert "Traceback" not in err and "error" not in err.lower(), err
+    waiting = [line for line in err.splitlines() if "waiting for a free GPU slot" in line]
+    assert len(waiting) == 1 and f"held (by pids {first.pid})" in waiting[0], err
+    for name in ("first", "second"):
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        assert meta["gpu_lease"] == "0/slot0" and meta["status"] == "completed"
+        # --device auto without CUDA: the CPU's settings, recorded as they ran
+        assert meta["execution"] == {
+            "precision": "fp32", "memory_format": "contiguous", "cuda_graphs": False,
+            "adam": "default", "compile": False, "deterministic": False,
+        }  # fmt: skip

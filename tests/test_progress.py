@@ -36,7 +36,8 @@ def test_output_to_a_file_is_one_plain_line_per_epoch(tmp_path, tiny_data):
     lines = text.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
     assert lines[0].startswith("synthetic/cnn/custom seed 42") and lines[-1].startswith("completed")
-    assert len(lines) == EPOCHS + 2
+    assert lines[1].startswith("execution: ")  # the settings that ran (precision, graphs, ...)
+    assert len(lines) == EPOCHS + 3
 
 
 def test_output_to_a_terminal_shows_a_bar(tmp_path, tiny_data):

@@ -23,10 +23,21 @@ from normdrop.models import INITS, MODELS, NORMS
 
 AUGMENTS = ("none", "crop_flip")
 PRECISIONS = ("auto", "fp32", "bf16")
+MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
+CUDA_GRAPHS = ("auto", "on", "off")
 
 # Settings that change how fast a run goes or where it runs, not what it computes (up to float
 # rounding): they are left out of the settings hash that decides whether two runs are the same.
-EXECUTION_FIELDS = ("precision", "compile", "eval_batch_size", "checkpoint_every_s")
+# `deterministic` is one of them: it picks other (deterministic) kernels, same math.
+EXECUTION_FIELDS = (
+    "precision",
+    "memory_format",
+    "compile",
+    "cuda_graphs",
+    "deterministic",
+    "eval_batch_size",
+    "checkpoint_every_s",
+)
 
 
 class ConfigError(ValueError):
@@ -53,7 +64,10 @@ class RunConfig:
     weight_decay: float = 0.0
     augment: str = "none"
     precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    memory_format: str = "auto"  # auto: channels_last on CUDA, contiguous on CPU
     compile: bool = False
+    cuda_graphs: str = "auto"  # auto: off until measured on a GPU (README, "Speed"); on: CUDA only
+    deterministic: bool = False  # deterministic kernels (cuDNN, cuBLAS): bitwise-equal reruns
     eval_batch_size: int = 1024
     checkpoint_every_s: float = 300.0  # also checkpoint mid-epoch when this much time has passed
 
@@ -80,6 +94,12 @@ class RunConfig:
         need(self.init in INITS, "init", f"allowed: {', '.join(INITS)}")
         need(self.augment in AUGMENTS, "augment", f"allowed: {', '.join(AUGMENTS)}")
         need(self.precision in PRECISIONS, "precision", f"allowed: {', '.join(PRECISIONS)}")
+        need(
+            self.memory_format in MEMORY_FORMATS,
+            "memory_format",
+            f"allowed: {', '.join(MEMORY_FORMATS)}",
+        )
+        need(self.cuda_graphs in CUDA_GRAPHS, "cuda_graphs", f"allowed: {', '.join(CUDA_GRAPHS)}")
         need(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
         need(self.width >= 1, "width", "must be >= 1")
         need(self.lr > 0, "lr", "must be > 0")
@@ -161,7 +181,8 @@ def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
         where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
         message = err.message
         if err.validator == "enum":
-            message = f"{err.instance!r} is not allowed; allowed: {', '.join(err.validator_value)}"
+            allowed = ", ".join(map(str, err.validator_value))
+            message = f"{err.instance!r} is not allowed; allowed: {allowed}"
         elif err.validator == "additionalProperties":
             allowed = ", ".join(err.schema.get("properties", {})) or "none"
             message = f"{message}; allowed keys: {allowed}"
@@ -339,7 +360,11 @@ def run_config(
         weight_decay=t["weight_decay"],
         augment=config["data"]["augment"],
         precision=x["precision"],
+        memory_format=x["memory_format"],
         compile=x["compile"],
+        # YAML 1.1 reads a bare on/off as true/false
+        cuda_graphs={True: "on", False: "off"}.get(x["cuda_graphs"], x["cuda_graphs"]),
+        deterministic=x["deterministic"],
         eval_batch_size=t["eval_batch_size"],
         checkpoint_every_s=x["checkpoint_every_s"],
     )

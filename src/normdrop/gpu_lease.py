@@ -25,6 +25,9 @@ Notes:
   ``CUDA_VISIBLE_DEVICES`` to the GPUs it allocated to the job.
 * A lock is shared with processes forked afterwards (e.g. DataLoader workers); it is freed when
   the last of them exits, or at once by :meth:`Lease.release`.
+* When every slot is held, :func:`acquire` can wait for one (``wait_s``); the training CLI
+  waits until a slot frees, so a grid started without ``--resources gpu=N`` queues its jobs on
+  the leases instead of failing them.
 * Leases are tried slot-major (slot 0 of every device, then slot 1, ...), so jobs spread over
   the devices before doubling up on one.
 
@@ -236,8 +239,10 @@ def acquire(
 ) -> Lease:
     """Lease a free (device, slot), trying slot 0 of every device first, then slot 1, ...
 
-    Never blocks on a single lock. If every slot is held, polls every ``poll_s`` seconds for
-    up to ``wait_s`` seconds, then raises :class:`LeaseError` naming the holders' pids.
+    Never blocks on a single lock. If every slot is held, says so in one log line (warning)
+    and polls, every ``poll_s`` seconds at first and backing off to every 2 s, for up to
+    ``wait_s`` seconds (``math.inf``: until a slot frees), then raises :class:`LeaseError`
+    naming the holders' pids.
     """
     devices = list(dict.fromkeys(str(d).strip() for d in devices))  # dedupe, keep order
     if not devices or any(not d for d in devices):
@@ -251,6 +256,7 @@ def acquire(
 
     order = [(device, slot) for slot in range(slots_per_gpu) for device in devices]
     deadline = time.monotonic() + max(wait_s, 0.0)
+    poll, waiting = poll_s, False
     while True:
         for device, slot in order:
             path = lock_path(lock_dir, device, slot)
@@ -265,7 +271,17 @@ def acquire(
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             break
-        time.sleep(min(poll_s, remaining))
+        if not waiting:
+            pids = ", ".join(_holder_pids([lock_path(lock_dir, d, s) for d, s in order]))
+            log.warning(
+                "waiting for a free GPU slot: all %d slots in %s are held (by pids %s)",
+                len(order),
+                lock_dir,
+                pids,
+            )
+            waiting = True
+        time.sleep(min(poll, remaining))
+        poll = min(poll * 1.5, max(poll_s, 2.0))
 
     n = len(order)
     pids = ", ".join(_holder_pids([lock_path(lock_dir, d, s) for d, s in order]))

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import math
+import os
 import pickle
 import platform
 import sys
@@ -55,6 +56,7 @@ class RunResult:
     param_count: int
     wall_time_s: float
     resumes: list[dict] = field(default_factory=list)  # where a killed run picked up again
+    execution: dict = field(default_factory=dict)  # how it ran: Execution.describe()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,6 +66,112 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
     return device
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run executes on its device, resolved once from its settings (speed, not numbers)."""
+
+    bf16: bool  # bf16 autocast for the forward pass (fp32 weights, optimizer state, BN stats)
+    memory_format: torch.memory_format
+    cuda_graphs: bool  # the training step captured once and replayed (_capture_train_step)
+    fused_adam: bool
+
+    def describe(self) -> dict:
+        return {
+            "precision": "bf16" if self.bf16 else "fp32",
+            "memory_format": "channels_last"
+            if self.memory_format == torch.channels_last
+            else "contiguous",
+            "cuda_graphs": self.cuda_graphs,
+            "adam": "fused" if self.fused_adam else "default",  # default: for-loop on CPU
+        }
+
+
+def resolve_execution(cfg: RunConfig, device: torch.device) -> Execution:
+    """The settings' `auto`s made concrete for `device`; ConfigError for what it cannot do."""
+    cuda = device.type == "cuda"
+    if cfg.cuda_graphs == "on" and not cuda:
+        raise ConfigError(
+            f"setting 'cuda_graphs' = 'on' needs a CUDA device, not {device}; use auto or off"
+        )
+    # channels_last makes cuDNN's bf16 convolutions use tensor cores without transposes.
+    channels_last = cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and cuda)
+    return Execution(
+        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and cuda),
+        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
+        # auto stays off until a run on a real GPU shows the same metrics, faster (README).
+        cuda_graphs=cfg.cuda_graphs == "on",
+        # CPU has a fused Adam too, but the CPU runs are the reference numbers: kept as they are.
+        fused_adam=cuda,
+    )
+
+
+def use_deterministic_algorithms() -> None:
+    """Deterministic kernels, process-wide (the CLI trains one run per process): bitwise-equal
+    reruns and resumes on one GPU model. cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it makes its
+    first handle; main() sets it before CUDA starts, the setdefault covers a direct train().
+    An op with no deterministic CUDA kernel warns instead of stopping the run: ResNet-20's
+    adaptive_avg_pool2d backward is flagged, though with a 1x1 output it takes the kernel
+    without atomics."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def _capture_train_step(step_fn, model, optimizer, x_shape, memory_format, device, warmup=3):
+    """The training step `step_fn(x, y) -> (loss, correct)` (forward, backward, Adam step) as one
+    CUDA graph for batches of shape x_shape: returns `graph_step(x, y)`, which copies the batch
+    into static buffers and replays the graph. CUDA only; see torch.cuda.graphs, "Whole-network
+    capture". The optimizer must be capturable (its lr a device tensor, step counts on device).
+
+    Capture needs a few warm-up steps on a side stream first; they change the weights, BN
+    statistics, optimizer state and CUDA RNG, so all of these are put back in place (same memory:
+    the graph reads and writes those addresses) and the run goes on exactly where it was.
+    Dropout in the graph draws from the default CUDA generator (graph-safe Philox): each replay
+    advances its offset, so every step gets fresh masks from the run's seeded stream."""
+    static_x = torch.zeros(x_shape, device=device).contiguous(memory_format=memory_format)
+    static_y = torch.zeros(x_shape[0], dtype=torch.long, device=device)
+    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
+    saved_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    saved_rng = torch.cuda.get_rng_state(device)
+
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        for _ in range(warmup):
+            step_fn(static_x, static_y)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    optimizer.zero_grad(set_to_none=True)  # grads are then allocated inside the graph's pool
+    with torch.cuda.graph(graph):
+        static_loss, static_correct = step_fn(static_x, static_y)
+
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            v.copy_(saved_model[k])
+        for p, state in optimizer.state.items():
+            for k, v in state.items():  # state a fresh run did not have yet starts at zero
+                v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+    torch.cuda.set_rng_state(saved_rng, device)
+
+    def graph_step(x, y):
+        static_x.copy_(x)
+        static_y.copy_(y)
+        graph.replay()
+        return static_loss, static_correct  # overwritten by the next replay: use before then
+
+    return graph_step
+
+
+def _lr_as(optimizer, tensor_device: torch.device | None) -> None:
+    """The learning rate as a float (eager Adam), or as a tensor on tensor_device (capturable Adam
+    in a CUDA graph: the scheduler then fills it in place, and the graph reads the new value).
+    Checkpoints may hold either, so this also runs after loading one."""
+    for group in optimizer.param_groups:
+        lr = float(group["lr"])
+        group["lr"] = lr if tensor_device is None else torch.tensor(lr, device=tensor_device)
 
 
 @torch.no_grad()
@@ -152,9 +260,10 @@ def train(
     epochs, row)`, if given, is called before the first epoch (row None) and after each epoch
     (row: that epoch's record), e.g. to drive a progress bar.
     """
-    use_bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
-    # channels_last makes cuDNN's bf16 convolutions use tensor cores without transposes.
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    ex = resolve_execution(cfg, device)  # bf16, memory format, CUDA graphs, fused Adam
+    use_bf16, memory_format = ex.bf16, ex.memory_format
+    if cfg.deterministic:
+        use_deterministic_algorithms()
     data = data.to(device)
     scale, shift = standardization(data.mean, data.std)  # (1, C, 1, 1) each, on the device
 
@@ -165,8 +274,9 @@ def train(
     model = model.to(device, memory_format=memory_format)
     param_count = count_parameters(model)
     optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay
-    )
+        model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
+        fused=ex.fused_adam or None, capturable=ex.cuda_graphs,
+    )  # fmt: skip
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order and augmentation
     forward = torch.compile(model) if cfg.compile else model
@@ -184,10 +294,31 @@ def train(
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         _set_rng_state(ckpt["rng"], device, gen)
+        _lr_as(optimizer, None)
         epoch_rows, step_losses = ckpt["epoch_rows"], ckpt["step_losses"]
         start_epoch, mid_epoch, elapsed = ckpt["epoch"], ckpt["mid_epoch"], ckpt["elapsed"]
         resumes = ckpt["resumes"] + [{"epoch": start_epoch, "step": ckpt["step"]}]
         log(f"resuming from {checkpoint}: epoch {start_epoch + 1}, step {ckpt['step']}")
+
+    def eager_step(x, y):
+        """One optimizer step on batch (x, y); (loss, correct count), on the device."""
+        # No autocast cache: it must be off under CUDA graph capture, and each weight is cast
+        # once per forward here, so it saved nothing.
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16,
+                            cache_enabled=False):  # fmt: skip
+            logits = forward(x)
+        loss = F.cross_entropy(logits.float(), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach(), (logits.argmax(1) == y).sum()
+
+    graph_step = None  # full batches replay one CUDA graph; the last, smaller one runs eagerly
+    if ex.cuda_graphs:
+        _lr_as(optimizer, device)
+        graph_step = _capture_train_step(
+            eager_step, model, optimizer, (batch, *data.in_shape), memory_format, device
+        )
 
     def save_checkpoint(epoch, step, mid):
         atomic_write_torch(
@@ -225,21 +356,17 @@ def train(
             losses = torch.zeros(steps_per_epoch, device=device)
             correct = torch.zeros((), device=device, dtype=torch.long)
             first_step = 0
-        lr = optimizer.param_groups[0]["lr"]
+        lr = float(optimizer.param_groups[0]["lr"])
         for step in range(first_step, steps_per_epoch):
             idx = perm[step * batch : (step + 1) * batch]
             x, y = data.train_x[idx], data.train_y[idx]  # (B, C, H, W) uint8, (B,) int64
             if cfg.augment == "crop_flip":
                 x = crop_flip(x, gen)
             x = normalize(x, scale, shift).contiguous(memory_format=memory_format)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = forward(x)
-            loss = F.cross_entropy(logits.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses[step] = loss.detach()  # stays on the device: no sync
-            correct += (logits.argmax(1) == y).sum()
+            full = len(y) == batch
+            loss, n_correct = (graph_step if graph_step and full else eager_step)(x, y)
+            losses[step] = loss  # stays on the device: no sync
+            correct += n_correct
             if checkpoint and time.monotonic() - last_save > cfg.checkpoint_every_s:
                 tensors = [t.cpu() for t in (perm, losses, correct)]
                 save_checkpoint(epoch, step + 1, {"step": step + 1, "tensors": tensors})
@@ -313,6 +440,7 @@ def train(
         param_count=param_count,
         wall_time_s=time.perf_counter() - t0,
         resumes=resumes,
+        execution={**ex.describe(), "compile": cfg.compile, "deterministic": cfg.deterministic},
     )
 
 
@@ -334,6 +462,7 @@ def write_outputs(out: Path, cfg: RunConfig, result: RunResult, extra: dict) -> 
         "param_count": result.param_count,
         "wall_time_s": result.wall_time_s,
         "resumes": result.resumes,
+        "execution": result.execution,
         "git_revision": provenance.git_revision(),
         "versions": provenance.library_versions(),
         "finished_at": provenance.now(),
@@ -397,6 +526,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--gpu-lock-dir", type=Path, help="folder of GPU lease lock files")
     p.add_argument("--gpu-slots", type=int, default=1, help="runs that may share one GPU")
+    p.add_argument(
+        "--gpu-wait-s", type=float, default=math.inf,
+        help="wait this long for a free GPU slot (default: until one frees)",
+    )  # fmt: skip
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         default = None if f.default is dataclasses.MISSING else f.default
@@ -427,15 +560,22 @@ def main(argv=None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
+    if cfg.deterministic:  # cuBLAS reads it once, when CUDA first uses it
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     lease = None
     if args.device != "cpu":
         from normdrop import gpu_lease  # before anything initialises CUDA
 
         # Per host: device ids repeat across the nodes that may share this filesystem.
         lock_dir = (args.gpu_lock_dir or Path(args.out).parent / ".gpu-locks") / platform.node()
-        lease = gpu_lease.setup_device_env(lock_dir, args.gpu_slots)
+        try:
+            lease = gpu_lease.setup_device_env(lock_dir, args.gpu_slots, wait_s=args.gpu_wait_s)
+        except gpu_lease.LeaseError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
     try:
         device = resolve_device(args.device)
+        execution = resolve_execution(cfg, device)
         data = load_prepared(args.data)
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -452,6 +592,11 @@ def main(argv=None) -> int:
     print(
         f"{cfg.dataset}/{cfg.model}/{cfg.variant} seed {cfg.seed} lr {cfg.lr:g} on {device}",
         flush=True,  # a job's log shows it has started before its first epoch ends
+    )
+    print(
+        f"execution: {execution.describe()}, compile {cfg.compile}, "
+        f"deterministic {cfg.deterministic}",
+        flush=True,
     )
 
     log, progress, close_progress = reporters(sys.stdout)
