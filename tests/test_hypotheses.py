@@ -56,6 +56,21 @@ def test_h1_needs_both_parts():
     assert matrix.loc[0, "H1"] == "partly supported"
 
 
+def test_h1_without_the_first_epoch_is_shown_but_does_not_decide():
+    # BN steadier over all epochs (H1a) only because of its first one: over epochs 2+ (H1a2) it
+    # is the less steady. H1's verdict follows the paper's definition, H1a.
+    values = {
+        "none": {"loss_sd": HIGH, "loss_sd_late": LOW, "convergence_epoch": [65.0, 60.0, 70.0]},
+        "bn": {"loss_sd": LOW, "loss_sd_late": HIGH, "convergence_epoch": [34.0, 30.0, 38.0]},
+    }
+    results = hyp.evaluate(runs_from_values(values))
+    by = results.set_index("test")
+    assert by.loc["H1a", "verdict"] == "supported" and by.loc["H1a2", "verdict"] == "reversed"
+    assert by.loc["H1a2", "effect"] == pytest.approx(np.mean(HIGH) - np.mean(LOW))
+    assert hyp.verdicts(results).loc[0, "H1"] == "supported"
+    assert any("H1a2: loss SD, epochs 2+" in row[2] for row in hyp.results_table(results).rows)
+
+
 def test_combine_h1_rule():
     assert hyp.combine_h1("supported", "supported") == "supported"
     assert hyp.combine_h1("reversed", "reversed") == "reversed"
