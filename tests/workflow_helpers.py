@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
+
+from normdrop.config import deep_merge  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,17 +34,6 @@ FAST = {
     "train": {"epochs": 3, "lr_milestones": [2]},
     "lr_search": {"epochs": 1},
 }
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Snakemake's merge of a --configfile into the config: dicts recursively, the rest replaced."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
 
 
 def write_config(folder: Path, overrides: dict, name="override.yaml") -> Path:

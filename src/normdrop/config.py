@@ -9,6 +9,7 @@ cell of the grid into a `RunConfig`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import itertools
@@ -334,6 +335,34 @@ def _check_study(config: dict, grid: dict) -> None:
                 )
 
 
+def load_config(configfiles: list[Path]) -> dict:
+    """The repository's config.yaml with each --configfile merged over it, as Snakemake does,
+    validated: the workflow's config for tools that read results without Snakemake."""
+    import yaml
+
+    config = {}
+    for path in [SCHEMA.parents[2] / "config.yaml", *configfiles]:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise ConfigError(f"config file {path}: {err}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path}: not a mapping of keys to values")
+        config = deep_merge(config, loaded)
+    return validate_workflow_config(config)
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    """Snakemake's merge of a --configfile into the config: dicts recursively, the rest replaced."""
+    out = copy.deepcopy(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
 def run_config(
     config: dict, dataset: str, model: str, variant: str, seed: int, lr: float = 1e-3, **overrides
 ) -> RunConfig:
@@ -404,8 +433,10 @@ def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
 __all__ = [
     "ConfigError",
     "RunConfig",
+    "deep_merge",
     "grid_cells",
     "grid_config",
+    "load_config",
     "model_depth",
     "run_config",
     "search_config",

@@ -33,7 +33,6 @@ longest single remaining run. The order of the DAG (search before training) is n
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import re
@@ -44,15 +43,14 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import yaml
 
 from normdrop.config import (
     ConfigError,
     grid_cells,
     grid_config,
+    load_config,
     run_config,
     search_config,
-    validate_workflow_config,
 )
 
 REPO = Path(__file__).resolve().parents[2]  # the checkout whose config.yaml the Snakefile loads
@@ -96,31 +94,6 @@ class Run:
 
 
 # --------------------------------------------------------------------------- the grid
-def load_config(configfiles: list[Path]) -> dict:
-    """The repository's config.yaml with each --configfile merged over it, as Snakemake does."""
-    config = {}
-    for path in [REPO / "config.yaml", *configfiles]:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"config file {path}: {err}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: not a mapping of keys to values")
-        config = deep_merge(config, loaded)
-    return validate_workflow_config(config)
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Snakemake's merge of a --configfile into the config: dicts recursively, the rest replaced."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def grid_runs(config: dict) -> list[Run]:
     """Every search candidate and training run of the config's grid (as workflow/*.smk do):
     `select` applied and `sweep` expanded, as config.grid_config does for the workflow."""
