@@ -171,7 +171,7 @@ def _kill_mid_epoch_2(proc, ckpt: Path, timeout_s=300.0) -> bool:
     t0 = time.monotonic()
     while proc.poll() is None and time.monotonic() - t0 < timeout_s:
         try:
-            saved = torch.load(ckpt, map_location="cpu", weights_only=False)
+            saved = torch.load(ckpt, map_location="cpu", weights_only=True)
             if saved["epoch"] == 1 and saved["mid_epoch"] is not None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()

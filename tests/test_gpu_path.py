@@ -93,6 +93,8 @@ def test_auto_settings_on_cpu_are_fp32_contiguous_eager():
         "memory_format": "contiguous",
         "cuda_graphs": False,
         "adam": "default",
+        "compile": False,
+        "deterministic": False,
     }
     cuda = resolve_execution(tiny_config(), torch.device("cuda"))  # resolves, touches no GPU
     assert (cuda.bf16, cuda.memory_format, cuda.cuda_graphs, cuda.fused_adam) == (

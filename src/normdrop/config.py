@@ -227,7 +227,6 @@ def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
 
 # setting -> tag in the generated variant's name: bn x batch_size 16 -> "bn_bs16"
 SWEEP_TAGS = {"batch_size": "bs", "dropout_rate": "p"}
-STUDY_AXES = ("batch_size", "dropout_rate", "depth")
 
 
 def model_depth(model: str) -> int | None:

@@ -53,7 +53,6 @@ from normdrop.config import (
     search_config,
 )
 
-REPO = Path(__file__).resolve().parents[2]  # the checkout whose config.yaml the Snakefile loads
 STATES = ("finished", "diverged", "running", "stopped", "failed", "not started")
 KINDS = {"train": ("runs", "train"), "lr_search": ("lr_search", "lr_search")}  # folder, log folder
 LOG_TAIL_BYTES = 256 * 1024  # enough for a long traceback; logs grow with each retry

@@ -115,11 +115,6 @@ def _model_text(model: str | None) -> str:
     return "ResNet-6n+2" if model is None else model_name(model)
 
 
-def families(runs: pd.DataFrame) -> list[str]:
-    """Family names in the paper's order (none, bn, dropout, bn_dropout), then the others."""
-    return list(family_styles(runs))
-
-
 def family_styles(runs: pd.DataFrame) -> dict:
     """The paper's colour per family, identified by its (norm, dropout-on-somewhere) pair."""
     fam = runs.groupby("family", sort=False).agg(norm=("norm", "first"), dropout=("dropout", "any"))

@@ -76,8 +76,11 @@ class Execution:
     memory_format: torch.memory_format
     cuda_graphs: bool  # the training step captured once and replayed (_capture_train_step)
     fused_adam: bool
+    compile: bool
+    deterministic: bool
 
     def describe(self) -> dict:
+        """What ran, for meta.json and the log."""
         return {
             "precision": "bf16" if self.bf16 else "fp32",
             "memory_format": "channels_last"
@@ -85,6 +88,8 @@ class Execution:
             else "contiguous",
             "cuda_graphs": self.cuda_graphs,
             "adam": "fused" if self.fused_adam else "default",  # default: for-loop on CPU
+            "compile": self.compile,
+            "deterministic": self.deterministic,
         }
 
 
@@ -104,13 +109,15 @@ def resolve_execution(cfg: RunConfig, device: torch.device) -> Execution:
         cuda_graphs=cfg.cuda_graphs == "on",
         # CPU has a fused Adam too, but the CPU runs are the reference numbers: kept as they are.
         fused_adam=cuda,
+        compile=cfg.compile,
+        deterministic=cfg.deterministic,
     )
 
 
 def use_deterministic_algorithms() -> None:
     """Deterministic kernels, process-wide (the CLI trains one run per process): bitwise-equal
     reruns and resumes on one GPU model. cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it makes its
-    first handle; main() sets it before CUDA starts, the setdefault covers a direct train().
+    first handle, at the run's first matmul: train() calls this before building its model.
     An op with no deterministic CUDA kernel warns instead of stopping the run: ResNet-20's
     adaptive_avg_pool2d backward is flagged, though with a 1x1 output it takes the kernel
     without atomics."""
@@ -440,7 +447,7 @@ def train(
         param_count=param_count,
         wall_time_s=time.perf_counter() - t0,
         resumes=resumes,
-        execution={**ex.describe(), "compile": cfg.compile, "deterministic": cfg.deterministic},
+        execution=ex.describe(),
     )
 
 
@@ -560,8 +567,6 @@ def main(argv=None) -> int:
     except ConfigError as err:
         parser.error(str(err))
 
-    if cfg.deterministic:  # cuBLAS reads it once, when CUDA first uses it
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     lease = None
     if args.device != "cpu":
         from normdrop import gpu_lease  # before anything initialises CUDA
@@ -593,11 +598,7 @@ def main(argv=None) -> int:
         f"{cfg.dataset}/{cfg.model}/{cfg.variant} seed {cfg.seed} lr {cfg.lr:g} on {device}",
         flush=True,  # a job's log shows it has started before its first epoch ends
     )
-    print(
-        f"execution: {execution.describe()}, compile {cfg.compile}, "
-        f"deterministic {cfg.deterministic}",
-        flush=True,
-    )
+    print(f"execution: {execution.describe()}", flush=True)
 
     log, progress, close_progress = reporters(sys.stdout)
     try:
