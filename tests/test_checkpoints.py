@@ -51,6 +51,7 @@ def kill_after_epoch(proc, ckpt, epoch, timeout=120):
     proc.wait()
 
 
+@pytest.mark.slow
 def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, tiny_data):
     ref = run_cli(tmp_path, tiny_data, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
@@ -208,6 +209,7 @@ def _kill_at_random_points(
     return kills
 
 
+@pytest.mark.slow
 def test_training_sigkilled_at_random_points_resumes_to_identical_metrics(tmp_path, tiny_data):
     seed = random.SystemRandom().randrange(1 << 30)
     rng, why = random.Random(seed), f"random seed {seed}"

@@ -107,6 +107,7 @@ def config_dry_runs(tmp_path_factory):
         return dict(pool.map(dry_run, DRY_RUN_FAULTS))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", DRY_RUN_FAULTS)
 def test_config_fault_stops_the_workflow_before_any_job(config_dry_runs, name):
     _, key, allowed = CONFIG_FAULTS[name]

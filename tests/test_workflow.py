@@ -26,6 +26,7 @@ def job_counts(stdout: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
+@pytest.mark.slow
 def test_dry_run_of_the_paper_grid_plans_108_runs_and_144_searches(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n",
            "--directory", str(tmp_path), "--cores", "4"]  # fmt: skip
