@@ -2,6 +2,7 @@
 # Entry points for users and CI. Needs only python3 (>= 3.11) on Linux x86-64.
 #   ./dev.sh demo    set up .venv, run the offline demo (whole DAG on synthetic data) + report
 #   ./dev.sh test    set up .venv, lint (ruff, snakefmt, snakemake --lint), run the test suite
+#   ./dev.sh test --fast   lint, then the tests not marked slow or slurm (a few minutes)
 #   ./dev.sh setup   only create/refresh .venv from requirements.lock
 #   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
 #   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py; --tiny: a check)
@@ -48,6 +49,11 @@ case "${1:-}" in
     setup
     shift
     lint
+    if [ "${1:-}" = --fast ]; then
+      # The developers' tier: no end-to-end workflow runs, no SLURM cluster. CI runs everything.
+      shift
+      exec "$PY" -m pytest -m "not slow and not slurm" "$@"
+    fi
     # The SLURM tests need a local single-node cluster; root can bring one up (see README).
     if [ "$(id -u)" = 0 ] && [ -z "${NORMDROP_NO_SLURM:-}" ]; then
       bash tests/slurm/cluster.sh up
@@ -87,7 +93,7 @@ case "${1:-}" in
     PYTHONPATH=src "$py" benchmarks/gpu_check.py "$@"
     ;;
   *)
-    sed -n 2,9p "$0"
+    sed -n 2,10p "$0"
     exit 2
     ;;
 esac

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +11,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+
+# The faulty workflow grid, built once per session for test_workflow_faults and test_aggregate.
+from fault_grid import grid  # noqa: E402, F401
 
 from normdrop.config import RunConfig  # noqa: E402
 from normdrop.data import SyntheticSpec, download, prepare  # noqa: E402
@@ -39,6 +43,23 @@ def train_cli(data: Path, out: Path, *extra) -> list[str]:
         "--dataset", "synthetic", "--model", "cnn", "--width", "8", "--norm", "batch",
         "--dropout", "0.3", "--epochs", "8", "--milestones", "6", "--batch-size", "16",
         "--out", str(out), "--device", "cpu", *extra,
+    ]  # fmt: skip
+
+
+def run_cli(tmp_path, tiny_data, out, *extra, wait=True):
+    cmd = train_cli(tiny_data, out, *extra)
+    env = TRAIN_ENV
+    if wait:
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def train_args(data, out, ckpt) -> list[str]:
+    """`normdrop.train.main`'s arguments: a 2-epoch MLP of width 8 on `data`, checkpoint `ckpt`."""
+    return [
+        "--data", str(data), "--dataset", "synthetic", "--model", "mlp", "--width", "8",
+        "--epochs", "2", "--milestones", "1", "--batch-size", "64", "--device", "cpu",
+        "--out", str(out), "--checkpoint", str(ckpt),
     ]  # fmt: skip
 
 

@@ -1,12 +1,23 @@
-"""RunConfig: one frozen dataclass per run; unknown keys and wrong types are refused."""
+"""RunConfig: one frozen dataclass per run; unknown keys and wrong types are refused. The
+workflow's config: each fault stops `snakemake -n` before any job, with one line naming the key."""
 
 import dataclasses
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import yaml
 from conftest import REPO
+from fault_grid import GRID
+from workflow_helpers import merged_config, output, run, snakemake_cmd, tail, write_config
 
-from normdrop.config import ConfigError, RunConfig, run_config, search_config, to_cli_args
+from normdrop.config import (
+    ConfigError,
+    RunConfig,
+    run_config,
+    search_config,
+    to_cli_args,
+    validate_workflow_config,
+)
 from normdrop.train import _parser
 
 BASE = dict(dataset="cifar10", model="resnet20", width=32)
@@ -48,3 +59,85 @@ def test_grid_cell_and_cli_round_trip():
     assert RunConfig(**{f: getattr(args, f) for f in cfg.to_dict()}) == cfg
     search = search_config(config, "mnist", "mlp", "dropout", 1e-3)
     assert (search.epochs, search.milestones, search.seed) == (10, (), 42)
+
+
+# --------------------------------------------------------------------------- config faults
+CONFIG_FAULTS = {
+    "unknown_key": ({"bogus": 1}, "(top level)", "allowed keys: results_dir, resources_dir"),
+    "unknown_nested_key": ({"train": {"epoch": 3}}, "train", "allowed keys: epochs, batch_size"),
+    "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs", "'ten' is not of type 'integer'"),
+    "unknown_dataset": (
+        {"datasets": ["imagenet"]}, "datasets.0",
+        "'imagenet' is not allowed; allowed: mnist, cifar10, cifar100, synthetic",
+    ),
+    "unknown_model": (
+        {"models": {"vgg": {"width": 4, "dropout_rate": 0.3}}}, "models",
+        "'vgg' is not allowed; allowed: mlp, cnn, resnet20",
+    ),
+    "unknown_norm": (
+        {"variants": {"gn": {"norm": "instance", "dropout": False}}}, "variants.gn.norm",
+        "'instance' is not allowed; allowed: none, batch, group, layer",
+    ),
+    "unknown_init": (
+        {"models": {"mlp": {"init": "xavier"}}}, "models.mlp.init",
+        "'xavier' is not allowed; allowed: stable, he",
+    ),
+    "empty_grid": ({"datasets": []}, "datasets", "[] should be non-empty"),
+    "duplicate_seeds": ({"seeds": [42, 43, 42]}, "seeds", "duplicate seed(s) [42]"),
+    "milestone_beyond_last_epoch": (
+        {"train": {"epochs": 6, "lr_milestones": [4, 6]}}, "train.lr_milestones",
+        "[6] at or beyond the last epoch (train.epochs = 6); allowed: 1 .. 5",
+    ),
+}  # fmt: skip
+DRY_RUN_FAULTS = [k for k in CONFIG_FAULTS if k != "unknown_nested_key"]
+
+
+@pytest.fixture(scope="module")
+def config_dry_runs(tmp_path_factory):
+    """`snakemake -n` with each faulty override, two at a time (each is a few seconds)."""
+    root = tmp_path_factory.mktemp("config-faults")
+
+    def dry_run(name):
+        folder = root / name
+        folder.mkdir()
+        override = write_config(folder, CONFIG_FAULTS[name][0])
+        return name, run(snakemake_cmd(folder, "-n", "--cores", "1", configs=[override]), 300)
+
+    with ThreadPoolExecutor(2) as pool:
+        return dict(pool.map(dry_run, DRY_RUN_FAULTS))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DRY_RUN_FAULTS)
+def test_config_fault_stops_the_workflow_before_any_job(config_dry_runs, name):
+    _, key, allowed = CONFIG_FAULTS[name]
+    res = config_dry_runs[name]
+    text = output(res)
+    assert res.returncode != 0, tail(text)
+    lines = [line for line in text.splitlines() if "invalid config:" in line]
+    assert len(lines) == 1, text
+    assert f"invalid config: config key '{key}': " in lines[0] and allowed in lines[0], text
+    assert "Job stats" not in text and "localrule" not in text
+
+
+@pytest.mark.parametrize("name", list(CONFIG_FAULTS))
+def test_config_fault_in_process(name):
+    override, key, allowed = CONFIG_FAULTS[name]
+    with pytest.raises(ConfigError) as err:
+        validate_workflow_config(merged_config(override))
+    message = str(err.value)
+    assert "\n" not in message
+    assert message.startswith(f"config key '{key}': ") and allowed in message, message
+
+
+def test_milestones_out_of_order_name_the_config_key():
+    """Caught only by RunConfig (the schema checks uniqueness, not order): the message should
+    still name the workflow's config key, as every other config fault does."""
+    with pytest.raises(ConfigError) as err:
+        validate_workflow_config(merged_config({"train": {"epochs": 6, "lr_milestones": [4, 2]}}))
+    assert str(err.value).startswith("config key 'train.lr_milestones'"), str(err.value)
+
+
+def test_merged_demo_and_grid_configs_are_valid():
+    validate_workflow_config(merged_config())
+    validate_workflow_config(merged_config(GRID))

@@ -1,4 +1,5 @@
-"""Data: fixtures in torchvision's own on-disk formats through the real loading code."""
+"""Data: fixtures in torchvision's own on-disk formats through the real loading code; a truncated
+prepared file is refused by the training CLI in one line."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import struct
 import numpy as np
 import pytest
 import torch
+from conftest import train_args
 from torchvision.datasets import CIFAR10, CIFAR100
 
+import normdrop.train as train_module
 from normdrop.data import (
     DataError,
     crop_flip,
@@ -166,3 +169,18 @@ def test_crop_flip_matches_a_per_image_reference():
         crop = padded[i, :, dy[i] : dy[i] + 8, dx[i] : dx[i] + 8]
         assert torch.equal(out[i], crop.flip(2) if flip[i] else crop)
     assert out.shape == x.shape and out.dtype == torch.uint8
+
+
+# --------------------------------------------------------------------------- corrupt data
+@pytest.mark.parametrize("keep", [0.0, 0.5, 0.999])
+def test_truncated_prepared_file_is_refused_with_one_line(tmp_path, tiny_data, capsys, keep):
+    data = tiny_data.read_bytes()
+    bad = tmp_path / "synthetic.pt"
+    bad.write_bytes(data[: int(len(data) * keep)])
+    out = tmp_path / "run"
+    rc = train_module.main(train_args(bad, out, tmp_path / "run.ckpt"))
+    assert rc != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:"), err
+    assert str(bad) in err[0] and "prepare" in err[0], err
+    assert not out.exists() and not (tmp_path / "run.ckpt").exists()

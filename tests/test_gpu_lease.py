@@ -385,6 +385,7 @@ def test_under_slurm():
 # --- the training CLI without --resources gpu=N ------------------------------------------------
 
 
+@pytest.mark.slow
 def test_second_training_job_waits_for_the_one_gpu_slot(tmp_path, tiny_data):
     """A new user's `snakemake --cores 4` on a one-GPU machine: more training jobs than GPU slots
     start at once. The second job says in one line that it waits, gets the slot when the first

@@ -105,6 +105,7 @@ def test_auto_settings_on_cpu_are_fp32_contiguous_eager():
     )
 
 
+@pytest.mark.slow
 def test_compile_gives_the_eager_numbers(tiny_data):
     # torch.compile (inductor, CPU) of the MLP with BatchNorm, without dropout (inductor draws
     # its dropout masks with its own Philox generator, seeded from the run's: other masks, as

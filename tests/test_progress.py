@@ -1,27 +1,20 @@
-"""A training run's own output and checkpoints: a progress bar in a terminal, plain lines in a file
-or pipe; checkpoints read with weights_only, an unsafe one moved aside."""
+"""A training run's own output: a progress bar in a terminal, plain lines in a file or pipe
+(checkpoints: test_checkpoints.py)."""
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import io
 import os
-import pathlib
 import pty
 import struct
 import subprocess
 import termios
-import time
 
-import pandas as pd
-import torch
-from conftest import TRAIN_ENV, tiny_config, train_cli
+from conftest import TRAIN_ENV, train_cli
 
-from normdrop.data import load_prepared
-from normdrop.train import _EpochBar, reporters, train
+from normdrop.train import _EpochBar, reporters
 
-CPU = torch.device("cpu")
 EPOCHS = 3
 
 
@@ -80,52 +73,3 @@ def test_reporter_is_chosen_by_whether_the_stream_is_a_terminal(tmp_path):
     close()
     shown = progress.stream.getvalue()
     assert "3/5" in shown and "loss=1.2500" in shown and "val=0.5000" in shown
-
-
-def test_resume_reads_the_checkpoint_with_weights_only(tmp_path, tiny_data, monkeypatch):
-    data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
-    cfg = tiny_config(epochs=3)
-    ref = train(cfg, data, CPU, log=lambda s: None)
-
-    class Stop(Exception):
-        pass
-
-    def stop(line):
-        if line.startswith("epoch 2/"):
-            raise Stop
-
-    with contextlib.suppress(Stop):
-        train(cfg, data, CPU, checkpoint=ckpt, log=stop)
-    loads = []
-    real_load = torch.load
-    monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real_load(*a, **k))
-    resumed = train(cfg, data, CPU, checkpoint=ckpt, log=lambda s: None)
-    assert [k.get("weights_only") for k in loads] == [True]
-    assert resumed.resumes == [{"epoch": 1, "step": 0}]
-    drop = ["wall_time_s"]
-    pd.testing.assert_frame_equal(ref.epochs.drop(columns=drop), resumed.epochs.drop(columns=drop))
-
-
-def test_checkpoint_that_needs_code_to_load_is_moved_aside(tmp_path, tiny_data):
-    data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
-    cfg = tiny_config(epochs=2, milestones=())
-    train(cfg, data, CPU, checkpoint=ckpt, log=lambda s: None)  # a complete, valid checkpoint
-    marker = tmp_path / "code-ran"
-
-    class Payload:  # unpickling it would call Path.touch(marker)
-        def __reduce__(self):
-            return pathlib.Path.touch, (marker,)
-
-    torch.save({**torch.load(ckpt, weights_only=True), "extra": Payload()}, ckpt)
-    lines = []
-    t0 = time.time()
-    r = train(cfg, data, CPU, checkpoint=ckpt, log=lines.append)
-    assert not marker.exists()  # nothing in the file ran
-    assert r.resumes == [] and len(r.epochs) == 2  # started over
-    aside = list(tmp_path.glob("run.ckpt.stale-*"))
-    assert len(aside) == 1 and int(aside[0].name.rsplit("-", 1)[1]) >= int(t0)
-    assert lines[0] == (
-        f"checkpoint {ckpt} cannot be read safely (weights_only: it holds objects other than "
-        f"tensors and plain containers): moved aside to {aside[0]}; starting from epoch 1"
-    )
-    assert not any("\x1b" in line for line in lines)

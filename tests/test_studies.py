@@ -47,6 +47,7 @@ STUDY_JOBS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STUDY_JOBS))
 def test_each_shipped_study_dry_runs_with_its_readme_job_count(tmp_path, name):
     counts, stdout = dry_run(tmp_path, REPO / "studies" / f"{name}.yaml")
@@ -62,6 +63,7 @@ def test_each_shipped_study_dry_runs_with_its_readme_job_count(tmp_path, name):
     assert f"| {train} train + {search} lr_search |" in row
 
 
+@pytest.mark.slow
 def test_a_user_file_selects_the_mlp_alone(tmp_path):
     user = write_config(tmp_path, {"datasets": ["mnist"], "select": {"models": ["mlp"]}})
     counts, stdout = dry_run(tmp_path, user)

@@ -1,4 +1,5 @@
-"""The workflow: the paper's grid plans the right jobs; the demo DAG runs end to end."""
+"""The workflow: the paper's grid plans the right jobs, the workflow profile is used; the demo DAG
+runs end to end."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_helpers import REPO, snakemake
+from workflow_helpers import REPO, output, run, snakemake, snakemake_cmd, tail
 
 from normdrop.hypotheses import hypothesis_paths
 from normdrop.plots import figure_paths
@@ -25,6 +26,7 @@ def job_counts(stdout: str) -> dict[str, int]:
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
 
 
+@pytest.mark.slow
 def test_dry_run_of_the_paper_grid_plans_108_runs_and_144_searches(tmp_path):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n",
            "--directory", str(tmp_path), "--cores", "4"]  # fmt: skip
@@ -35,6 +37,14 @@ def test_dry_run_of_the_paper_grid_plans_108_runs_and_144_searches(tmp_path):
     assert counts["lr_search"] == 144  # 3 x 3 x 4 cells x 4 candidates
     assert counts["select_lr"] == 36 and counts["download"] == 3 and counts["prepare"] == 3
     assert "results/runs/cifar100/resnet20/bn_dropout/seed44/meta.json" in res.stdout
+
+
+def test_workflow_profile_is_used_when_run_from_elsewhere(tmp_path):
+    """README: 'The workflow profile workflow/profiles/default (used automatically) sets
+    --keep-going and --rerun-incomplete'. Run as the tests (and a cluster wrapper) run it."""
+    res = run(snakemake_cmd(tmp_path, "-n", "--cores", "1"), timeout=300)
+    assert res.returncode == 0, tail(output(res))
+    assert "workflow specific profile" in res.stderr, tail(res.stderr, 1500)
 
 
 @pytest.mark.slow

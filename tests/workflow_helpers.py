@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +14,8 @@ import yaml
 from normdrop.config import deep_merge  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "workflow" / "demo.yaml"
+RUN_FILES = ("steps.parquet", "epochs.parquet", "meta.json")  # a finished run's outputs
 
 # The demo, made smaller still: 2 seeds, 3 epochs, a 1-epoch search. Same DAG shape.
 FAST = {
@@ -54,3 +59,31 @@ def snakemake_cmd(workdir: Path, *args, configs=()) -> list[str]:
 def snakemake(workdir: Path, *args, configs=(), timeout=900) -> subprocess.CompletedProcess:
     cmd = snakemake_cmd(workdir, *args, configs=configs)
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def run(cmd, timeout=900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def output(res) -> str:
+    return (res.stdout or "") + (res.stderr or "")
+
+
+def tail(text: str, n=4000) -> str:
+    return text[-n:]
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL the process group of a child started with start_new_session=True."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=60)
+
+
+def merged_config(*overrides: dict) -> dict:
+    config = yaml.safe_load((REPO / "config.yaml").read_text())
+    config = deep_merge(config, yaml.safe_load(DEMO.read_text()))
+    for o in overrides:
+        config = deep_merge(config, o)
+    return config

@@ -1,0 +1,115 @@
+"""The aggregate (`normdrop.aggregate.summarize` and the workflow's `aggregate` rule) refuses
+results of other settings, of mixed code revisions, and a hand-edited run; on copies of the shared
+faulty grid (`grid`, fault_grid.py)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from fault_grid import GRID, RUN_KEYS, SEEDS, job_counts
+from workflow_helpers import deep_merge, merged_config, output, run, snakemake_cmd, tail
+
+from normdrop.aggregate import StaleResultsError, summarize
+
+
+# --------------------------------------------------------------------------- stale results
+@pytest.fixture
+def results_copy(grid, tmp_path):
+    """The grid's run and search folders, copied (tests edit them)."""
+    dst = tmp_path / "results"
+    for sub in ["runs", "lr_search"]:
+        shutil.copytree(grid.results / sub, dst / sub)
+    return dst
+
+
+def _set_revisions(results: Path, revision: str) -> None:
+    for meta in (results / "runs").rglob("meta.json"):
+        doc = json.loads(meta.read_text())
+        meta.write_text(json.dumps({**doc, "git_revision": revision}))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "change,key_message,stale_folders",
+    [
+        (
+            {"train": {"epochs": 3}},
+            "epochs: 2 on disk vs 3 in config",
+            [f"runs/synthetic/{m}/{v}/seed{s}" for m, v, s in RUN_KEYS],
+        ),
+        (
+            {"models": {"mlp": {"dropout_rate": 0.4}}},
+            "dropout: 0.5 on disk vs 0.4 in config",
+            [
+                *(f"runs/synthetic/mlp/{v}/seed{s}" for v in ["dropout", "bn_dropout"]
+                  for s in SEEDS),
+                *(f"lr_search/synthetic/mlp/{v}/lr{lr}" for v in ["dropout", "bn_dropout"]
+                  for lr in ["0.001", "1e+20"]),
+            ],
+        ),
+    ],
+    ids=["epochs", "dropout_rate"],
+)  # fmt: skip
+def test_summarize_refuses_results_of_other_settings(
+    results_copy, change, key_message, stale_folders
+):
+    config = merged_config(GRID, {"results_dir": str(results_copy)})
+    runs, epochs, candidates = summarize(config)  # the exact config: accepted
+    assert len(runs) == len(RUN_KEYS)
+
+    with pytest.raises(StaleResultsError) as err:
+        summarize(deep_merge(config, change))
+    message = str(err.value)
+    assert message.startswith(f"{len(stale_folders)} result(s) disagree with the current config")
+    listed = [line.strip() for line in message.splitlines()[1:]]
+    assert len(listed) == min(20, len(stale_folders))
+    for line in listed:
+        folder, _, diff = line.partition(": ")
+        assert any(folder == f"{results_copy}/{s}" for s in stale_folders), line
+        assert diff == key_message, line  # that key, and only that key
+
+
+@pytest.mark.slow
+def test_summarize_refuses_mixed_code_revisions_unless_allowed(results_copy):
+    config = merged_config(
+        GRID, {"results_dir": str(results_copy), "metrics": {"allow_mixed_revisions": False}}
+    )
+    _set_revisions(results_copy, "aaaa111")
+    summarize(config)
+    odd = results_copy / "runs" / "synthetic" / "cnn" / "bn" / "seed43" / "meta.json"
+    odd.write_text(json.dumps({**json.loads(odd.read_text()), "git_revision": "bbbb222-dirty"}))
+    with pytest.raises(StaleResultsError) as err:
+        summarize(config)
+    message = str(err.value)
+    assert "runs come from 2 code revisions" in message
+    assert f"aaaa111 ({len(RUN_KEYS) - 1} runs)" in message and "bbbb222-dirty (1 runs)" in message
+    assert "allow_mixed_revisions" in message
+    runs, _, _ = summarize(deep_merge(config, {"metrics": {"allow_mixed_revisions": True}}))
+    assert set(runs["git_revision"]) == {"aaaa111", "bbbb222-dirty"}
+
+
+@pytest.mark.slow
+def test_workflow_aggregate_fails_on_a_hand_edited_run(grid, tmp_path):
+    workdir = tmp_path / "copy"
+    shutil.copytree(grid.workdir, workdir, symlinks=True)  # copy2: mtimes kept
+    meta = workdir / "results" / "demo" / "runs" / "synthetic" / "cnn" / "bn" / "seed42"
+    meta = meta / "meta.json"
+    doc = json.loads(meta.read_text())
+    doc["settings"]["epochs"] = 5
+    meta.write_text(json.dumps(doc))
+    # (--rerun-triggers takes several values: the target goes before it.)
+    res = run(
+        snakemake_cmd(
+            workdir, "--cores", "1", "aggregate", "--rerun-triggers", "mtime",
+            configs=[grid.override],
+        )
+    )  # fmt: skip
+    assert res.returncode != 0, tail(output(res))
+    assert job_counts(output(res)) == {"aggregate": 1, "total": 1}, tail(output(res))
+    log = (workdir / "results" / "demo" / "logs" / "aggregate.log").read_text()
+    assert "1 result(s) disagree with the current config" in log, log
+    assert "cnn/bn/seed42: epochs: 5 on disk vs 2 in config" in log, log
+    assert not (workdir / "results" / "demo" / "summary" / "runs.parquet").exists()
