@@ -83,10 +83,15 @@ def edge_warning(choice: dict) -> str:
     """select_lr's one warning line for a pick at the edge of the rates tried."""
     c = choice["candidates"][0]
     side = {"largest": "above", "smallest": "below"}[choice["at_edge"]]
+    further = (
+        f"after {choice['extensions']} extension(s), the limit of lr_search.extend_at_edge"
+        if choice.get("extensions")
+        else "lr_search.extend_at_edge: N searches further"
+    )
     return (
         f"warning: {c['dataset']}/{c['model']}/{c['variant']}: the selected lr {choice['lr']:g} "
         f"is the {choice['at_edge']} candidate tried; the best rate may lie {side} the grid "
-        "(lr_search.extend_at_edge: N searches further)"
+        f"({further})"
     )
 
 
