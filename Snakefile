@@ -34,7 +34,6 @@ localrules:
     all,
     download,
     prepare,
-    select_lr,
     aggregate,
     tables,
     hypotheses,

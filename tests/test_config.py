@@ -63,15 +63,18 @@ def test_grid_cell_and_cli_round_trip():
 
 # --------------------------------------------------------------------------- config faults
 CONFIG_FAULTS = {
-    "unknown_key": ({"bogus": 1}, "(top level)", "allowed keys: results_dir, resources_dir"),
-    "unknown_nested_key": ({"train": {"epoch": 3}}, "train", "allowed keys: epochs, batch_size"),
+    "unknown_key": ({"bogus": 1}, "bogus", "allowed keys: results_dir, resources_dir"),
+    "unknown_nested_key": (
+        {"train": {"epoch": 3}}, "train.epoch",
+        "unknown key (did you mean 'epochs'?); allowed keys: epochs, batch_size",
+    ),
     "wrong_type": ({"train": {"epochs": "ten"}}, "train.epochs", "'ten' is not of type 'integer'"),
     "unknown_dataset": (
         {"datasets": ["imagenet"]}, "datasets.0",
         "'imagenet' is not allowed; allowed: mnist, cifar10, cifar100, synthetic",
     ),
     "unknown_model": (
-        {"models": {"vgg": {"width": 4, "dropout_rate": 0.3}}}, "models",
+        {"models": {"vgg": {"width": 4, "dropout_rate": 0.3}}}, "models.vgg",
         "'vgg' is not allowed; allowed: mlp, cnn, resnet20",
     ),
     "unknown_norm": (

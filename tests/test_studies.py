@@ -104,9 +104,9 @@ def test_sweeps_make_variants_whose_settings_differ_and_are_hashed():
     "override, message",
     [
         ({"sweep": {"lr": [1e-3]}},
-         r"config key 'sweep': .*allowed keys: batch_size, dropout_rate"),
+         r"config key 'sweep.lr': unknown key; allowed keys: batch_size, dropout_rate"),
         ({"select": {"models": ["resnet110"]}}, r"config key 'select.models': 'resnet110' is not"
-         r" defined in 'models'; allowed: mlp, cnn, resnet20$"),
+         r" defined in 'models' \(did you mean 'resnet20'\?\); allowed: mlp, cnn, resnet20$"),
         ({"sweep": {"batch_size": [0, 16]}}, r"config key 'sweep.batch_size.0': 0 is less than"),
         ({"sweep": {"dropout_rate": [0.1]}, "select": {"variants": ["none", "bn"]}},
          r"config key 'sweep.dropout_rate': no selected variant has dropout: true"),

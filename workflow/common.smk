@@ -11,19 +11,16 @@ SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
 from normdrop.config import (  # noqa: E402
-    ConfigError,
+    check_workflow_config,
     grid_cells,
     grid_config,
     run_config,
     search_config,
     to_cli_args,
-    validate_workflow_config,
 )
 
-try:
-    validate_workflow_config(config)
-except ConfigError as err:
-    raise WorkflowError(f"invalid config: {err}") from None
+# --config values typed by the schema, then checked; a bad config: one line, exit status 2.
+check_workflow_config(config)
 
 # The grid as it is run: `select` applied, `sweep` expanded into variants (config.py).
 GRID = grid_config(config)

@@ -25,16 +25,31 @@ rule lr_search:
         " {params.device} >> {log} 2>&1"
 
 
+# lr_search.extend_at_edge > 0: at a pick at the grid's edge, this job trains the next rate on
+# that side (x3 or /3) and chooses again, up to that many times (normdrop/aggregate.py; off by
+# default, the paper's grid is fixed). It then trains, so it is no local rule and holds a GPU slot.
+EXTEND_AT_EDGE = config["lr_search"].get("extend_at_edge", 0)
+
+
 rule select_lr:
     input:
-        lr_candidates,
+        metas=lr_candidates,
+        data=prepared,
     output:
         f"{RESULTS}/lr_search/{{dataset}}/{{model}}/{{variant}}/selected.json",
     log:
         f"{RESULTS}/logs/select_lr/{{dataset}}/{{model}}/{{variant}}.log",
+    localrule: not EXTEND_AT_EDGE
     conda:
         "../envs/normdrop.yaml"
+    threads: EXEC["threads"] if EXTEND_AT_EDGE else 1
     resources:
-        gpu=0,
+        gpu=GPU_PER_JOB if EXTEND_AT_EDGE else 0,
+    params:
+        extensions=EXTEND_AT_EDGE,
+        scratch=f"{RESULTS}/scratch/lr_search/{{dataset}}/{{model}}/{{variant}}",
+        device=device_args,
     shell:
-        "python -m normdrop.aggregate select-lr --out {output} {input} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads} python -m normdrop.aggregate select-lr --out {output}"
+        " --extend-at-edge {params.extensions} --data {input.data} --scratch {params.scratch}"
+        " --device-args={params.device:q} {input.metas} > {log} 2>&1"

@@ -9,12 +9,15 @@ cell of the grid into a `RunConfig`.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
 import re
+import sys
 import types
 import typing
 from dataclasses import dataclass
@@ -169,28 +172,127 @@ def _type_name(hint) -> str:
 SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
 
 
+def _schema(schema_path: Path = SCHEMA) -> dict:
+    import yaml
+
+    return yaml.safe_load(Path(schema_path).read_text())
+
+
+def _did_you_mean(word, allowed) -> str:
+    """ " (did you mean 'epochs'?)" for a near miss of one of `allowed` (difflib), else ""."""
+    close = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _schema_error(err) -> ConfigError:
+    """One line from a jsonschema error: the user's key, what is wrong, what is allowed."""
+    path = [str(p) for p in err.absolute_path]
+    message = err.message
+    if "propertyNames" in err.absolute_schema_path:  # a key of the mapping is wrong: name it
+        path.append(str(err.instance))
+    if err.validator == "enum":
+        allowed = [str(a) for a in err.validator_value]
+        message = f"{err.instance!r} is not allowed{_did_you_mean(err.instance, allowed)}"
+        message += f"; allowed: {', '.join(allowed)}"
+    elif err.validator == "additionalProperties":
+        allowed = list(err.schema.get("properties", {}))
+        unknown = [k for k in err.instance if k not in allowed][0]
+        path.append(unknown)  # name the user's key, not its parent
+        message = f"unknown key{_did_you_mean(unknown, allowed)}"
+        message += f"; allowed keys: {', '.join(allowed) or 'none'}"
+    return ConfigError(f"config key '{'.'.join(path) or '(top level)'}': {message}")
+
+
+# --------------------------------------------------------------------------- --config overrides
+# Snakemake 9 reads a top-level `--config key=value` as int, float, True/False or else YAML with
+# BaseLoader, which keeps every nested scalar a string: `seeds=[1]` arrives as ['1'] and
+# `train={epochs: 5}` as {'epochs': '5'}. Its CLI also refuses a dot in a key, so the nested-key
+# shorthand is spelled `train__epochs=5` there (`train.epochs` works in a config file).
+KEY_DELIMITER = re.compile(r"\.|__")
+
+
+def expand_dotted_keys(config: dict) -> dict:
+    """`{'train.epochs': 5}` or `{'train__epochs': 5}` -> `{'train': {'epochs': 5}}`, merged over
+    the rest in order. Only top-level keys are split: no top-level key holds a dot or `__`."""
+    out: dict = {}
+    for key, value in config.items():
+        head, *rest = KEY_DELIMITER.split(key)
+        for part in reversed(rest):
+            value = {part: value}
+        out = deep_merge(out, {head: value})
+    return out
+
+
+def coerce_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
+    """The config with dotted keys expanded and each string read as the type the schema asks
+    for (YAML, as in a config file, plus `1e-4` as a number); a ConfigError where it cannot be."""
+    return _coerce(expand_dotted_keys(config), _schema(schema_path), [])
+
+
+def _wanted_types(schema: dict) -> set[str]:
+    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    if "enum" in schema:
+        return {names.get(type(v), "string") for v in schema["enum"]}
+    kind = schema.get("type", "string")
+    return set(kind) if isinstance(kind, list) else {kind}
+
+
+def _coerce(value, schema, path: list[str]):
+    if not isinstance(schema, dict):  # a key the schema does not know: the validator names it
+        return value
+    if isinstance(value, dict):
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
+        return {k: _coerce(v, props.get(k, extra), [*path, str(k)]) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_coerce(v, schema.get("items"), [*path, str(i)]) for i, v in enumerate(value)]
+    wanted = _wanted_types(schema)
+    if not isinstance(value, str) or "string" in wanted and value in schema.get("enum", [value]):
+        if type(value) in (int, float) and wanted == {"string"}:
+            return str(value)  # `results_dir=2024` arrives as the int 2024
+        return value
+    import yaml
+
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError:
+        parsed = value
+    if isinstance(parsed, str) and wanted & {"number", "integer"}:
+        with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            parsed = float(value) if "number" in wanted else int(value)
+    kinds = {"boolean": bool, "integer": int, "number": int | float, "array": list, "object": dict}
+    numeric = {"integer", "number"}  # a bool is an int to Python, not to the schema
+    if not any(
+        isinstance(parsed, kinds[w]) and not (w in numeric and isinstance(parsed, bool))
+        for w in wanted & set(kinds)
+    ):
+        if "string" in wanted:  # an enum of strings: the validator lists the allowed values
+            return value
+        expected = " or ".join(sorted(wanted))
+        raise ConfigError(f"config key '{'.'.join(path)}': {value!r} is not of type '{expected}'")
+    return _coerce(parsed, schema, path)
+
+
+def check_workflow_config(config: dict) -> None:
+    """For the Snakefile: type the --config overrides in place and validate; on a bad config,
+    print one line and exit with status 2 (a WorkflowError would add a traceback line)."""
+    try:
+        coerced = coerce_workflow_config(config)
+        validate_workflow_config(coerced)
+    except ConfigError as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    config.clear()  # in place: Snakemake's `config` is the object the rules see
+    config.update(coerced)
+
+
 def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     """Check the workflow config; raise ConfigError naming the key and the allowed values."""
     import jsonschema
-    import yaml
 
-    schema = yaml.safe_load(Path(schema_path).read_text())
-    validator = jsonschema.Draft202012Validator(schema)
+    validator = jsonschema.Draft202012Validator(_schema(schema_path))
     errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
     if errors:
-        err = jsonschema.exceptions.best_match(errors)
-        where = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        message = err.message
-        if err.validator == "enum":
-            allowed = ", ".join(map(str, err.validator_value))
-            message = f"{err.instance!r} is not allowed; allowed: {allowed}"
-        elif err.validator == "additionalProperties":
-            allowed = ", ".join(err.schema.get("properties", {})) or "none"
-            message = f"{message}; allowed keys: {allowed}"
-        elif err.validator == "propertyNames":
-            allowed = ", ".join(err.schema["propertyNames"].get("enum", []))
-            message = f"{message}; allowed: {allowed}"
-        raise ConfigError(f"config key '{where}': {message}")
+        raise _schema_error(jsonschema.exceptions.best_match(errors))
 
     train = config["train"]
     seeds = config["seeds"]
@@ -281,7 +383,8 @@ def _check_selection(config: dict) -> None:
         unknown = [name for name in select.get(key, []) if name not in defined]
         if unknown:
             raise ConfigError(
-                f"config key 'select.{key}': {unknown[0]!r} is not defined in '{key}'; "
+                f"config key 'select.{key}': {unknown[0]!r} is not defined in '{key}'"
+                f"{_did_you_mean(unknown[0], defined)}; "
                 f"allowed: {', '.join(defined)}"
             )
     models = select.get("models") or list(config["models"])
@@ -348,7 +451,7 @@ def load_config(configfiles: list[Path]) -> dict:
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: not a mapping of keys to values")
         config = deep_merge(config, loaded)
-    return validate_workflow_config(config)
+    return validate_workflow_config(coerce_workflow_config(config))
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -432,7 +535,10 @@ def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
 __all__ = [
     "ConfigError",
     "RunConfig",
+    "check_workflow_config",
+    "coerce_workflow_config",
     "deep_merge",
+    "expand_dotted_keys",
     "grid_cells",
     "grid_config",
     "load_config",

@@ -21,6 +21,7 @@ from pathlib import Path
 from normdrop import hypotheses as hyp
 from normdrop import plots
 from normdrop import tables as tab
+from normdrop.aggregate import lr_edge
 from normdrop.storage import atomic_write_text
 
 METHOD = (
@@ -55,6 +56,28 @@ def _demote(markdown: str, level: int = 3) -> str:
     if lines and lines[0].startswith("**") and lines[0].endswith("**"):
         lines[0] = "#" * level + " " + lines[0].strip("*")
     return "\n".join(lines) + "\n"
+
+
+def lr_edge_note(summary_dir: Path, pairs) -> list[str]:
+    """A note under Table 2 naming the cells whose learning-rate pick is the largest or smallest
+    rate tried (normdrop.aggregate.lr_edge): their best rate may lie outside the grid."""
+    if not (Path(summary_dir) / "lr_search.parquet").is_file():
+        return []
+    search = tab.read_summary(summary_dir, "lr_search")
+    cells = []
+    for (d, m, v), group in search.groupby(["dataset", "model", "variant"], sort=False):
+        picked = group.loc[group["selected"].astype(bool), "lr"]
+        edge = lr_edge(group["lr"], float(picked.iloc[0])) if len(picked) else None
+        if (d, m) in pairs and edge:
+            cells.append(f"{d}/{m}/{v} (lr {picked.iloc[0]:g}, the {edge})")
+    if not cells:
+        return []
+    return [
+        f"Note: the learning-rate search picked the largest or smallest rate tried for "
+        f"{len(cells)} cell(s): {'; '.join(cells)}. Their best rate may lie outside the grid "
+        "(docs/protocol.md, learning-rate search; `lr_search.extend_at_edge` searches further).",
+        "",
+    ]
 
 
 def build_report(
@@ -95,6 +118,7 @@ def build_report(
     out.append(_demote(tab.to_markdown(comparison), 2))
     out += ["## Table 2 per dataset and model", ""]
     out += [_demote(tab.to_markdown(tab.table2(stats, d, m, variants))) for d, m in pairs]
+    out += lr_edge_note(summary_dir, pairs)
     table1, _ = tab.table1(runs, ds, ms)
     out += ["## Parameter counts (Table 1)", "", _demote(tab.to_markdown(table1))]
     if figures_dir is not None:

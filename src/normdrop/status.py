@@ -347,6 +347,9 @@ def render(runs: list[Run], est: dict, results: Path, source: str, show_all: boo
     search = [r for r in runs if r.kind == "lr_search"]
     for title, group in (("Learning-rate search", search), ("Training runs", train)):
         out += ["", f"{title}:", cell_table(group) if group else "  (none)"]
+    edges = edge_picks(results)
+    if edges:  # the best rate may lie outside the grid (docs/protocol.md)
+        out += ["", f"Learning-rate pick at the grid's edge ({len(edges)}): " + ", ".join(edges)]
     failed = [r for r in runs if r.state == "failed"]
     if failed:
         out += ["", f"Failed ({len(failed)}), last line of each log:"]
@@ -368,6 +371,18 @@ def render(runs: list[Run], est: dict, results: Path, source: str, show_all: boo
     out += ["", "Time left: " + time_left_line(est), *estimate_note(est)]
     out += ["", total_line(train, search, est)]
     return "\n".join(out)
+
+
+def edge_picks(results: Path) -> list[str]:
+    """'cell (largest, lr 0.003)' for each selected.json whose pick is at the edge of the rates
+    tried (its `at_edge`, written by normdrop.aggregate select-lr)."""
+    out = []
+    for path in sorted(Path(results).glob("lr_search/*/*/*/selected.json")):
+        choice = json.loads(path.read_text())
+        if choice.get("at_edge"):
+            cell = "/".join(path.parent.relative_to(Path(results) / "lr_search").parts)
+            out.append(f"{cell} ({choice['at_edge']}, lr {choice['lr']:g})")
+    return out
 
 
 def time_left_line(est: dict) -> str:
@@ -481,6 +496,7 @@ def main(argv=None) -> int:
             "results": str(results),
             "source": source,
             "counts": {"train": counts(train), "lr_search": counts(search)},
+            "lr_at_edge": edge_picks(results),
             "estimate": est,
             "runs": rows,
         }
