@@ -21,6 +21,12 @@ from normdrop.config import ConfigError, RunConfig
 OLDEST_TESTED_TORCH = (2, 14)  # cuda_graphs: on is refused below it (the lr handling, issue 16)
 
 
+def cuda_index(name: str) -> int | None:
+    """N of a device name `cuda:N`, else None (read before torch may touch CUDA)."""
+    kind, _, index = name.partition(":")
+    return int(index) if kind == "cuda" and index.isdigit() else None
+
+
 def resolve_device(name: str, leased: bool = False) -> torch.device:
     """`name` (auto | cpu | cuda | cuda:N) as a device of this process. With a GPU lease the
     process sees one GPU, the leased one, as cuda:0: `cuda:N` named it before the lease

@@ -50,6 +50,7 @@ from normdrop.execution import (
     Execution,
     capture_train_step,
     copy_lr_into,
+    cuda_index,
     lr_to_device,
     make_train_step,
     resolve_device,
@@ -442,12 +443,19 @@ def main(argv=None) -> int:
         # Per host: device ids repeat across the nodes that may share this filesystem.
         lock_dir = (args.gpu_lock_dir or Path(args.out).parent / ".gpu-locks") / platform.node()
         try:
-            lease = gpu_lease.setup_device_env(lock_dir, args.gpu_slots, wait_s=args.gpu_wait_s)
+            lease = gpu_lease.setup_device_env(
+                lock_dir,
+                args.gpu_slots,
+                wait_s=args.gpu_wait_s,
+                device_index=cuda_index(args.device),
+            )
+        except gpu_lease.NoSuchGPU as err:
+            parser.error(str(err))
         except gpu_lease.LeaseError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
     try:
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, leased=lease is not None)
         execution = resolve_execution(cfg, device)
         data = load_prepared(args.data)
     except (ConfigError, DataError) as err:
