@@ -187,10 +187,10 @@ def test_cuda_graphs_on_is_refused_below_the_oldest_tested_torch(monkeypatch):
 class EmulatedGraphs:
     """CUDA graphs emulated on the CPU, in the two ways that matter here: a replay reads the lr
     tensors that were in the param groups at capture (the addresses a real graph baked in),
-    whatever the groups hold now; and the capture runs the step under torch's own capture checks
-    (Optimizer._accelerator_graph_capture_health_check refuses a non-capturable optimizer), then puts
-    weights, Adam state and RNG back, as the real capture does. Capturable Adam is allowed on the
-    CPU, which torch only allows on CUDA-like devices."""
+    whatever the groups hold now; and the capture runs the step under torch's own capture check
+    (Optimizer._accelerator_graph_capture_health_check refuses a non-capturable optimizer),
+    then puts weights, Adam state and RNG back, as the real capture does. Capturable Adam is
+    allowed on the CPU, which torch only allows on CUDA-like devices."""
 
     def __init__(self, monkeypatch):
         self.monkeypatch, self.captures = monkeypatch, 0
@@ -296,13 +296,12 @@ def cuda_checkpoint(ckpt: dict) -> dict:
     Philox offset, 16 bytes), a CUDA RNG state for dropout, fused Adam, bf16 channels_last."""
     philox = torch.arange(16, dtype=torch.uint8)
     groups = [{**g, "fused": True} for g in ckpt["optimizer"]["param_groups"]]
-    execution = {**ckpt.get("execution", {}), "precision": "bf16", "adam": "fused"}
+    ran_as = {**ckpt.get("ran_as", {}), "device": "cuda", "precision": "bf16", "adam": "fused"}
     return {
         **ckpt,
         "rng": {**ckpt["rng"], "data": philox, "cuda": philox.clone()},
         "optimizer": {**ckpt["optimizer"], "param_groups": groups},
-        "device_type": "cuda",
-        "execution": execution,
+        "ran_as": ran_as,
     }
 
 
@@ -320,7 +319,7 @@ def test_cuda_checkpoint_resumes_on_cpu_marked_not_bitwise(tiny_data, tmp_path):
     assert first.execution["adam"] == "default"  # what meta.json says is what ran:
     saved = torch.load(ckpt, weights_only=True)
     assert not any(g["fused"] for g in saved["optimizer"]["param_groups"])
-    assert saved["device_type"] == "cpu"
+    assert saved["ran_as"]["device"] == "cpu"
     # Deterministic: the same checkpoint resumes to the same numbers.
     torch.save(cuda_checkpoint(interrupted_checkpoint(data, cfg, ckpt)), ckpt)
     again = train(cfg, data, CPU, checkpoint=ckpt, **QUIET)
@@ -409,3 +408,12 @@ def test_resnet20_global_pool_backward_is_mean_backward():
         todo.extend(next_fn for next_fn, _ in node.next_functions)
     assert "MeanBackward1" in names
     assert not [n for n in names if "AdaptiveAvgPool" in n], names
+
+
+def test_resume_under_another_torch_version_is_marked_not_bitwise(tiny_data, tmp_path, monkeypatch):
+    data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
+    cfg = tiny_config(epochs=3)
+    interrupted_checkpoint(data, cfg, ckpt)
+    monkeypatch.setattr(torch, "__version__", "2.99.0")  # kernels may differ between versions
+    (entry,) = train(cfg, data, CPU, checkpoint=ckpt, **QUIET).resumes
+    assert entry["bitwise"] is False and entry["before"]["torch"] != "2.99.0"

@@ -55,8 +55,7 @@ class Checkpointer:
                 "format": CHECKPOINT_FORMAT,
                 "settings": self.cfg.to_dict(),
                 "settings_hash": self.cfg.settings_hash(),
-                "device_type": self.device.type,  # where it ran: a resume elsewhere is marked
-                "execution": self.ex.describe(),
+                "ran_as": ran_as(self.device, self.ex),  # a resume under another is marked
                 "epoch": epoch,  # 0-based epoch to run next (or to continue, if mid-epoch)
                 "step": step,
                 "mid_epoch": mid,
@@ -172,12 +171,13 @@ def resume(ckpt: dict, run, device: torch.device, ex) -> History:
     run.scheduler.load_state_dict(ckpt["scheduler"])
     _lr_as_float(run.optimizer)
     rng_kept = restore_rng(ckpt["rng"], device, run.gen)
-    saved_on = ckpt.get("device_type", "cuda" if "cuda" in ckpt["rng"] else "cpu")
-    saved_ex = ckpt.get("execution", ex.describe())  # not recorded before: taken as the same
+    now = ran_as(device, ex)
+    # Checkpoints from before "ran_as" tell only their device, by a CUDA RNG state.
+    before = ckpt.get("ran_as", {"device": "cuda" if "cuda" in ckpt["rng"] else "cpu"})
+    changed = {k: v for k, v in before.items() if now.get(k) != v}
     resume = {"epoch": ckpt["epoch"], "step": ckpt["step"]}
-    if saved_on != device.type or saved_ex != ex.describe() or not rng_kept:
-        changed = {k: v for k, v in saved_ex.items() if ex.describe().get(k) != v}
-        resume.update(bitwise=False, before={"device": saved_on, **changed})
+    if changed or not rng_kept:
+        resume.update(bitwise=False, before={"device": before["device"], **changed})
     history = History(
         epoch_rows=ckpt["epoch_rows"],
         step_losses=ckpt["step_losses"],
@@ -187,6 +187,16 @@ def resume(ckpt: dict, run, device: torch.device, ex) -> History:
         elapsed=ckpt["elapsed"],
     )
     return history
+
+
+def ran_as(device: torch.device, ex) -> dict:
+    """How a session ran, as its checkpoints record it: device type, torch version (kernels
+    change between versions) and the Execution's description."""
+    return {
+        "device": device.type,
+        "torch": str(torch.__version__),
+        **ex.describe(),
+    }  # a str: weights_only
 
 
 def _lr_as_float(optimizer) -> None:

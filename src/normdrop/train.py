@@ -87,10 +87,10 @@ class Inputs:
 
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, ex: Execution) -> torch.optim.Adam:
     """Adam with the settings' hyperparameters, fused and capturable as the execution needs."""
+    hyper = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps,
-        weight_decay=cfg.weight_decay, fused=ex.fused_adam or None, capturable=ex.cuda_graphs,
-    )  # fmt: skip
+        model.parameters(), **hyper, fused=ex.fused_adam or None, capturable=ex.cuda_graphs
+    )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig):
@@ -158,8 +158,8 @@ def _start_or_resume(cfg, data, device, ex, checkpoint, log) -> tuple[_Run, Hist
         return _build_run(cfg, data, device, ex), History()
     log(f"resuming from {checkpoint}: epoch {history.start_epoch + 1}, step {ckpt['step']}")
     if history.resumes[-1].get("bitwise") is False:
-        log(f"resumed on another device or execution ({history.resumes[-1]['before']} before): "
-            "not bitwise")  # fmt: skip
+        before = history.resumes[-1]["before"]
+        log(f"resumed on another device or execution (before: {before}): not bitwise")
     return run, history
 
 
@@ -192,13 +192,8 @@ def train(
     run, history = _start_or_resume(cfg, data, device, ex, checkpoint, log)
 
     eager_step = make_train_step(run.forward, run.optimizer, device, ex.bf16)
-    graph_step, captured_lr = None, []  # full batches replay one graph; a smaller last one not
-    if ex.cuda_graphs:
-        captured_lr = lr_to_device(run.optimizer, device)
-        x_shape = (cfg.batch_size, *data.in_shape)
-        graph_step = capture_train_step(
-            eager_step, run.model, run.optimizer, x_shape, ex.memory_format, device
-        )
+    x_shape = (cfg.batch_size, *data.in_shape)  # full batches replay one graph, if captured
+    graph_step, captured_lr = _graph_of(eager_step, run, ex, x_shape, device)
 
     t0 = time.perf_counter() - history.elapsed
     saver = Checkpointer(checkpoint, cfg, device, ex, run, history, t0)
@@ -209,13 +204,16 @@ def train(
         if graph_step:
             copy_lr_into(captured_lr, run.optimizer)  # the graph reads the scheduler's rate
         lr = float(run.optimizer.param_groups[0]["lr"])
+        steps = (eager_step, graph_step)
         losses, correct = _train_epoch(
-            epoch, run, data, inputs, cfg, history, saver, steps=(eager_step, graph_step)
+            epoch, run, data, inputs=inputs, cfg=cfg, history=history, saver=saver, steps=steps
         )
         epoch_losses = losses.cpu()  # the epoch's one host sync
         history.step_losses.append(epoch_losses)
         finite = bool(torch.isfinite(epoch_losses).all())
-        row = _epoch_record(epoch, lr, epoch_losses, correct, finite, run, data, inputs, cfg, t0)
+        scores = _val_and_test(run.model, data, inputs, cfg.eval_batch_size) if finite else {}
+        row = _epoch_record(epoch, lr, epoch_losses, correct.item() / len(data.train_y), scores)
+        row["wall_time_s"] = time.perf_counter() - t0
         history.epoch_rows.append(row)
         log(_epoch_line(row, cfg.epochs))
         if progress:
@@ -244,7 +242,19 @@ def train(
     )
 
 
-def _train_epoch(epoch, run, data, inputs, cfg, history, saver, steps) -> tuple:
+def _graph_of(eager_step, run: _Run, ex: Execution, x_shape, device) -> tuple:
+    """(graph_step, the lr tensors it reads) under CUDA graphs; (None, []) when eager. The last,
+    smaller batch of an epoch always runs eagerly."""
+    if not ex.cuda_graphs:
+        return None, []
+    captured_lr = lr_to_device(run.optimizer, device)
+    graph_step = capture_train_step(
+        eager_step, run.model, run.optimizer, x_shape, ex.memory_format, device
+    )
+    return graph_step, captured_lr
+
+
+def _train_epoch(epoch, run, data, *, inputs, cfg, history, saver, steps) -> tuple:
     """One epoch's optimizer steps: (losses (steps_per_epoch,), correct count), on the device.
     Continues the epoch a mid-epoch checkpoint stopped in (history.mid_epoch, then cleared)."""
     eager_step, graph_step = steps
@@ -278,25 +288,24 @@ def _train_epoch(epoch, run, data, inputs, cfg, history, saver, steps) -> tuple:
     return losses, correct
 
 
-def _epoch_record(epoch, lr, epoch_losses, correct, finite, run, data, inputs, cfg, t0) -> dict:
-    """The epoch's row of epochs.parquet; evaluation is skipped (NaN) after a non-finite loss."""
-    model = run.model
-    val_loss = val_acc = test_loss = test_acc = math.nan
-    if finite:
-        on = dict(inputs=inputs, batch_size=cfg.eval_batch_size)
-        val_loss, val_acc = loss_and_accuracy(model, data.val_x, data.val_y, **on)
-        test_loss, test_acc = loss_and_accuracy(model, data.test_x, data.test_y, **on)
+def _val_and_test(model, data: Prepared, inputs: Inputs, batch_size: int) -> dict:
+    """Validation and test loss and accuracy, in eval mode."""
+    on = dict(inputs=inputs, batch_size=batch_size)
+    val_loss, val_acc = loss_and_accuracy(model, data.val_x, data.val_y, **on)
+    test_loss, test_acc = loss_and_accuracy(model, data.test_x, data.test_y, **on)
+    return dict(val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
+
+
+def _epoch_record(epoch, lr, epoch_losses, train_acc, scores) -> dict:
+    """The epoch's row of epochs.parquet, wall_time_s to come; `scores` from `_val_and_test`,
+    empty (NaN) when the epoch's loss was not finite, as nothing is evaluated then."""
     return {
         "epoch": epoch + 1,
         "lr": lr,
         "train_loss_mean": float(epoch_losses.mean()),
         "train_loss_sd": float(epoch_losses.std()) if len(epoch_losses) > 1 else 0.0,
-        "train_acc": correct.item() / len(data.train_y),
-        "val_loss": val_loss,
-        "val_acc": val_acc,
-        "test_loss": test_loss,
-        "test_acc": test_acc,
-        "wall_time_s": time.perf_counter() - t0,
+        "train_acc": train_acc,
+        **{k: scores.get(k, math.nan) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
     }
 
 
