@@ -90,7 +90,11 @@ def resolve_execution(cfg: RunConfig, device: torch.device) -> Execution:
         # auto: bf16 where the GPU has bf16 units (compute capability >= 8); emulation excluded,
         # as it is slower than fp32. is_bf16_supported initializes CUDA: only for a CUDA device.
         bf16=cfg.precision == "bf16"
-        or (cfg.precision == "auto" and cuda and torch.cuda.is_bf16_supported(False)),
+        or (
+            cfg.precision == "auto"
+            and cuda
+            and torch.cuda.is_bf16_supported(including_emulation=False)
+        ),
         memory_format=torch.channels_last if channels_last else torch.contiguous_format,
         # auto stays off until a run on a real GPU shows the same metrics, faster (README).
         cuda_graphs=cfg.cuda_graphs == "on",
