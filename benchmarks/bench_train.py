@@ -63,7 +63,7 @@ import yaml
 from normdrop.config import RunConfig
 from normdrop.data import Prepared, SyntheticSpec, make_synthetic, standardization
 from normdrop.models import build_model, count_parameters
-from normdrop.train import evaluate, resolve_execution, train
+from normdrop.train import Inputs, loss_and_accuracy, resolve_execution, train
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 128
@@ -294,7 +294,7 @@ def time_ours(cfg: RunConfig, data: Prepared, device: torch.device) -> dict:
 
 
 def time_eval(cfg, data: Prepared, device, splits, repeats=3) -> float:
-    """Seconds of `normdrop.train.evaluate` over the given splits (min of `repeats`), with the
+    """Seconds of `normdrop.train.loss_and_accuracy` over the given splits (min of `repeats`), with the
     same precision and memory format as `train()` uses on this device."""
     ex = resolve_execution(cfg, device)
     use_bf16, memory_format = ex.bf16, ex.memory_format
@@ -308,7 +308,8 @@ def time_eval(cfg, data: Prepared, device, splits, repeats=3) -> float:
     for _ in range(repeats):
         t0 = time.perf_counter()
         for x, y in splits:
-            evaluate(model, x, y, scale, shift, cfg.eval_batch_size, use_bf16, memory_format)
+            inputs = Inputs(scale, shift, memory_format, use_bf16)
+            loss_and_accuracy(model, x, y, inputs=inputs, batch_size=cfg.eval_batch_size)
         best = min(best, time.perf_counter() - t0)
     return best
 
@@ -561,7 +562,7 @@ def main(argv=None) -> int:
                 ref_s = best[1]["seconds"]
                 row["ref_cifar"] = steps / ref_s
                 log(f"=> ours / reference = {ref_s / ours_s:.2f}x (best of {args.repeats} each)")
-            # Evaluation rate (for the projection): normdrop.train.evaluate on 2 eval batches.
+            # Evaluation rate (for the projection): normdrop.train.loss_and_accuracy on 2 eval batches.
             n_eval = 2 * cfg.eval_batch_size
             ex = make_prepared(n_eval, shape, seed=2)
             r = measured(lambda: _timed_eval(cfg, ex, device), args)

@@ -369,7 +369,10 @@ def test_visible_gpus_from_nvidia_smi(tmp_path):
     assert gpu_lease.visible_gpus(env) == ["0", "1", "2"]
 
 
-def test_visible_gpus_when_nvidia_smi_fails_or_is_missing(tmp_path):
+def test_visible_gpus_when_nvidia_smi_fails_or_is_missing(tmp_path, monkeypatch):
+    # No NVML and no driver either (this machine's case, made hermetic for GPU hosts).
+    monkeypatch.setattr(gpu_lease, "_load_nvml", lambda: None)
+    monkeypatch.setattr(gpu_lease, "NVIDIA_DRIVER_FILES", ())
     env = fake_nvidia_smi(tmp_path / "bin", "echo 'NVIDIA-SMI has failed' >&2; echo 0; exit 9")
     assert gpu_lease.visible_gpus(env) == []
     empty = tmp_path / "empty"

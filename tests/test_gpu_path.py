@@ -19,7 +19,7 @@ from conftest import REPO, tiny_config
 from normdrop.config import ConfigError, run_config, validate_workflow_config
 from normdrop.data import load_prepared
 from normdrop.models import build_model
-from normdrop.train import _capture_train_step, main, resolve_execution, train
+from normdrop.train import capture_train_step, main, resolve_execution, train
 
 CPU = torch.device("cpu")
 QUIET = dict(log=lambda s: None)
@@ -86,7 +86,7 @@ def test_channels_last_gives_the_contiguous_numbers(tiny_data):
     assert gap(a.val_acc, b.val_acc) <= 6 / 30
 
 
-def test_auto_settings_on_cpu_are_fp32_contiguous_eager():
+def test_auto_settings_on_cpu_are_fp32_contiguous_eager(monkeypatch):
     ex = resolve_execution(tiny_config(), CPU)
     assert ex.describe() == {
         "precision": "fp32",
@@ -96,7 +96,9 @@ def test_auto_settings_on_cpu_are_fp32_contiguous_eager():
         "compile": False,
         "deterministic": False,
     }
-    cuda = resolve_execution(tiny_config(), torch.device("cuda"))  # resolves, touches no GPU
+    # A GPU with bf16 units (compute capability >= 8), faked: resolving touches no GPU otherwise.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    cuda = resolve_execution(tiny_config(), torch.device("cuda"))
     assert (cuda.bf16, cuda.memory_format, cuda.cuda_graphs, cuda.fused_adam) == (
         True,
         torch.channels_last,
@@ -186,7 +188,7 @@ def test_execution_settings_come_from_the_config():
 
 class FakeCuda:
     """torch.cuda's streams, graphs and RNG state, faked on the CPU: 'capture' runs the step once
-    like the warm-up does, 'replay' only counts. Enough to test what `_capture_train_step` does
+    like the warm-up does, 'replay' only counts. Enough to test what `capture_train_step` does
     around the capture: warm-up and capture must leave weights, BN statistics, Adam state and RNG
     exactly as they found them."""
 
@@ -248,7 +250,7 @@ def test_graph_capture_leaves_the_run_where_it_was(monkeypatch, steps_before):
     fake = FakeCuda(monkeypatch)
     model, optimizer, step, batches = _small_run(steps_before)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    graph_step = _capture_train_step(
+    graph_step = capture_train_step(
         step, model, optimizer, (8, 3, 16, 16), torch.contiguous_format, CPU
     )
     for k, v in model.state_dict().items():  # warm-up and capture undone, in place

@@ -67,7 +67,7 @@ class RunConfig:
     eps: float = 1e-8
     weight_decay: float = 0.0
     augment: str = "none"
-    precision: str = "auto"  # auto: bf16 autocast on CUDA, fp32 on CPU
+    precision: str = "auto"  # auto: bf16 autocast on GPUs with bf16 units (sm >= 80), else fp32
     memory_format: str = "auto"  # auto: channels_last on CUDA, contiguous on CPU
     compile: bool = False
     cuda_graphs: str = "auto"  # auto: off until measured on a GPU (README, "Speed"); on: CUDA only

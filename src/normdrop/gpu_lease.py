@@ -31,13 +31,20 @@ Notes:
 * Leases are tried slot-major (slot 0 of every device, then slot 1, ...), so jobs spread over
   the devices before doubling up on one.
 
+* Without ``CUDA_VISIBLE_DEVICES`` the GPUs are counted by nvidia-smi, else by NVML (the driver's
+  library, through ctypes: it counts without initialising CUDA). Where neither can count but an
+  NVIDIA driver is present, the process does not run unleased on GPU 0: it hides CUDA
+  (``CUDA_VISIBLE_DEVICES=""``) and says so in one line, so ``--device auto`` runs on the CPU.
+
 This module uses the standard library only and must not import torch: it has to run before
-CUDA is initialised, because CUDA reads ``CUDA_VISIBLE_DEVICES`` only once.
+CUDA is initialised, because CUDA reads ``CUDA_VISIBLE_DEVICES`` only once (even
+``torch.cuda.device_count()`` may initialise the driver, and the lease would come too late).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import errno
 import fcntl
 import hashlib
@@ -56,6 +63,7 @@ from pathlib import Path
 __all__ = [
     "Lease",
     "LeaseError",
+    "NoSuchGPU",
     "acquire",
     "lock_path",
     "setup_device_env",
@@ -66,6 +74,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 NVIDIA_SMI_TIMEOUT_S = 30.0
+NVML_LIBRARY = "libnvidia-ml.so.1"  # installed with every NVIDIA driver, nvidia-smi or not
+# Files an installed NVIDIA driver provides; without any, no CUDA device can exist.
+NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/nvidiactl")
 
 # Leases are kept here as well as returned, so that a caller who drops the Lease object does
 # not lose the descriptor (the lock must live as long as the process).
@@ -74,6 +85,10 @@ _HELD: list[Lease] = []
 
 class LeaseError(RuntimeError):
     """No GPU slot could be leased."""
+
+
+class NoSuchGPU(ValueError):
+    """The GPU asked for (``--device cuda:N``) is not among the visible ones."""
 
 
 def under_slurm(env: Mapping[str, str] = os.environ) -> bool:
@@ -87,8 +102,14 @@ def visible_gpus(env: Mapping[str, str] = os.environ) -> list[str]:
     ``CUDA_VISIBLE_DEVICES`` split on commas if it is set (an empty value means no GPUs; as in
     CUDA, an entry ``-1`` hides itself and every entry after it). Otherwise the indices printed
     by ``nvidia-smi --query-gpu=index --format=csv,noheader`` if nvidia-smi is on ``PATH`` and
-    succeeds; otherwise ``[]``.
+    succeeds; otherwise the indices of NVML's count; otherwise ``[]`` (see :func:`_count_gpus`
+    for telling "none" from "could not count").
     """
+    return _count_gpus(env) or []
+
+
+def _count_gpus(env: Mapping[str, str]) -> list[str] | None:
+    """As :func:`visible_gpus`, but None where GPUs may exist and could not be counted."""
     cvd = env.get("CUDA_VISIBLE_DEVICES")
     if cvd is not None:
         devices: list[str] = []
@@ -100,10 +121,20 @@ def visible_gpus(env: Mapping[str, str] = os.environ) -> list[str]:
                 break
             devices.append(item)
         return devices
+    from_smi = _nvidia_smi_indices(env)
+    if from_smi is not None:
+        return from_smi
+    count = _nvml_count()
+    if count is not None:
+        return [str(i) for i in range(count)]
+    return None if any(os.path.exists(f) for f in NVIDIA_DRIVER_FILES) else []
 
+
+def _nvidia_smi_indices(env: Mapping[str, str]) -> list[str] | None:
+    """The GPU indices nvidia-smi prints, or None where it is missing or fails."""
     smi = shutil.which("nvidia-smi", path=env.get("PATH"))
     if smi is None:
-        return []
+        return None
     try:
         proc = subprocess.run(
             [smi, "--query-gpu=index", "--format=csv,noheader"],
@@ -113,16 +144,38 @@ def visible_gpus(env: Mapping[str, str] = os.environ) -> list[str]:
             check=False,
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        log.warning("nvidia-smi failed (%s); assuming no GPUs", exc)
-        return []
+        log.warning("nvidia-smi failed (%s); counting GPUs with NVML", exc)
+        return None
     if proc.returncode != 0:
         log.warning(
-            "nvidia-smi exited with %d (%s); assuming no GPUs",
+            "nvidia-smi exited with %d (%s); counting GPUs with NVML",
             proc.returncode,
             proc.stderr.strip(),
         )
-        return []
+        return None
     return [line.strip() for line in proc.stdout.splitlines() if line.strip()]
+
+
+def _load_nvml():
+    """The NVML library (ctypes), or None where the driver does not provide it."""
+    try:
+        return ctypes.CDLL(NVML_LIBRARY)
+    except OSError:
+        return None
+
+
+def _nvml_count() -> int | None:
+    """The number of GPUs NVML sees (all of them, in PCI bus order), or None. NVML talks to the
+    driver, not to the CUDA runtime: CUDA_VISIBLE_DEVICES can still be set afterwards."""
+    nvml = _load_nvml()
+    if nvml is None or nvml.nvmlInit_v2() != 0:  # 0: NVML_SUCCESS
+        return None
+    try:
+        count = ctypes.c_uint(0)
+        ok = nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0
+        return count.value if ok else None
+    finally:
+        nvml.nvmlShutdown()
 
 
 def _file_safe(device: str) -> str:
@@ -300,6 +353,7 @@ def setup_device_env(
     *,
     wait_s: float = 0.0,
     poll_s: float = 0.5,
+    device_index: int | None = None,
 ) -> Lease | None:
     """Lease one GPU for this process and narrow ``CUDA_VISIBLE_DEVICES`` to it.
 
@@ -309,11 +363,17 @@ def setup_device_env(
 
     * Under SLURM with at most one GPU given (or none): returns None and changes nothing.
     * No GPU visible (see :func:`visible_gpus`): returns None (a CPU run).
+    * GPUs may exist but could not be counted (no nvidia-smi, no NVML, a driver present): sets
+      ``env["CUDA_VISIBLE_DEVICES"] = ""`` (CUDA hidden: a CPU run, never an unleased GPU 0),
+      logs one warning line and returns None.
     * Otherwise: acquires a lease (see :func:`acquire`), sets
       ``env["CUDA_VISIBLE_DEVICES"] = lease.device`` and returns the lease, held until the
-      process exits. When the devices came from nvidia-smi, ``CUDA_DEVICE_ORDER`` defaults to
-      ``PCI_BUS_ID`` so that CUDA numbers the GPUs as nvidia-smi does.
+      process exits; the leased GPU is then ``cuda:0`` in this process. When the devices came
+      from nvidia-smi or NVML, ``CUDA_DEVICE_ORDER`` defaults to ``PCI_BUS_ID`` so that CUDA
+      numbers the GPUs as they do.
 
+    ``device_index`` (``--device cuda:N``): lease GPU N of the visible ones (CUDA's numbering
+    before the lease) rather than any free one; :class:`NoSuchGPU` if there is no GPU N.
     Raises :class:`LeaseError` if every slot is still held after ``wait_s`` seconds.
     """
     from_smi = "CUDA_VISIBLE_DEVICES" not in env
@@ -323,10 +383,24 @@ def setup_device_env(
     if under_slurm(env) and (from_smi or len(visible_gpus(env)) <= 1):
         log.info("under SLURM: using CUDA_VISIBLE_DEVICES=%s", env.get("CUDA_VISIBLE_DEVICES"))
         return None
-    devices = visible_gpus(env)
+    devices = _count_gpus(env)
+    if devices is None:
+        env["CUDA_VISIBLE_DEVICES"] = ""
+        log.warning(
+            "cannot count the GPUs (no working nvidia-smi, no NVML) to lease one: CUDA is hidden "
+            "from this run (CUDA_VISIBLE_DEVICES=''); set CUDA_VISIBLE_DEVICES to use GPUs"
+        )
+        return None
     if not devices:
         log.info("no GPU visible: running on CPU")
         return None
+    if device_index is not None:
+        if not 0 <= device_index < len(devices):
+            raise NoSuchGPU(
+                f"--device cuda:{device_index}: there are {len(devices)} visible GPU(s) "
+                f"({', '.join(devices)}), numbered from 0"
+            )
+        devices = [devices[device_index]]
     lease = acquire(lock_dir, devices, slots_per_gpu, wait_s=wait_s, poll_s=poll_s)
     if from_smi:
         env.setdefault("CUDA_DEVICE_ORDER", "PCI_BUS_ID")

@@ -17,8 +17,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
-import pickle
 import platform
 import sys
 import time
@@ -31,6 +29,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from normdrop import provenance
+from normdrop.checkpoints import (
+    Checkpointer,
+    History,
+    first_line,
+    load_checkpoint,
+    move_aside,
+    resume,
+)
 from normdrop.config import ConfigError, RunConfig
 from normdrop.data import (
     DataError,
@@ -40,10 +46,19 @@ from normdrop.data import (
     normalize,
     standardization,
 )
+from normdrop.execution import (
+    Execution,
+    capture_train_step,
+    copy_lr_into,
+    cuda_index,
+    lr_to_device,
+    make_train_step,
+    resolve_device,
+    resolve_execution,
+    use_deterministic_algorithms,
+)
 from normdrop.models import build_model, count_parameters
-from normdrop.storage import atomic_write_group, atomic_write_torch
-
-CHECKPOINT_FORMAT = 1
+from normdrop.storage import atomic_write_group
 
 
 @dataclass
@@ -59,195 +74,96 @@ class RunResult:
     execution: dict = field(default_factory=dict)  # how it ran: Execution.describe()
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name!r} requested but CUDA is not available; use --device cpu")
-    return device
-
-
+# --------------------------------------------------------------------------- the run's parts
 @dataclass(frozen=True)
-class Execution:
-    """How a run executes on its device, resolved once from its settings (speed, not numbers)."""
+class Inputs:
+    """How uint8 images become the model's input on the device, and the autocast they run under."""
 
-    bf16: bool  # bf16 autocast for the forward pass (fp32 weights, optimizer state, BN stats)
+    scale: torch.Tensor  # (1, C, 1, 1): standardization, on the device
+    shift: torch.Tensor  # (1, C, 1, 1)
     memory_format: torch.memory_format
-    cuda_graphs: bool  # the training step captured once and replayed (_capture_train_step)
-    fused_adam: bool
-    compile: bool
-    deterministic: bool
-
-    def describe(self) -> dict:
-        """What ran, for meta.json and the log."""
-        return {
-            "precision": "bf16" if self.bf16 else "fp32",
-            "memory_format": "channels_last"
-            if self.memory_format == torch.channels_last
-            else "contiguous",
-            "cuda_graphs": self.cuda_graphs,
-            "adam": "fused" if self.fused_adam else "default",  # default: for-loop on CPU
-            "compile": self.compile,
-            "deterministic": self.deterministic,
-        }
+    bf16: bool
 
 
-def resolve_execution(cfg: RunConfig, device: torch.device) -> Execution:
-    """The settings' `auto`s made concrete for `device`; ConfigError for what it cannot do."""
-    cuda = device.type == "cuda"
-    if cfg.cuda_graphs == "on" and not cuda:
-        raise ConfigError(
-            f"setting 'cuda_graphs' = 'on' needs a CUDA device, not {device}; use auto or off"
-        )
-    # channels_last makes cuDNN's bf16 convolutions use tensor cores without transposes.
-    channels_last = cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and cuda)
-    return Execution(
-        bf16=cfg.precision == "bf16" or (cfg.precision == "auto" and cuda),
-        memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-        # auto stays off until a run on a real GPU shows the same metrics, faster (README).
-        cuda_graphs=cfg.cuda_graphs == "on",
-        # CPU has a fused Adam too, but the CPU runs are the reference numbers: kept as they are.
-        fused_adam=cuda,
-        compile=cfg.compile,
-        deterministic=cfg.deterministic,
+def make_optimizer(model: torch.nn.Module, cfg: RunConfig, ex: Execution) -> torch.optim.Adam:
+    """Adam with the settings' hyperparameters, fused and capturable as the execution needs."""
+    hyper = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(
+        model.parameters(), **hyper, fused=ex.fused_adam or None, capturable=ex.cuda_graphs
     )
 
 
-def use_deterministic_algorithms() -> None:
-    """Deterministic kernels, process-wide (the CLI trains one run per process): bitwise-equal
-    reruns and resumes on one GPU model. cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it makes its
-    first handle, at the run's first matmul: train() calls this before building its model.
-    An op with no deterministic CUDA kernel warns instead of stopping the run: ResNet-20's
-    adaptive_avg_pool2d backward is flagged, though with a 1x1 output it takes the kernel
-    without atomics."""
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.deterministic = True
-    torch.backends.cudnn.benchmark = False
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig):
+    """The learning-rate schedule, stepped once per epoch: x gamma after each milestone."""
+    return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
 
 
-def _capture_train_step(step_fn, model, optimizer, x_shape, memory_format, device, warmup=3):
-    """The training step `step_fn(x, y) -> (loss, correct)` (forward, backward, Adam step) as one
-    CUDA graph for batches of shape x_shape: returns `graph_step(x, y)`, which copies the batch
-    into static buffers and replays the graph. CUDA only; see torch.cuda.graphs, "Whole-network
-    capture". The optimizer must be capturable (its lr a device tensor, step counts on device).
+@dataclass
+class _Run:
+    """One run's live objects, built by `_build_run` from the settings alone."""
 
-    Capture needs a few warm-up steps on a side stream first; they change the weights, BN
-    statistics, optimizer state and CUDA RNG, so all of these are put back in place (same memory:
-    the graph reads and writes those addresses) and the run goes on exactly where it was.
-    Dropout in the graph draws from the default CUDA generator (graph-safe Philox): each replay
-    advances its offset, so every step gets fresh masks from the run's seeded stream."""
-    static_x = torch.zeros(x_shape, device=device).contiguous(memory_format=memory_format)
-    static_y = torch.zeros(x_shape[0], dtype=torch.long, device=device)
-    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
-    saved_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
-    saved_rng = torch.cuda.get_rng_state(device)
-
-    side = torch.cuda.Stream(device)
-    side.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(side):
-        for _ in range(warmup):
-            step_fn(static_x, static_y)
-    torch.cuda.current_stream(device).wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    optimizer.zero_grad(set_to_none=True)  # grads are then allocated inside the graph's pool
-    with torch.cuda.graph(graph):
-        static_loss, static_correct = step_fn(static_x, static_y)
-
-    with torch.no_grad():
-        for k, v in model.state_dict().items():
-            v.copy_(saved_model[k])
-        for p, state in optimizer.state.items():
-            for k, v in state.items():  # state a fresh run did not have yet starts at zero
-                v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
-    torch.cuda.set_rng_state(saved_rng, device)
-
-    def graph_step(x, y):
-        static_x.copy_(x)
-        static_y.copy_(y)
-        graph.replay()
-        return static_loss, static_correct  # overwritten by the next replay: use before then
-
-    return graph_step
+    model: torch.nn.Module
+    forward: object  # the model, or torch.compile(model)
+    optimizer: torch.optim.Adam
+    scheduler: object
+    gen: torch.Generator  # data order and augmentation, on the run's device
+    param_count: int
 
 
-def _lr_as(optimizer, tensor_device: torch.device | None) -> None:
-    """The learning rate as a float (eager Adam), or as a tensor on tensor_device (capturable Adam
-    in a CUDA graph: the scheduler then fills it in place, and the graph reads the new value).
-    Checkpoints may hold either, so this also runs after loading one."""
-    for group in optimizer.param_groups:
-        lr = float(group["lr"])
-        group["lr"] = lr if tensor_device is None else torch.tensor(lr, device=tensor_device)
+def _build_run(cfg: RunConfig, data: Prepared, device: torch.device, ex: Execution) -> _Run:
+    """Model, optimizer, scheduler and data generator, seeded: the same objects on every call."""
+    torch.manual_seed(cfg.seed)  # model initialization and dropout masks
+    model = build_model(
+        cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout, cfg.init
+    )
+    model = model.to(device, memory_format=ex.memory_format)
+    param_count = count_parameters(model)
+    optimizer = make_optimizer(model, cfg, ex)
+    scheduler = make_scheduler(optimizer, cfg)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    forward = torch.compile(model) if cfg.compile else model
+    return _Run(model, forward, optimizer, scheduler, gen, param_count)
 
 
+# --------------------------------------------------------------------------- evaluation
 @torch.no_grad()
-def evaluate(model, x_u8, y, scale, shift, batch_size, use_bf16, memory_format):
-    """(mean cross-entropy, accuracy) over a whole split, in eval mode, in large batches."""
+def loss_and_accuracy(model, x_u8, y, *, inputs: Inputs, batch_size: int) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of `model` over a whole split, in eval mode, in batches of
+    `batch_size`; x_u8 (N, C, H, W) uint8 and y (N,) int64 on the model's device."""
     model.eval()
     loss_sum = torch.zeros((), device=y.device)
     correct = torch.zeros((), device=y.device, dtype=torch.long)
     for i in range(0, len(y), batch_size):
-        x = normalize(x_u8[i : i + batch_size], scale, shift)
-        x = x.contiguous(memory_format=memory_format)
-        with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        x = normalize(x_u8[i : i + batch_size], inputs.scale, inputs.shift)
+        x = x.contiguous(memory_format=inputs.memory_format)
+        with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=inputs.bf16):
             logits = model(x).float()
         loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
         correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
     return loss_sum.item() / len(y), correct.item() / len(y)
 
 
-def _rng_state(device, gen):
-    state = {"cpu": torch.get_rng_state(), "data": gen.get_state()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state, device, gen):
-    torch.set_rng_state(state["cpu"])
-    gen.set_state(state["data"])
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
-def _load_checkpoint(path: Path, cfg: RunConfig, log) -> dict | None:
-    """The checkpoint at `path` if it belongs to these settings; a stale or broken one is moved
-    aside (never deleted: it may still be wanted) and the run starts from epoch 1.
-
-    It is read with weights_only=True: a file on a shared filesystem must not be able to run code
-    when loaded, so only tensors and plain containers are accepted (what `train` saves)."""
-    if not path.exists():
-        return None
+def _start_or_resume(cfg, data, device, ex, checkpoint, log) -> tuple[_Run, History]:
+    """The run's objects, fresh or as `checkpoint` left them. A checkpoint that cannot be
+    resumed here is moved aside with one line and the run starts over: never a crash loop."""
+    run = _build_run(cfg, data, device, ex)
+    ckpt = load_checkpoint(Path(checkpoint), cfg, log) if checkpoint else None
+    if ckpt is None:
+        return run, History()
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-        problem = None
-        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-            problem = f"format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}"
-        elif ckpt["settings_hash"] != cfg.settings_hash():
-            problem = "different settings"
-    except pickle.UnpicklingError as err:
-        unsafe = "Weights only load failed" in str(err)  # torch's words for a refused object
-        problem = "unsafe" if unsafe else f"unreadable (UnpicklingError: {_first_line(err)})"
-    except Exception as err:  # truncated or unreadable
-        problem = f"unreadable ({type(err).__name__}: {_first_line(err)})"
-    if problem is None:
-        return ckpt
-    aside = path.with_name(f"{path.name}.stale-{int(time.time())}")
-    path.rename(aside)
-    if problem == "unsafe":
-        why = "cannot be read safely (weights_only: it holds objects other than tensors and plain "
-        why += "containers)"
-    else:
-        why = f"not usable ({problem})"
-    log(f"checkpoint {path} {why}: moved aside to {aside}; starting from epoch 1")
-    return None
+        history = resume(ckpt, run, device, ex)
+    except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
+        why = f"cannot be resumed ({type(err).__name__}: {first_line(err)})"
+        move_aside(Path(checkpoint), why, log)
+        return _build_run(cfg, data, device, ex), History()
+    log(f"resuming from {checkpoint}: epoch {history.start_epoch + 1}, step {ckpt['step']}")
+    if history.resumes[-1].get("bitwise") is False:
+        before = history.resumes[-1]["before"]
+        log(f"resumed on another device or execution (before: {before}): not bitwise")
+    return run, history
 
 
-def _first_line(err: Exception) -> str:
-    return (str(err).strip().splitlines() or [""])[0]
-
-
+# --------------------------------------------------------------------------- training
 def train(
     cfg: RunConfig,
     data: Prepared,
@@ -268,186 +184,148 @@ def train(
     (row: that epoch's record), e.g. to drive a progress bar.
     """
     ex = resolve_execution(cfg, device)  # bf16, memory format, CUDA graphs, fused Adam
-    use_bf16, memory_format = ex.bf16, ex.memory_format
     if cfg.deterministic:
         use_deterministic_algorithms()
     data = data.to(device)
     scale, shift = standardization(data.mean, data.std)  # (1, C, 1, 1) each, on the device
+    inputs = Inputs(scale, shift, ex.memory_format, ex.bf16)
+    run, history = _start_or_resume(cfg, data, device, ex, checkpoint, log)
 
-    torch.manual_seed(cfg.seed)  # model initialization and dropout masks
-    model = build_model(
-        cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout, cfg.init
-    )
-    model = model.to(device, memory_format=memory_format)
-    param_count = count_parameters(model)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay,
-        fused=ex.fused_adam or None, capturable=ex.cuda_graphs,
-    )  # fmt: skip
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # data order and augmentation
-    forward = torch.compile(model) if cfg.compile else model
+    eager_step = make_train_step(run.forward, run.optimizer, device, ex.bf16)
+    x_shape = (cfg.batch_size, *data.in_shape)  # full batches replay one graph, if captured
+    graph_step, captured_lr = _graph_of(eager_step, run, ex, x_shape, device)
 
-    n, batch = len(data.train_y), cfg.batch_size
-    steps_per_epoch = math.ceil(n / batch)  # the last, smaller batch is kept (as a DataLoader)
-    epoch_rows: list[dict] = []
-    step_losses: list[torch.Tensor] = []  # per finished epoch, on the host
-    resumes: list[dict] = []
-    start_epoch, mid_epoch, elapsed = 0, None, 0.0
-
-    ckpt = _load_checkpoint(Path(checkpoint), cfg, log) if checkpoint else None
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        _set_rng_state(ckpt["rng"], device, gen)
-        _lr_as(optimizer, None)
-        epoch_rows, step_losses = ckpt["epoch_rows"], ckpt["step_losses"]
-        start_epoch, mid_epoch, elapsed = ckpt["epoch"], ckpt["mid_epoch"], ckpt["elapsed"]
-        resumes = ckpt["resumes"] + [{"epoch": start_epoch, "step": ckpt["step"]}]
-        log(f"resuming from {checkpoint}: epoch {start_epoch + 1}, step {ckpt['step']}")
-
-    def eager_step(x, y):
-        """One optimizer step on batch (x, y); (loss, correct count), on the device."""
-        # No autocast cache: it must be off under CUDA graph capture, and each weight is cast
-        # once per forward here, so it saved nothing.
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16,
-                            cache_enabled=False):  # fmt: skip
-            logits = forward(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits.argmax(1) == y).sum()
-
-    graph_step = None  # full batches replay one CUDA graph; the last, smaller one runs eagerly
-    if ex.cuda_graphs:
-        _lr_as(optimizer, device)
-        graph_step = _capture_train_step(
-            eager_step, model, optimizer, (batch, *data.in_shape), memory_format, device
-        )
-
-    def save_checkpoint(epoch, step, mid):
-        atomic_write_torch(
-            checkpoint,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "settings": cfg.to_dict(),
-                "settings_hash": cfg.settings_hash(),
-                "epoch": epoch,  # 0-based epoch to run next (or to continue, if mid-epoch)
-                "step": step,
-                "mid_epoch": mid,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(device, gen),
-                "epoch_rows": epoch_rows,
-                "step_losses": step_losses,
-                "resumes": resumes,
-                "elapsed": time.perf_counter() - t0,
-            },
-        )
-
-    t0 = time.perf_counter() - elapsed
-    last_save = time.monotonic()
+    t0 = time.perf_counter() - history.elapsed
+    saver = Checkpointer(checkpoint, cfg, device, ex, run, history, t0)
     diverged_epoch = None
     if progress:
-        progress(start_epoch, cfg.epochs, None)
-    for epoch in range(start_epoch, cfg.epochs):
-        model.train()
-        if mid_epoch is not None:  # resuming inside this epoch
-            perm, losses, correct = (t.to(device) for t in mid_epoch["tensors"])
-            first_step, mid_epoch = mid_epoch["step"], None
-        else:
-            perm = torch.randperm(n, device=device, generator=gen)
-            losses = torch.zeros(steps_per_epoch, device=device)
-            correct = torch.zeros((), device=device, dtype=torch.long)
-            first_step = 0
-        lr = float(optimizer.param_groups[0]["lr"])
-        for step in range(first_step, steps_per_epoch):
-            idx = perm[step * batch : (step + 1) * batch]
-            x, y = data.train_x[idx], data.train_y[idx]  # (B, C, H, W) uint8, (B,) int64
-            if cfg.augment == "crop_flip":
-                x = crop_flip(x, gen)
-            x = normalize(x, scale, shift).contiguous(memory_format=memory_format)
-            full = len(y) == batch
-            loss, n_correct = (graph_step if graph_step and full else eager_step)(x, y)
-            losses[step] = loss  # stays on the device: no sync
-            correct += n_correct
-            if checkpoint and time.monotonic() - last_save > cfg.checkpoint_every_s:
-                tensors = [t.cpu() for t in (perm, losses, correct)]
-                save_checkpoint(epoch, step + 1, {"step": step + 1, "tensors": tensors})
-                last_save = time.monotonic()
-        scheduler.step()
-
+        progress(history.start_epoch, cfg.epochs, None)
+    for epoch in range(history.start_epoch, cfg.epochs):
+        if graph_step:
+            copy_lr_into(captured_lr, run.optimizer)  # the graph reads the scheduler's rate
+        lr = float(run.optimizer.param_groups[0]["lr"])
+        steps = (eager_step, graph_step)
+        losses, correct = _train_epoch(
+            epoch, run, data, inputs=inputs, cfg=cfg, history=history, saver=saver, steps=steps
+        )
         epoch_losses = losses.cpu()  # the epoch's one host sync
-        step_losses.append(epoch_losses)
+        history.step_losses.append(epoch_losses)
         finite = bool(torch.isfinite(epoch_losses).all())
-        if finite:
-            val_loss, val_acc = evaluate(
-                model, data.val_x, data.val_y, scale, shift, cfg.eval_batch_size, use_bf16,
-                memory_format,
-            )  # fmt: skip
-            test_loss, test_acc = evaluate(
-                model, data.test_x, data.test_y, scale, shift, cfg.eval_batch_size, use_bf16,
-                memory_format,
-            )  # fmt: skip
-        else:
-            val_loss = val_acc = test_loss = test_acc = math.nan
-        epoch_rows.append(
-            {
-                "epoch": epoch + 1,
-                "lr": lr,
-                "train_loss_mean": float(epoch_losses.mean()),
-                "train_loss_sd": float(epoch_losses.std()) if len(epoch_losses) > 1 else 0.0,
-                "train_acc": correct.item() / n,
-                "val_loss": val_loss,
-                "val_acc": val_acc,
-                "test_loss": test_loss,
-                "test_acc": test_acc,
-                "wall_time_s": time.perf_counter() - t0,
-            }
-        )
-        r = epoch_rows[-1]
-        log(
-            f"epoch {epoch + 1}/{cfg.epochs} lr {lr:.2e} loss {r['train_loss_mean']:.4f} "
-            f"(sd {r['train_loss_sd']:.4f}) train {r['train_acc']:.4f} val {val_acc:.4f} "
-            f"test {test_acc:.4f} [{r['wall_time_s']:.1f}s]"
-        )
+        scores = _val_and_test(run.model, data, inputs, cfg.eval_batch_size) if finite else {}
+        row = _epoch_record(epoch, lr, epoch_losses, correct.item() / len(data.train_y), scores)
+        row["wall_time_s"] = time.perf_counter() - t0
+        history.epoch_rows.append(row)
+        log(_epoch_line(row, cfg.epochs))
         if progress:
-            progress(epoch + 1, cfg.epochs, r)
+            progress(epoch + 1, cfg.epochs, row)
         if not finite:
             diverged_epoch = epoch + 1
             log(f"diverged: non-finite training loss in epoch {diverged_epoch}; stopping")
             break
-        if checkpoint:
-            save_checkpoint(epoch + 1, 0, None)
-            last_save = time.monotonic()
+        saver.save(epoch + 1, 0, None)
 
     train_eval_acc = math.nan
     if diverged_epoch is None:
-        _, train_eval_acc = evaluate(
-            model, data.train_x, data.train_y, scale, shift, cfg.eval_batch_size, use_bf16,
-            memory_format,
-        )  # fmt: skip
+        _, train_eval_acc = loss_and_accuracy(
+            run.model, data.train_x, data.train_y, inputs=inputs, batch_size=cfg.eval_batch_size
+        )
+    return RunResult(
+        steps=_steps_frame(history.step_losses),
+        epochs=pd.DataFrame(history.epoch_rows),
+        status="diverged" if diverged_epoch else "completed",
+        diverged_epoch=diverged_epoch,
+        train_eval_acc=train_eval_acc,
+        param_count=run.param_count,
+        wall_time_s=time.perf_counter() - t0,
+        resumes=history.resumes,
+        execution=ex.describe(),
+    )
+
+
+def _graph_of(eager_step, run: _Run, ex: Execution, x_shape, device) -> tuple:
+    """(graph_step, the lr tensors it reads) under CUDA graphs; (None, []) when eager. The last,
+    smaller batch of an epoch always runs eagerly."""
+    if not ex.cuda_graphs:
+        return None, []
+    captured_lr = lr_to_device(run.optimizer, device)
+    graph_step = capture_train_step(
+        eager_step, run.model, run.optimizer, x_shape, ex.memory_format, device
+    )
+    return graph_step, captured_lr
+
+
+def _train_epoch(epoch, run, data, *, inputs, cfg, history, saver, steps) -> tuple:
+    """One epoch's optimizer steps: (losses (steps_per_epoch,), correct count), on the device.
+    Continues the epoch a mid-epoch checkpoint stopped in (history.mid_epoch, then cleared)."""
+    eager_step, graph_step = steps
+    gen, scale, shift, memory_format = run.gen, inputs.scale, inputs.shift, inputs.memory_format
+    device = data.train_y.device
+    n, batch = len(data.train_y), cfg.batch_size
+    steps_per_epoch = math.ceil(n / batch)  # the last, smaller batch is kept (as a DataLoader)
+    run.model.train()
+    if history.mid_epoch is not None:  # resuming inside this epoch
+        perm, losses, correct = (t.to(device) for t in history.mid_epoch["tensors"])
+        first_step, history.mid_epoch = history.mid_epoch["step"], None
+    else:
+        perm = torch.randperm(n, device=device, generator=gen)
+        losses = torch.zeros(steps_per_epoch, device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        first_step = 0
+    for step in range(first_step, steps_per_epoch):
+        idx = perm[step * batch : (step + 1) * batch]
+        x, y = data.train_x[idx], data.train_y[idx]  # (B, C, H, W) uint8, (B,) int64
+        if cfg.augment == "crop_flip":
+            x = crop_flip(x, gen)
+        x = normalize(x, scale, shift).contiguous(memory_format=memory_format)
+        full = len(y) == batch
+        loss, n_correct = (graph_step if graph_step and full else eager_step)(x, y)
+        losses[step] = loss  # stays on the device: no sync
+        correct += n_correct
+        if saver.due():  # mid-epoch checkpoint, every cfg.checkpoint_every_s: syncs, rarely
+            tensors = [t.cpu() for t in (perm, losses, correct)]
+            saver.save(epoch, step + 1, {"step": step + 1, "tensors": tensors})
+    run.scheduler.step()
+    return losses, correct
+
+
+def _val_and_test(model, data: Prepared, inputs: Inputs, batch_size: int) -> dict:
+    """Validation and test loss and accuracy, in eval mode."""
+    on = dict(inputs=inputs, batch_size=batch_size)
+    val_loss, val_acc = loss_and_accuracy(model, data.val_x, data.val_y, **on)
+    test_loss, test_acc = loss_and_accuracy(model, data.test_x, data.test_y, **on)
+    return dict(val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
+
+
+def _epoch_record(epoch, lr, epoch_losses, train_acc, scores) -> dict:
+    """The epoch's row of epochs.parquet, wall_time_s to come; `scores` from `_val_and_test`,
+    empty (NaN) when the epoch's loss was not finite, as nothing is evaluated then."""
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss_mean": float(epoch_losses.mean()),
+        "train_loss_sd": float(epoch_losses.std()) if len(epoch_losses) > 1 else 0.0,
+        "train_acc": train_acc,
+        **{k: scores.get(k, math.nan) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
+    }
+
+
+def _epoch_line(r: dict, epochs: int) -> str:
+    return (
+        f"epoch {r['epoch']}/{epochs} lr {r['lr']:.2e} loss {r['train_loss_mean']:.4f} "
+        f"(sd {r['train_loss_sd']:.4f}) train {r['train_acc']:.4f} val {r['val_acc']:.4f} "
+        f"test {r['test_acc']:.4f} [{r['wall_time_s']:.1f}s]"
+    )
+
+
+def _steps_frame(step_losses: list[torch.Tensor]) -> pd.DataFrame:
+    """steps.parquet: one row per optimizer step, numbered from 1 over the whole run."""
     losses_all = torch.cat(step_losses) if step_losses else torch.zeros(0)
-    steps = pd.DataFrame(
+    return pd.DataFrame(
         {
             "epoch": [e + 1 for e, t in enumerate(step_losses) for _ in range(len(t))],
             "step": range(1, len(losses_all) + 1),
             "loss": losses_all.double().numpy(),
         }
-    )
-    return RunResult(
-        steps=steps,
-        epochs=pd.DataFrame(epoch_rows),
-        status="diverged" if diverged_epoch else "completed",
-        diverged_epoch=diverged_epoch,
-        train_eval_acc=train_eval_acc,
-        param_count=param_count,
-        wall_time_s=time.perf_counter() - t0,
-        resumes=resumes,
-        execution=ex.describe(),
     )
 
 
@@ -574,12 +452,19 @@ def main(argv=None) -> int:
         # Per host: device ids repeat across the nodes that may share this filesystem.
         lock_dir = (args.gpu_lock_dir or Path(args.out).parent / ".gpu-locks") / platform.node()
         try:
-            lease = gpu_lease.setup_device_env(lock_dir, args.gpu_slots, wait_s=args.gpu_wait_s)
+            lease = gpu_lease.setup_device_env(
+                lock_dir,
+                args.gpu_slots,
+                wait_s=args.gpu_wait_s,
+                device_index=cuda_index(args.device),
+            )
+        except gpu_lease.NoSuchGPU as err:
+            parser.error(str(err))
         except gpu_lease.LeaseError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
     try:
-        device = resolve_device(args.device)
+        device = resolve_device(args.device, leased=lease is not None)
         execution = resolve_execution(cfg, device)
         data = load_prepared(args.data)
     except (ConfigError, DataError) as err:

@@ -1,0 +1,205 @@
+"""A training run's checkpoint: written atomically after every epoch and every
+`checkpoint_every_s` seconds (mid-epoch too), read back with weights_only, and resumed exactly
+where it stopped, RNG states included. A checkpoint of other settings, or one that cannot be
+read or resumed, is moved aside (never deleted) and the run starts over; one written on another
+device type or under another execution resumes, marked "not bitwise" in its resume entry.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from normdrop.config import RunConfig
+from normdrop.storage import atomic_write_torch
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class History:
+    """What a run has recorded, and where it goes on; saved in and resumed from checkpoints."""
+
+    epoch_rows: list[dict] = field(default_factory=list)
+    step_losses: list[torch.Tensor] = field(default_factory=list)  # per finished epoch, host
+    resumes: list[dict] = field(default_factory=list)
+    start_epoch: int = 0  # 0-based epoch to run next (or to continue, if mid_epoch)
+    mid_epoch: dict | None = None  # {"step", "tensors": [perm, losses, correct]} of that epoch
+    elapsed: float = 0.0  # training seconds of the earlier sessions
+
+
+class Checkpointer:
+    """Writes the run's checkpoint atomically: after each epoch and, mid-epoch, when `due()`
+    (every cfg.checkpoint_every_s seconds). No path: writes nothing and is never due."""
+
+    def __init__(self, path, cfg, device, ex, run, history: History, t0: float):
+        self.path, self.cfg, self.device, self.ex = path, cfg, device, ex
+        self.run, self.history, self.t0 = run, history, t0
+        self.last_save = time.monotonic()
+
+    def due(self) -> bool:
+        return bool(self.path) and time.monotonic() - self.last_save > self.cfg.checkpoint_every_s
+
+    def save(self, epoch: int, step: int, mid: dict | None) -> None:
+        if not self.path:
+            return
+        run, history = self.run, self.history
+        atomic_write_torch(
+            self.path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "settings": self.cfg.to_dict(),
+                "settings_hash": self.cfg.settings_hash(),
+                "ran_as": ran_as(self.device, self.ex),  # a resume under another is marked
+                "epoch": epoch,  # 0-based epoch to run next (or to continue, if mid-epoch)
+                "step": step,
+                "mid_epoch": mid,
+                "model": run.model.state_dict(),
+                "optimizer": run.optimizer.state_dict(),
+                "scheduler": run.scheduler.state_dict(),
+                "rng": _rng_state(self.device, run.gen),
+                "epoch_rows": history.epoch_rows,
+                "step_losses": history.step_losses,
+                "resumes": history.resumes,
+                "elapsed": time.perf_counter() - self.t0,
+            },
+        )
+        self.last_save = time.monotonic()
+
+
+def _rng_state(device, gen):
+    state = {"cpu": torch.get_rng_state(), "data": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: dict, device: torch.device, gen: torch.Generator) -> bool:
+    """The RNG states of a checkpoint put back: the CPU generator, the data generator `gen` and,
+    on CUDA, the default CUDA generator (dropout). A state written on another device type does
+    not fit (a CPU generator's state is 5056 bytes, a CUDA one's 16: seed and Philox offset);
+    that generator is then seeded from the saved state's bytes instead (deterministic, but not
+    the stream an uninterrupted run would have drawn). True if every state was put back as is."""
+    torch.set_rng_state(state["cpu"])
+    bitwise = True
+    if state["data"].numel() == gen.get_state().numel():
+        gen.set_state(state["data"])
+    else:
+        gen.manual_seed(_seed_from(state["data"]))
+        bitwise = False
+    if device.type == "cuda":
+        saved = state.get("cuda")
+        if saved is not None and saved.numel() == torch.cuda.get_rng_state(device).numel():
+            torch.cuda.set_rng_state(saved, device)
+        else:
+            torch.cuda.manual_seed(_seed_from(state["cpu"] if saved is None else saved))
+            bitwise = False
+    return bitwise
+
+
+def _seed_from(state: torch.Tensor) -> int:
+    return int.from_bytes(hashlib.sha256(state.numpy().tobytes()).digest()[:8], "little")
+
+
+def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
+    """`saved` (an optimizer state_dict) loaded into `optimizer`, keeping the flags of the
+    execution that runs now: load_state_dict would put back the saving run's `capturable`,
+    `fused` and `foreach` (an eager checkpoint resumed under CUDA graphs would then fail to
+    capture, and a CPU one resumed on CUDA would run unfused). Loading with the current flags
+    also moves Adam's step counts where they belong (on the device when capturable or fused)."""
+    flags = ("capturable", "fused", "foreach")
+    groups = [
+        {**group, **{k: now[k] for k in flags if k in now}}
+        for group, now in zip(saved["param_groups"], optimizer.param_groups, strict=True)
+    ]
+    optimizer.load_state_dict({**saved, "param_groups": groups})
+
+
+def load_checkpoint(path: Path, cfg: RunConfig, log) -> dict | None:
+    """The checkpoint at `path` if it belongs to these settings; a stale or broken one is moved
+    aside (never deleted: it may still be wanted) and the run starts from epoch 1.
+
+    It is read with weights_only=True: a file on a shared filesystem must not be able to run code
+    when loaded, so only tensors and plain containers are accepted (what `train` saves)."""
+    if not path.exists():
+        return None
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        problem = None
+        if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+            problem = f"format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}"
+        elif ckpt["settings_hash"] != cfg.settings_hash():
+            problem = "different settings"
+    except pickle.UnpicklingError as err:
+        unsafe = "Weights only load failed" in str(err)  # torch's words for a refused object
+        problem = "unsafe" if unsafe else f"unreadable (UnpicklingError: {first_line(err)})"
+    except Exception as err:  # truncated or unreadable
+        problem = f"unreadable ({type(err).__name__}: {first_line(err)})"
+    if problem is None:
+        return ckpt
+    if problem == "unsafe":
+        why = "cannot be read safely (weights_only: it holds objects other than tensors and plain "
+        why += "containers)"
+    else:
+        why = f"not usable ({problem})"
+    move_aside(path, why, log)
+    return None
+
+
+def move_aside(path: Path, why: str, log) -> None:
+    aside = path.with_name(f"{path.name}.stale-{int(time.time())}")
+    path.rename(aside)
+    log(f"checkpoint {path} {why}: moved aside to {aside}; starting from epoch 1")
+
+
+def first_line(err: Exception) -> str:
+    return (str(err).strip().splitlines() or [""])[0]
+
+
+def resume(ckpt: dict, run, device: torch.device, ex) -> History:
+    """The run's objects and history as `ckpt` left them. A checkpoint written on another device
+    type or under another execution (not in the settings hash, on purpose) resumes too, with the
+    optimizer set for this execution; as its numbers cannot continue bitwise, that is logged and
+    recorded in the resume's entry (meta.json "resumes")."""
+    run.model.load_state_dict(ckpt["model"])
+    restore_optimizer(run.optimizer, ckpt["optimizer"])
+    run.scheduler.load_state_dict(ckpt["scheduler"])
+    _lr_as_float(run.optimizer)
+    rng_kept = restore_rng(ckpt["rng"], device, run.gen)
+    now = ran_as(device, ex)
+    # Checkpoints from before "ran_as" tell only their device, by a CUDA RNG state.
+    before = ckpt.get("ran_as", {"device": "cuda" if "cuda" in ckpt["rng"] else "cpu"})
+    changed = {k: v for k, v in before.items() if now.get(k) != v}
+    resume = {"epoch": ckpt["epoch"], "step": ckpt["step"]}
+    if changed or not rng_kept:
+        resume.update(bitwise=False, before={"device": before["device"], **changed})
+    history = History(
+        epoch_rows=ckpt["epoch_rows"],
+        step_losses=ckpt["step_losses"],
+        resumes=ckpt["resumes"] + [resume],
+        start_epoch=ckpt["epoch"],
+        mid_epoch=ckpt["mid_epoch"],
+        elapsed=ckpt["elapsed"],
+    )
+    return history
+
+
+def ran_as(device: torch.device, ex) -> dict:
+    """How a session ran, as its checkpoints record it: device type, torch version (kernels
+    change between versions) and the Execution's description."""
+    return {
+        "device": device.type,
+        "torch": str(torch.__version__),
+        **ex.describe(),
+    }  # a str: weights_only
+
+
+def _lr_as_float(optimizer) -> None:
+    """The learning rate as a float (eager Adam); checkpoints may hold a tensor (graphs)."""
+    for group in optimizer.param_groups:
+        group["lr"] = float(group["lr"])
