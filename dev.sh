@@ -5,9 +5,10 @@
 #   ./dev.sh test --fast   lint, then the tests not marked slow or slurm (a few minutes)
 #   ./dev.sh setup   only create/refresh .venv from requirements.lock
 #   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
-#   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py; --tiny: a check)
+#   ./dev.sh bench   the training-speed benchmark, ours vs the textbook loop (--tiny: a check)
 #   ./dev.sh status  where a grid stands: runs per state, failures, time left (normdrop.status)
-#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny]   check and measure the GPU path
+#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny] [--sections graphs smoke ...]
+#                    does the GPU path train right (first), how fast (last): benchmarks/gpu_check.py
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${NORMDROP_VENV:-.venv}
