@@ -75,7 +75,7 @@ def main(argv=None) -> int:
                 cfg, shape, steps, device, Path(tmp), settings, textbook, processes
             )
             rows.append(measured)
-    print("\n## Results (images/s; eval: of normdrop.train.evaluate)\n")
+    print("\n## Results (images/s; eval: of normdrop.train.loss_and_accuracy)\n")
     print(speed.markdown_table(rows))
     rates = speed.grid_rates(rows)
     hours = {m: speed.grid_hours({**config, "select": {"models": [m]}}, rates) for m in args.models}

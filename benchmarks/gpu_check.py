@@ -23,7 +23,7 @@ first and speed last (`--sections` picks any subset; they run in this order):
   precision  the CNN, 3 seeds each in bf16 and fp32 (and bf16 with graphs): the difference of
              final test accuracy and loss SD against the spread over seeds.
   speed      images/s per model: eager, compiled, CUDA graphs against the textbook loop
-             (speed.py); 1, 2, 4 processes sharing the device; the projected grid time.
+             (speed.py); 2 and 4 processes sharing the device; the projected grid time.
   fusion     the prototype of fusion_prototype.py against 3 separate processes (speed only).
 
 Writes <out>/gpu_check.md, whose first line is the verdict, and <out>/gpu_check.json, and prints
@@ -37,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -52,13 +53,21 @@ from types import SimpleNamespace
 import fusion_prototype
 import speed
 import torch
-import torch.nn.functional as F
 import yaml
 
+from normdrop.checkpoints import restore_optimizer
 from normdrop.config import run_config, to_cli_args
 from normdrop.data import normalize, standardization
+from normdrop.execution import (
+    capture_train_step,
+    copy_lr_into,
+    lr_to_device,
+    make_train_step,
+    resolve_execution,
+    use_deterministic_algorithms,
+)
 from normdrop.models import build_model
-from normdrop.train import resolve_execution, train, use_deterministic_algorithms, write_outputs
+from normdrop.train import make_optimizer, make_scheduler, train, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Resumed vs uninterrupted run without --deterministic: non-deterministic kernels (atomics in
@@ -87,48 +96,18 @@ class Sizes:
     precision_steps: int  # per epoch
 
 
-FULL = Sizes(128, 50, 20, 200, (1, 2, 4), 5, 80)
+FULL = Sizes(128, 50, 20, 200, (2, 4), 5, 80)
 TINY = Sizes(32, 3, 6, 2, (1,), 2, 4)
 
 
-# --------------------------------------------------------------------------- train.py adapter
-# The one place that reaches into normdrop.train's CUDA-graph internals (_capture_train_step,
-# _lr_as, the step train() runs eagerly); the graphs section goes through these only.
-def eager_step_fn(model, optimizer, bf16: bool):
-    """train()'s eager training step: (x, y) -> (loss, correct count), on the device."""
-
-    def step(x, y):
-        with torch.autocast(x.device.type, torch.bfloat16, enabled=bf16, cache_enabled=False):
-            logits = model(x)
-        loss = F.cross_entropy(logits.float(), y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach(), (logits.argmax(1) == y).sum()
-
-    return step
-
-
+# --------------------------------------------------------------------------- CUDA graphs
+# The graphs section runs train()'s own parts (normdrop.execution, normdrop.train): the eager
+# step, the capture, the lr tensors. This is the one place where a CPU stands in for CUDA.
 def capture(step, model, optimizer, x_shape, memory_format, device):
-    """train()'s CUDA-graph capture of `step`; on CPU the eager step stands in for the graph."""
-    from normdrop.train import _capture_train_step
-
+    """capture_train_step on CUDA; on CPU the eager step itself, so that the comparisons run."""
     if device.type != "cuda":
         return step
-    return _capture_train_step(step, model, optimizer, x_shape, memory_format, device)
-
-
-def lr_for_graphs(optimizer, device) -> None:
-    """The lr as train() keeps it under CUDA graphs: a device tensor that the graph reads."""
-    from normdrop.train import _lr_as
-
-    if device.type == "cuda":
-        _lr_as(optimizer, device)
-
-
-def lr_after_scheduler(optimizer) -> None:
-    """What train() does after scheduler.step() to get the new lr into the graph: nothing yet
-    (it relies on the scheduler filling the captured tensor in place)."""
+    return capture_train_step(step, model, optimizer, x_shape, memory_format, device)
 
 
 # --------------------------------------------------------------------------- setup
@@ -203,9 +182,11 @@ def first_difference(a: list[dict], b: list[dict]) -> dict:
 
 
 def _setup_steps(c: Check, model_name: str) -> SimpleNamespace:
-    """Model, optimizer, scheduler and step as train() makes them under CUDA graphs (on CPU:
-    eager), deterministic; `capture()` makes the graph; GRAPH_STEPS + 1 normalized batches."""
-    cfg = c.cell(model_name, deterministic=True, cuda_graphs="on" if c.cuda else "off")
+    """Model, optimizer, scheduler (x 0.1 after epoch 1), eager step and lr tensors, made as
+    train() makes them under CUDA graphs (on CPU: eager), deterministic; `capture()` makes the
+    graph; GRAPH_STEPS + 1 normalized batches."""
+    graphs_on = "on" if c.cuda else "off"
+    cfg = c.cell(model_name, deterministic=True, cuda_graphs=graphs_on, epochs=3, milestones=(1,))
     ex = resolve_execution(cfg, c.device)
     data = c.data(GRAPH_STEPS + 1).to(c.device)
     x = normalize(data.train_x, *standardization(data.mean, data.std))
@@ -214,16 +195,12 @@ def _setup_steps(c: Check, model_name: str) -> SimpleNamespace:
     torch.manual_seed(cfg.seed)
     model = build_model(model_name, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout, cfg.init)
     model = model.to(c.device, memory_format=ex.memory_format).train()
-    fused = ex.fused_adam or None
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=fused, capturable=c.cuda)
-    # as in train(): the scheduler first, then the lr made the graph's tensor
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [1], gamma=0.1)
-    lr_for_graphs(optimizer, c.device)
-    step = eager_step_fn(model, optimizer, ex.bf16)
-    shape, memory_format = batches[0][0].shape, ex.memory_format
-    s = SimpleNamespace(model=model, optimizer=optimizer, scheduler=scheduler, step=step)
-    s.capture = lambda: capture(step, model, optimizer, shape, memory_format, c.device)
-    s.batches, s.memory_format = batches, memory_format
+    optimizer = make_optimizer(model, cfg, ex)
+    s = SimpleNamespace(model=model, optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg))
+    s.captured = lr_to_device(optimizer, c.device) if c.cuda else []  # as train() before capture
+    s.step = make_train_step(model, optimizer, c.device, ex.bf16)
+    shape, s.memory_format, s.batches = batches[0][0].shape, ex.memory_format, batches
+    s.capture = lambda: capture(s.step, model, optimizer, shape, ex.memory_format, c.device)
     return s
 
 
@@ -241,9 +218,10 @@ def graph_vs_eager(c: Check, model_name: str) -> list[dict]:
     s, twin = _setup_steps(c, model_name), _setup_steps(c, model_name)
     s.step(*s.batches[0])  # Adam's state exists, non-zero, before capture: restoring it is tested
     twin.model.load_state_dict(s.model.state_dict())
-    # a deep copy: load_state_dict would keep the very tensors of a state on the same device
-    twin.optimizer.load_state_dict(copy.deepcopy(s.optimizer.state_dict()))
-    lr_for_graphs(twin.optimizer, c.device)
+    # as a resume does; a deep copy: load_state_dict would keep the very tensors on one device
+    restore_optimizer(twin.optimizer, copy.deepcopy(s.optimizer.state_dict()))
+    if c.cuda:
+        copy_lr_into(twin.captured, twin.optimizer)
     before = snapshot(s.model, s.optimizer, c.device)
     graph = s.capture()
     restored = first_difference([before], [snapshot(s.model, s.optimizer, c.device)])
@@ -268,16 +246,20 @@ def lr_reaches_graph(c: Check, model_name: str) -> dict:
     weights unchanged (BN statistics still move: they are not weights)."""
     s = _setup_steps(c, model_name)
     model, optimizer, graph = s.model, s.optimizer, s.capture()
-    captured = optimizer.param_groups[0]["lr"]  # on CUDA: the tensor object the graph reads
-    lr0 = float(captured)
+    lr0 = float(optimizer.param_groups[0]["lr"])
     with warnings.catch_warnings():  # no optimizer.step() before it: on purpose
         warnings.simplefilter("ignore", UserWarning)
         s.scheduler.step()  # epoch 1 ends: past the milestone
-    lr_after_scheduler(optimizer)
-    seen = float(captured if torch.is_tensor(captured) else optimizer.param_groups[0]["lr"])
-    problems = [] if seen == lr0 * 0.1 else [f"after the milestone the graph reads {seen:g}"]
+    if c.cuda:  # as train() does at the start of every epoch
+        copy_lr_into(s.captured, optimizer)
+    # on CUDA the tensor the graph reads; on CPU what the eager step reads
+    seen = float(s.captured[0] if c.cuda else optimizer.param_groups[0]["lr"])
+    # rel_tol: on CUDA the lr is a float32 tensor
+    decayed = math.isclose(seen, lr0 * 0.1, rel_tol=1e-6)
+    problems = [] if decayed else [f"after the milestone the graph reads {seen:g}"]
     torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 0.0)  # sets the lr to 0
-    lr_after_scheduler(optimizer)
+    if c.cuda:
+        copy_lr_into(s.captured, optimizer)
     weights = {n: p.detach().clone() for n, p in model.named_parameters()}
     graph(*s.batches[1])
     moved = [n for n, p in model.named_parameters() if not torch.equal(p, weights[n])]
@@ -310,7 +292,8 @@ def no_host_sync(c: Check, model_name: str) -> dict:
             failures.append(f"{name} step: {str(err).splitlines()[0]}")
         finally:
             torch.cuda.set_sync_debug_mode(0)
-    keep = "cuda_graphs" if any(f.startswith("graph") for f in failures) else "(speed only)"
+    graph_syncs = any(f.startswith("graph") for f in failures)
+    keep = "cuda_graphs" if graph_syncs else "nothing (a speed defect of the eager step)"
     return row(check, not failures, "; ".join(failures) or "eager and graph steps", keep)
 
 
@@ -379,10 +362,11 @@ def lease_without_nvidia_smi(c: Check) -> dict:
     return row(check, ok, json.dumps(held), keep_off)
 
 
-def short_run(c: Check, check: str, keep_off: str, needs_cuda: bool, **settings) -> dict:
+def short_run(c: Check, check: str, model: str, keep_off: str, needs_cuda: bool, **settings):
+    """3 steps of `model` with `settings`: finite losses."""
     if needs_cuda and not c.cuda:
         return row(check, None)
-    result = train(c.cell("cnn", **settings), c.data(3), c.device, log=speed.quiet)
+    result = train(c.cell(model, **settings), c.data(3), c.device, log=speed.quiet)
     ok = finite(result) and result.status == "completed"
     return row(check, ok, f"{len(result.steps)} steps, losses finite: {finite(result)}", keep_off)
 
@@ -401,9 +385,9 @@ def graphs(c: Check) -> dict:
     graphs_on = "on" if c.cuda else "off"
     rows += [*cross_resumes(c), lease_without_nvidia_smi(c)]
     both = dict(compile=True, cuda_graphs="on")
-    rows.append(short_run(c, "compile + graphs", "compile with cuda_graphs", True, **both))
+    rows.append(short_run(c, "compile + graphs", "mlp", "compile with cuda_graphs", True, **both))
     crop = dict(augment="crop_flip", cuda_graphs=graphs_on)
-    rows.append(short_run(c, "augment crop_flip", "augment: crop_flip", False, **crop))
+    rows.append(short_run(c, "augment crop_flip", "cnn", "augment: crop_flip", False, **crop))
     return section(rows)
 
 
@@ -593,7 +577,7 @@ def speed_section(c: Check) -> dict:
     summary = f"best / textbook {worst:.2f}x at worst (target {SPEEDUP_TARGET:g}x: "
     summary += f"{met[worst >= SPEEDUP_TARGET]}); projected grid {hours:.2f} h (target "
     summary += f"{GRID_TARGET_H:g} h: {met[hours <= GRID_TARGET_H]})"
-    note = "images/s (eval: of normdrop.train.evaluate), CIFAR-shaped, batch 128, bn_dropout; "
+    note = "images/s (eval: of train's loss_and_accuracy), CIFAR-shaped, batch 128, bn_dropout; "
     note += "'k proc.': aggregate of k eager processes; the projection: each model's best "
     note += "setting scaled by the sharing gain, every variant at the bn_dropout rate"
     return {"status": "info", "rows": rows, "grid_hours": hours, "summary": summary, "note": note}
@@ -633,13 +617,11 @@ def verdict(report: dict, tiny: bool) -> str:
         for r in s.get("rows", []) if name in MUST_PASS or s["status"] == "fail" else []:
             if r.get("status") == "fail":
                 keep_off.setdefault(r["keep off"], f"{name}: {r['check']}: {r['detail']}")
-    where = f"on {report['machine']['device']}{' (tiny: figures mean nothing)' if tiny else ''}"
-    why = "; ".join(f"keep {k} off ({v[:200]})" for k, v in keep_off.items())
-    return (
-        f"FAIL {where} in {report['seconds']:.0f} s: {why}"
-        if keep_off
-        else (f"PASS {where} in {report['seconds']:.0f} s")
-    )
+    tiny_note = " (tiny: figures mean nothing)" if tiny else ""
+    head = f"on {report['machine']['device']}{tiny_note} in {report['seconds']:.0f} s"
+    if not keep_off:
+        return f"PASS {head}"
+    return f"FAIL {head}: keep off: " + "; ".join(f"{k} ({v[:200]})" for k, v in keep_off.items())
 
 
 def write_report(out: Path, report: dict) -> None:

@@ -30,8 +30,9 @@ import torch
 from normdrop import provenance
 from normdrop.config import RunConfig, grid_cells, grid_config
 from normdrop.data import Prepared, SyntheticSpec, download, load_prepared, prepare, standardization
+from normdrop.execution import resolve_execution
 from normdrop.models import build_model, count_parameters
-from normdrop.train import evaluate, resolve_execution, train
+from normdrop.train import Inputs, loss_and_accuracy, train
 
 BATCH = 128
 SHAPES = {"cifar": (3, 32), "mnist": (1, 28)}  # channels, height = width
@@ -128,15 +129,18 @@ def ours_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device) -> d
 
 
 def eval_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device) -> float:
-    """Images/s of `normdrop.train.evaluate` over data's training split (best of 2)."""
+    """Images/s of train()'s evaluation (`loss_and_accuracy`) over data's training split, with
+    the run's precision and memory format on this device (best of 2)."""
     ex, data = resolve_execution(cfg, device), data.to(device)
     model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout)
     model = model.to(device, memory_format=ex.memory_format)
-    split = (data.train_x, data.train_y, *standardization(data.mean, data.std))
+    inputs = Inputs(*standardization(data.mean, data.std), ex.memory_format, ex.bf16)
     best = float("inf")
     for _ in range(2):
         t0 = time.perf_counter()
-        evaluate(model, *split, cfg.eval_batch_size, ex.bf16, ex.memory_format)
+        loss_and_accuracy(
+            model, data.train_x, data.train_y, inputs=inputs, batch_size=cfg.eval_batch_size
+        )
         best = min(best, time.perf_counter() - t0)
     return len(data.train_y) / best
 

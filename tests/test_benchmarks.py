@@ -133,7 +133,7 @@ def test_verdict_names_the_setting_to_keep_off():
         "sections": {"graphs": {"status": "fail", "summary": "", "rows": rows}},
     }
     verdict = gpu_check.verdict(report, tiny=False)
-    assert verdict.startswith("FAIL on cuda:0 (H100) in 61 s: keep cuda_graphs off (graphs: graph")
+    assert verdict.startswith("FAIL on cuda:0 (H100) in 61 s: keep off: cuda_graphs (graphs: graph")
     assert "augment" not in verdict
 
 
