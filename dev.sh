@@ -7,7 +7,7 @@
 #   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
 #   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py; --tiny: a check)
 #   ./dev.sh status  where a grid stands: runs per state, failures, time left (normdrop.status)
-#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny]   check and measure the GPU path
+#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny] [--sections ...]  GPU path right? how fast?
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${NORMDROP_VENV:-.venv}
@@ -93,7 +93,7 @@ case "${1:-}" in
     PYTHONPATH=src "$py" benchmarks/gpu_check.py "$@"
     ;;
   *)
-    sed -n 2,10p "$0"
+    sed -n 2,9p "$0"
     exit 2
     ;;
 esac

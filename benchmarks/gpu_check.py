@@ -1,33 +1,35 @@
-"""GPU check: everything the GPU path needs, checked and measured in one command.
+"""GPU check: whether the GPU path trains right, then how fast, in one command.
 
-    ./dev.sh gpu-check [--out DIR] [--device cuda|cpu] [--tiny]
+    ./dev.sh gpu-check [--out DIR] [--device cuda|cpu] [--tiny] [--sections graphs smoke ...]
     PYTHONPATH=src python3 benchmarks/gpu_check.py [--out DIR] ...   # without our venv
 
 Needs torch, torchvision, numpy, pandas, pyarrow and pyyaml only (no snakemake, no jsonschema),
-so that it runs with the CUDA build of PyTorch a GPU machine comes with. Sections:
+so that it runs with the CUDA build of PyTorch a GPU machine comes with. Sections, correctness
+first and speed last (`--sections` picks any subset; they run in this order):
 
+  graphs     deterministic mode, MLP, CNN and ResNet-20: GRAPH_STEPS graph replays equal as many
+             eager steps from the same state (losses, weights, BN statistics and counters, Adam
+             state, RNG state); a capture leaves model, optimizer and RNG as they were; the lr
+             reaches the graph; no host sync per step; resumes across settings (eager ->
+             graphs, CPU -> CUDA) through the training CLI; a lease without nvidia-smi; short
+             runs of compile + graphs and of augment crop_flip. On CPU the eager step stands in
+             for the graph, so that the comparison has run; what needs CUDA says so.
   smoke      each model x each variant of config.yaml, a short epoch on CIFAR- and MNIST-shaped
-             synthetic data with the workflow's default execution settings: finite losses,
-             outputs written (steps.parquet, epochs.parquet, meta.json).
-  resume     the training CLI SIGKILLed in the middle of epoch 2 and rerun ends with the metrics
-             of the uninterrupted run: bitwise with --deterministic, and within RESUME_TOLERANCE
-             without (non-deterministic kernels).
-  leases     two processes with gpu_slots_per_gpu 2 on one GPU hold different slots (on CPU:
-             the same, on a fake device list; no CUDA is touched).
-  speed      images/s per model: ours eager, compiled, with CUDA graphs, against the textbook
-             DataLoader loop of bench_train.py; aggregate images/s of 1, 2, 4 processes sharing
-             the device; the projected time of the full grid with the best of them.
-  fusion     a prototype, for speed only: the 3 seeds of one cell as one model in one process
-             (torch.func.stack_module_state + vmap over functional_call), aggregate images/s
-             against 3 separate processes. Not wired into the workflow.
-  precision  the CNN, a few epochs, 3 seeds each in bf16 and fp32: the difference of final test
-             accuracy and of the last epoch's loss SD, set against the spread over seeds.
+             data with the workflow's default settings: finite losses, outputs written.
+  resume     the training CLI SIGKILLed in epoch 2 and rerun ends with the metrics of the
+             uninterrupted run: bitwise with --deterministic (also with CUDA graphs), within
+             RESUME_TOLERANCE without.
+  leases     two processes with gpu_slots_per_gpu 2 on one GPU hold different slots.
+  precision  the CNN, 3 seeds each in bf16 and fp32 (and bf16 with graphs): the difference of
+             final test accuracy and loss SD against the spread over seeds.
+  speed      images/s per model: eager, compiled, CUDA graphs against the textbook loop
+             (speed.py); 2 and 4 processes sharing the device; the projected grid time.
+  fusion     the prototype of fusion_prototype.py against 3 separate processes (speed only).
 
-Writes <out>/gpu_check.md and <out>/gpu_check.json and prints a one-line verdict last. The
-verdict fails when smoke, resume or leases fail or any section crashes; speed, fusion and
-precision report figures and the targets (3x the textbook loop per model; the grid in under
-1 hour on one GPU). `--tiny` (with `--device cpu`: about a minute) shrinks every size so that
-the test suite can run the whole script; its figures mean nothing.
+Writes <out>/gpu_check.md, whose first line is the verdict, and <out>/gpu_check.json, and prints
+the verdict last. A failing row of graphs, smoke, resume or leases, a non-finite loss anywhere or
+a crash fails the check; the verdict names the setting to keep off for each failure. `--tiny`
+shrinks every size so that the test suite runs the whole script on CPU; its figures mean nothing.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import signal
 import subprocess
@@ -42,27 +45,44 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 
-import bench_train as bench  # this folder: synthetic data, the textbook loop, the projection
+import fusion_prototype
+import speed
 import torch
-import torch.nn.functional as F
 import yaml
 
-from normdrop.config import run_config
-from normdrop.data import SyntheticSpec, download, prepare
+from normdrop.checkpoints import restore_optimizer
+from normdrop.config import run_config, to_cli_args
+from normdrop.data import normalize, standardization
+from normdrop.execution import (
+    capture_train_step,
+    copy_lr_into,
+    lr_to_device,
+    make_train_step,
+    resolve_execution,
+    use_deterministic_algorithms,
+)
 from normdrop.models import build_model
-from normdrop.train import train, write_outputs
+from normdrop.train import make_optimizer, make_scheduler, train, write_outputs
 
 ROOT = Path(__file__).resolve().parents[1]
 # Resumed vs uninterrupted run without --deterministic: non-deterministic kernels (atomics in
-# cuDNN's backward) differ in the last bits, and bf16 rounding carries that on. Bounds of the
-# order of bf16 noise (see tests/test_gpu_path.py): relative difference of the per-epoch mean
-# training loss, absolute difference of accuracies.
+# cuDNN's backward) differ in the last bits and bf16 rounding carries that on. Bounds of the
+# order of bf16 noise: relative difference of the per-epoch mean loss, absolute of accuracies.
 RESUME_TOLERANCE = {"loss_rel": 0.02, "acc": 0.03}
-SPEEDUP_TARGET = 3.0  # ours / textbook images/s per process, every model
+# Graph vs eager, deterministic, same kernels: bitwise is expected. Floats within this (rtol,
+# atol) still pass, reported "bitwise False" with the first step and tensor that differ;
+# integers (num_batches_tracked, Adam's step on CPU, RNG state) must be equal.
+GRAPH_TOLERANCE = (1e-5, 1e-7)
+GRAPH_STEPS = 5
+SPEEDUP_TARGET = 3.0  # ours / textbook images/s per model
 GRID_TARGET_H = 1.0  # the full grid projected on one GPU
+NEEDS_CUDA = "skipped: needs CUDA"
+SEEDS = (42, 43, 44)
 
 
 @dataclass(frozen=True)
@@ -70,113 +90,361 @@ class Sizes:
     batch: int
     smoke_steps: int
     resume_steps: int  # per epoch, 3 epochs
-    speed_steps: int  # per timed measurement
+    speed_steps: int  # per timed epoch
     processes: tuple[int, ...]  # concurrency levels
-    fusion_steps: int
     precision_epochs: int
-    precision_train: int  # training images
-    tiny: bool
+    precision_steps: int  # per epoch
 
 
-FULL = Sizes(128, 50, 20, 200, (1, 2, 4), 100, 5, 10_000, tiny=False)
-TINY = Sizes(32, 3, 6, 2, (1, 2), 3, 2, 256, tiny=True)
-SEEDS = (42, 43, 44)
+FULL = Sizes(128, 50, 20, 200, (2, 4), 5, 80)
+TINY = Sizes(32, 3, 6, 2, (1,), 2, 4)
 
 
-def log(msg: str) -> None:
-    print(msg, flush=True)
+# --------------------------------------------------------------------------- CUDA graphs
+# The graphs section runs train()'s own parts (normdrop.execution, normdrop.train): the eager
+# step, the capture, the lr tensors. This is the one place where a CPU stands in for CUDA.
+def capture(step, model, optimizer, x_shape, memory_format, device):
+    """capture_train_step on CUDA; on CPU the eager step itself, so that the comparisons run."""
+    if device.type != "cuda":
+        return step
+    return capture_train_step(step, model, optimizer, x_shape, memory_format, device)
 
 
-def quiet(_line: str) -> None:
-    pass
-
-
+# --------------------------------------------------------------------------- setup
 class Check:
     """What every section reads: device, sizes, the config's grid, where to write."""
 
     def __init__(self, args):
         self.device = torch.device(args.device)
+        self.cuda, self.tiny = self.device.type == "cuda", args.tiny
         self.sizes = TINY if args.tiny else FULL
         self.config = yaml.safe_load((ROOT / "config.yaml").read_text())
-        self.out = args.out
-        self.tmp = Path(tempfile.mkdtemp(prefix="gpu_check_"))
-        self.env = {**os.environ, "PYTHONPATH": os.pathsep.join(
-            filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")]))}  # fmt: skip
-        self.env = {k: v for k, v in self.env.items() if not k.startswith("SLURM_")}
+        self.out, self.tmp = args.out, Path(tempfile.mkdtemp(prefix="gpu_check_"))
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+        self.env["PYTHONPATH"] = os.pathsep.join(
+            filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])
+        )
 
-    def width(self, model: str) -> int:
-        if self.sizes.tiny:
-            return bench.TINY_WIDTH[model]
-        return self.config["models"][model]["width"]
+    def cell(self, model: str, variant: str = "bn_dropout", seed=SEEDS[0], **overrides):
+        """The workflow's settings for one cell of config.yaml, one epoch unless overridden."""
+        width = speed.TINY_WIDTH[model] if self.tiny else self.config["models"][model]["width"]
+        settings = dict(width=width, batch_size=self.sizes.batch, epochs=1, milestones=())
+        return run_config(self.config, "synthetic", model, variant, seed, **settings | overrides)
 
-    def cell(self, model: str, variant: str, dataset: str, seed=SEEDS[0], **overrides):
-        """The workflow's settings for one cell of config.yaml (one epoch unless overridden)."""
-        settings = dict(width=self.width(model), batch_size=self.sizes.batch, epochs=1,
-                        milestones=())  # fmt: skip
-        return run_config(self.config, dataset, model, variant, seed, **{**settings,
-                          **overrides})  # fmt: skip
+    def data(self, steps: int, shape: str = "cifar", seed: int = 0):
+        return speed.synthetic(self.tmp, steps * self.sizes.batch, shape, seed)
+
+
+def row(check: str, ok: bool | None, detail: str = "", keep_off: str = "", **more) -> dict:
+    """One checked thing: ok True/False, or None where it needs CUDA and this is a CPU."""
+    status = NEEDS_CUDA if ok is None else "pass" if ok else "fail"
+    return {"check": check, "status": status, "detail": detail, "keep off": keep_off, **more}
+
+
+def section(rows: list[dict], summary: str = "", **more) -> dict:
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("pass", "fail", NEEDS_CUDA)}
+    summary = summary or ", ".join(f"{n} {s}" for s, n in counts.items() if n)
+    status = "fail" if counts["fail"] else "pass"
+    return {"status": status, "summary": summary, "rows": rows, **more}
 
 
 def finite(result) -> bool:
     return bool(torch.isfinite(torch.tensor(result.steps["loss"].to_numpy())).all())
 
 
+# --------------------------------------------------------------------------- graphs
+def snapshot(model, optimizer, device) -> dict[str, torch.Tensor]:
+    """Everything a training step changes, cloned: weights, BN statistics and counters, Adam
+    state (step, moments), lr, and the state of the RNG dropout draws from."""
+    out = {f"model {k}": v.detach().clone() for k, v in model.state_dict().items()}
+    for i, state in enumerate(optimizer.state.values()):
+        out |= {f"adam {i} {k}": torch.as_tensor(v).clone() for k, v in state.items()}
+    out["lr"] = torch.as_tensor(optimizer.param_groups[0]["lr"]).clone()
+    cuda = device.type == "cuda"
+    out["rng state"] = torch.cuda.get_rng_state(device) if cuda else torch.get_rng_state()
+    return out
+
+
+def first_difference(a: list[dict], b: list[dict]) -> dict:
+    """Two runs' per-step snapshots compared in order: bitwise equal, or the first step and
+    tensor that differ, and whether every difference is within GRAPH_TOLERANCE."""
+    first, within = None, True
+    for step, (sa, sb) in enumerate(zip(a, b, strict=True), start=1):
+        for key in sa:
+            x, y = sa[key].cpu(), sb[key].cpu()
+            if torch.equal(x, y):
+                continue
+            same_shape = x.shape == y.shape and x.is_floating_point()
+            within &= same_shape and torch.allclose(x, y, *GRAPH_TOLERANCE)
+            diff = f"max |diff| {(x - y).abs().max():.3g}" if same_shape else "shape or dtype"
+            first = first or f"step {step}, {key} ({diff})"
+    return {"bitwise": first is None, "first difference": first, "ok": within}
+
+
+def _setup_steps(c: Check, model_name: str) -> SimpleNamespace:
+    """Model, optimizer, scheduler (x 0.1 after epoch 1), eager step and lr tensors, made as
+    train() makes them under CUDA graphs (on CPU: eager), deterministic; `capture()` makes the
+    graph; GRAPH_STEPS + 1 normalized batches."""
+    graphs_on = "on" if c.cuda else "off"
+    cfg = c.cell(model_name, deterministic=True, cuda_graphs=graphs_on, epochs=3, milestones=(1,))
+    ex = resolve_execution(cfg, c.device)
+    data = c.data(GRAPH_STEPS + 1).to(c.device)
+    x = normalize(data.train_x, *standardization(data.mean, data.std))
+    x = x.contiguous(memory_format=ex.memory_format)
+    batches = list(zip(x.split(cfg.batch_size), data.train_y.split(cfg.batch_size), strict=True))
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_name, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout, cfg.init)
+    model = model.to(c.device, memory_format=ex.memory_format).train()
+    optimizer = make_optimizer(model, cfg, ex)
+    s = SimpleNamespace(model=model, optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg))
+    s.captured = lr_to_device(optimizer, c.device) if c.cuda else []  # as train() before capture
+    s.step = make_train_step(model, optimizer, c.device, ex.bf16)
+    shape, s.memory_format, s.batches = batches[0][0].shape, ex.memory_format, batches
+    s.capture = lambda: capture(s.step, model, optimizer, shape, ex.memory_format, c.device)
+    return s
+
+
+def _steps(s: SimpleNamespace, step, device) -> list[dict]:
+    out = []
+    for x, y in s.batches[1:]:
+        loss = step(x, y)[0].clone()
+        out.append({"loss": loss, **snapshot(s.model, s.optimizer, device)})
+    return out
+
+
+def graph_vs_eager(c: Check, model_name: str) -> list[dict]:
+    """From one state, on the same batches: GRAPH_STEPS replays of the captured step against as
+    many eager steps of a copy; and the state right after capture against right before it."""
+    s, twin = _setup_steps(c, model_name), _setup_steps(c, model_name)
+    s.step(*s.batches[0])  # Adam's state exists, non-zero, before capture: restoring it is tested
+    twin.model.load_state_dict(s.model.state_dict())
+    # as a resume does; a deep copy: load_state_dict would keep the very tensors on one device
+    restore_optimizer(twin.optimizer, copy.deepcopy(s.optimizer.state_dict()))
+    if c.cuda:
+        copy_lr_into(twin.captured, twin.optimizer)
+    before = snapshot(s.model, s.optimizer, c.device)
+    graph = s.capture()
+    restored = first_difference([before], [snapshot(s.model, s.optimizer, c.device)])
+    set_rng = torch.cuda.set_rng_state if c.cuda else torch.set_rng_state
+    set_rng(before["rng state"])
+    replays = _steps(s, graph, c.device)
+    set_rng(before["rng state"])
+    d = first_difference(replays, _steps(twin, twin.step, c.device))
+    where = f"; first difference at {d['first difference']}" if d["first difference"] else ""
+    stand_in = "" if c.cuda else " (eager stand-in for the graph: the comparison ran)"
+    detail = f"{GRAPH_STEPS} steps: bitwise {d['bitwise']}{where}{stand_in}"
+    restore = (restored["first difference"] or "model, Adam, RNG as before") if c.cuda else ""
+    ok = restored["bitwise"] if c.cuda else None
+    return [
+        row(f"graph == eager, {model_name}", d["ok"], detail, "cuda_graphs"),
+        row(f"capture restores state, {model_name}", ok, restore, "cuda_graphs"),
+    ]
+
+
+def lr_reaches_graph(c: Check, model_name: str) -> dict:
+    """Past a milestone the lr the graph reads holds the new value; at lr 0 a replay leaves the
+    weights unchanged (BN statistics still move: they are not weights)."""
+    s = _setup_steps(c, model_name)
+    model, optimizer, graph = s.model, s.optimizer, s.capture()
+    lr0 = float(optimizer.param_groups[0]["lr"])
+    with warnings.catch_warnings():  # no optimizer.step() before it: on purpose
+        warnings.simplefilter("ignore", UserWarning)
+        s.scheduler.step()  # epoch 1 ends: past the milestone
+    if c.cuda:  # as train() does at the start of every epoch
+        copy_lr_into(s.captured, optimizer)
+    # on CUDA the tensor the graph reads; on CPU what the eager step reads
+    seen = float(s.captured[0] if c.cuda else optimizer.param_groups[0]["lr"])
+    # rel_tol: on CUDA the lr is a float32 tensor
+    decayed = math.isclose(seen, lr0 * 0.1, rel_tol=1e-6)
+    problems = [] if decayed else [f"after the milestone the graph reads {seen:g}"]
+    torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _epoch: 0.0)  # sets the lr to 0
+    if c.cuda:
+        copy_lr_into(s.captured, optimizer)
+    weights = {n: p.detach().clone() for n, p in model.named_parameters()}
+    graph(*s.batches[1])
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, weights[n])]
+    problems += [f"at lr 0 a replay changed {moved[0]}"] if moved else []
+    stand_in = "" if c.cuda else " (eager stand-in)"
+    detail = "; ".join(problems) or f"milestone: {lr0:g} -> {seen:g}; lr 0: weights kept{stand_in}"
+    return row(f"lr reaches the graph, {model_name}", not problems, detail, "cuda_graphs")
+
+
+def no_host_sync(c: Check, model_name: str) -> dict:
+    """train()'s per-step work (batch by index, step, loss recorded on the device), eager and
+    replayed, under torch.cuda.set_sync_debug_mode("error"): a hidden host sync raises."""
+    check = f"no host sync per step, {model_name}"
+    if not c.cuda:
+        return row(check, None)
+    s = _setup_steps(c, model_name)
+    graph = s.capture()
+    x_all, y_all = (torch.cat(t) for t in zip(*s.batches, strict=True))
+    losses, n = torch.zeros(2, device=c.device), len(s.batches[0][1])
+    perm, failures = torch.randperm(len(y_all), device=c.device), []
+    for name, fn in (("eager", s.step), ("graph", graph)):
+        torch.cuda.synchronize(c.device)
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for i in range(2):
+                idx = perm[i * n : (i + 1) * n]
+                x = x_all[idx].contiguous(memory_format=s.memory_format)
+                losses[i] = fn(x, y_all[idx])[0]  # as train() records it: on the device
+        except RuntimeError as err:
+            failures.append(f"{name} step: {str(err).splitlines()[0]}")
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    graph_syncs = any(f.startswith("graph") for f in failures)
+    keep = "cuda_graphs" if graph_syncs else "nothing (a speed defect of the eager step)"
+    return row(check, not failures, "; ".join(failures) or "eager and graph steps", keep)
+
+
+def cross_resumes(c: Check) -> list[dict]:
+    """A checkpoint written under one setting, resumed under another, by the training CLI: it
+    must finish, and meta.json must say what ran."""
+    cases = {  # name: (flags of the killed run, of the resumed run, setting to keep off)
+        "eager -> graphs": (["--cuda-graphs", "off"], ["--cuda-graphs", "on"], "cuda_graphs"),
+        "CPU -> CUDA": (["--device", "cpu"], [], "resuming CPU checkpoints on CUDA"),
+    }
+    if not c.cuda:
+        return [row(f"resume {name}", None) for name in cases]
+    rows = []
+    for name, (first, then, keep_off) in cases.items():
+        out = c.tmp / f"cross-{name.split()[0]}"
+        killed = _run_killed(c, out, ["--deterministic", *first])
+        text = _run(c, out, ["--deterministic", *then])
+        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+        ran = meta.get("execution", {})
+        ok = killed and meta.get("status") == "completed" and bool(meta.get("resumes"))
+        ok &= ran.get("cuda_graphs") is True or "graphs" not in name
+        ok &= str(meta.get("device", "")).startswith("cuda")
+        detail = f"resumes {meta.get('resumes')}, {ran}" if meta else f"no meta.json: {text[-300:]}"
+        rows.append(row(f"resume {name}", ok, detail, keep_off))
+    return rows
+
+
+LEASE_HOLDER = r"""
+import json, os, sys
+from normdrop import gpu_lease
+lease = gpu_lease.setup_device_env(sys.argv[1], int(sys.argv[3]), wait_s=30)
+info = {"pid": os.getpid(), "slot": getattr(lease, "slot", None),
+        "device": getattr(lease, "device", None),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+if sys.argv[2] == "cuda":
+    import torch
+    x = torch.ones(1, device="cuda")  # CUDA starts only now, narrowed to the leased GPU
+    info["cuda_devices_seen"] = torch.cuda.device_count()
+print(json.dumps(info), flush=True)
+sys.stdin.read()  # hold the lease until the parent closes stdin
+"""
+
+
+def hold_leases(c: Check, env: dict, n: int, lock_dir: Path) -> list[dict]:
+    """n processes each taking a lease (gpu_slots_per_gpu n); their reports once all hold."""
+    cmd = [sys.executable, "-c", LEASE_HOLDER, str(lock_dir), c.device.type, str(n)]
+    popen = dict(env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    procs = [subprocess.Popen(cmd, **popen) for _ in range(n)]
+    try:
+        return [json.loads(p.stdout.readline() or f'{{"exit": {p.wait()}}}') for p in procs]
+    finally:
+        for p in procs:
+            p.stdin.close()
+            p.wait(timeout=60)
+
+
+def lease_without_nvidia_smi(c: Check) -> dict:
+    check, keep_off = "lease without nvidia-smi", "gpu leases without CUDA_VISIBLE_DEVICES"
+    if not c.cuda:
+        return row(check, None)
+    env = {k: v for k, v in c.env.items() if k != "CUDA_VISIBLE_DEVICES"}
+    env["PATH"] = str(c.tmp / "no-nvidia-smi")  # an empty folder: no nvidia-smi on PATH
+    (c.tmp / "no-nvidia-smi").mkdir(exist_ok=True)
+    [held] = hold_leases(c, env, 1, c.tmp / "locks-no-smi")
+    ok = held.get("slot") is not None and held.get("cuda_devices_seen") == 1
+    return row(check, ok, json.dumps(held), keep_off)
+
+
+def short_run(c: Check, check: str, model: str, keep_off: str, needs_cuda: bool, **settings):
+    """3 steps of `model` with `settings`: finite losses."""
+    if needs_cuda and not c.cuda:
+        return row(check, None)
+    result = train(c.cell(model, **settings), c.data(3), c.device, log=speed.quiet)
+    ok = finite(result) and result.status == "completed"
+    return row(check, ok, f"{len(result.steps)} steps, losses finite: {finite(result)}", keep_off)
+
+
+def graphs(c: Check) -> dict:
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    use_deterministic_algorithms()
+    try:
+        rows = []
+        for model in ("mlp", "cnn", "resnet20"):
+            rows += graph_vs_eager(c, model)
+            rows += [lr_reaches_graph(c, model), no_host_sync(c, model)]
+    finally:  # the sections after this one run as the workflow does by default
+        torch.use_deterministic_algorithms(deterministic)
+        torch.backends.cudnn.deterministic = deterministic
+    graphs_on = "on" if c.cuda else "off"
+    rows += [*cross_resumes(c), lease_without_nvidia_smi(c)]
+    both = dict(compile=True, cuda_graphs="on")
+    rows.append(short_run(c, "compile + graphs", "mlp", "compile with cuda_graphs", True, **both))
+    crop = dict(augment="crop_flip", cuda_graphs=graphs_on)
+    rows.append(short_run(c, "augment crop_flip", "cnn", "augment: crop_flip", False, **crop))
+    return section(rows)
+
+
 # --------------------------------------------------------------------------- smoke
 def smoke(c: Check) -> dict:
     rows = []
     for shape in ("cifar", "mnist"):
-        data = bench.make_prepared(c.sizes.smoke_steps * c.sizes.batch, shape)
+        data = c.data(c.sizes.smoke_steps, shape)
         for model in c.config["models"]:
             for variant in c.config["variants"]:
-                cfg = c.cell(model, variant, data.name)
-                t0 = time.perf_counter()
-                result = train(cfg, data, c.device, log=quiet)
+                cfg = c.cell(model, variant)
+                result = train(cfg, data, c.device, log=speed.quiet)
                 folder = c.out / "smoke" / shape / model / variant
                 write_outputs(folder, cfg, result, {"device": str(c.device)})
-                files = all((folder / f).exists() for f in bench_files())
-                ok = result.status == "completed" and finite(result) and files
-                rows.append({
-                    "shape": shape, "model": model, "variant": variant,
-                    "steps": len(result.steps), "final loss": round(result.steps.loss.iloc[-1], 4),
-                    "finite": finite(result), "outputs": files, "seconds":
-                    round(time.perf_counter() - t0, 2), "ok": ok,
-                })  # fmt: skip
-    passed = sum(r["ok"] for r in rows)
-    ex = result.execution
-    return {
-        "status": "pass" if passed == len(rows) else "fail",
-        "summary": f"{passed}/{len(rows)} runs finished with finite losses and their outputs "
-        f"({ex['precision']}, {ex['memory_format']}, Adam {ex['adam']})",
-        "rows": rows,
-    }
-
-
-def bench_files():
-    return ("steps.parquet", "epochs.parquet", "meta.json")
+                names = ("steps.parquet", "epochs.parquet", "meta.json")
+                written = all((folder / f).exists() for f in names)
+                ok = result.status == "completed" and finite(result) and written
+                detail = f"final loss {result.steps.loss.iloc[-1]:.4f}, outputs written {written}"
+                rows.append(row(f"{shape} {model} {variant}", ok, detail, "the GPU (device cuda)"))
+    ex, passed = result.execution, sum(r["status"] == "pass" for r in rows)
+    summary = f"{passed}/{len(rows)} runs finished with finite losses and their outputs "
+    return section(rows, summary + f"({ex['precision']}, {ex['memory_format']}, Adam {ex['adam']})")
 
 
 # --------------------------------------------------------------------------- resume
-def _train_cmd(c: Check, data: Path, out: Path, ckpt: Path, flags: list[str]) -> list[str]:
-    return [
-        sys.executable, "-m", "normdrop.train", "--data", str(data), "--dataset", "synthetic",
-        "--model", "cnn", "--width", str(c.width("cnn")), "--norm", "batch", "--dropout", "0.3",
-        "--epochs", "3", "--milestones", "2", "--batch-size", str(c.sizes.batch),
-        "--device", str(c.device), "--out", str(out), "--checkpoint", str(ckpt),
-        "--checkpoint-every-s", "0", "--gpu-lock-dir", str(c.tmp / "locks"), *flags,
-    ]  # fmt: skip
+def _run_cmd(c: Check, out: Path, flags: list[str]) -> list[str]:
+    """The training CLI on 3 epochs of resume_steps - 1 full batches and a smaller last one
+    (eager under CUDA graphs), the CNN with BN and dropout, checkpointing after every step."""
+    n_train = round((c.sizes.resume_steps - 0.5) * c.sizes.batch)
+    data = speed.synthetic_file(c.tmp, n_train, "cifar", seed=3)
+    cfg = c.cell("cnn", epochs=3, milestones=(2,), checkpoint_every_s=0.0)
+    paths = ["--data", data, "--out", out, "--checkpoint", out.with_suffix(".ckpt")]
+    device = ["--device", c.device, "--gpu-lock-dir", c.tmp / "locks"]
+    cli = [sys.executable, "-m", "normdrop.train"]
+    return cli + [str(arg) for arg in paths + device] + to_cli_args(cfg) + flags
 
 
-def _kill_mid_epoch_2(proc, ckpt: Path, timeout_s=300.0) -> bool:
-    """SIGKILL proc once its checkpoint is one saved inside epoch 2; False if it ended first."""
+def _run(c: Check, out: Path, flags: list[str]) -> str:
+    cmd = _run_cmd(c, out, flags)
+    proc = subprocess.run(cmd, env=c.env, capture_output=True, text=True, timeout=600)
+    return proc.stdout + proc.stderr + f"\n(exit {proc.returncode})"
+
+
+def _run_killed(c: Check, out: Path, flags: list[str]) -> bool:
+    """The training CLI, SIGKILLed once its checkpoint is one saved inside epoch 2; False if it
+    ended first."""
+    cmd, ckpt = _run_cmd(c, out, flags), out.with_suffix(".ckpt")
+    proc = subprocess.Popen(cmd, env=c.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     t0 = time.monotonic()
-    while proc.poll() is None and time.monotonic() - t0 < timeout_s:
+    while proc.poll() is None and time.monotonic() - t0 < 300:
         try:
             saved = torch.load(ckpt, map_location="cpu", weights_only=True)
             if saved["epoch"] == 1 and saved["mid_epoch"] is not None:
                 os.kill(proc.pid, signal.SIGKILL)
                 proc.wait()
                 return True
-        except Exception:  # not written yet
+        except Exception:  # not written yet, or being replaced
             pass
         time.sleep(0.01)
     proc.kill()
@@ -185,347 +453,175 @@ def _kill_mid_epoch_2(proc, ckpt: Path, timeout_s=300.0) -> bool:
 
 
 def _compare(out_a: Path, out_b: Path) -> dict:
-    """Bitwise equality and the largest differences of two runs' per-epoch and per-step metrics."""
+    """Bitwise equality and largest differences of two runs' per-epoch and per-step metrics."""
     import pandas as pd
 
-    a, b = (pd.read_parquet(o / "epochs.parquet").drop(columns="wall_time_s")
-            for o in (out_a, out_b))  # fmt: skip
+    a, b = (
+        pd.read_parquet(o / "epochs.parquet").drop(columns="wall_time_s") for o in (out_a, out_b)
+    )
     sa, sb = (pd.read_parquet(o / "steps.parquet") for o in (out_a, out_b))
     loss_rel = float(((a.train_loss_mean - b.train_loss_mean).abs() / a.train_loss_mean).max())
     acc = float(max((a[k] - b[k]).abs().max() for k in ("train_acc", "val_acc", "test_acc")))
+    within = loss_rel <= RESUME_TOLERANCE["loss_rel"] and acc <= RESUME_TOLERANCE["acc"]
     return {
-        "bitwise equal": a.equals(b) and sa.equals(sb),
-        "max rel. loss diff": f"{loss_rel:.2e}",
-        "max acc diff": f"{acc:.4f}",
-        "within": loss_rel <= RESUME_TOLERANCE["loss_rel"] and acc <= RESUME_TOLERANCE["acc"],
+        "bitwise": a.equals(b) and sa.equals(sb),
+        "within": within,
+        "max rel. loss diff": loss_rel,
+        "max acc diff": acc,
     }
 
 
 def resume(c: Check) -> dict:
-    # 3 epochs of resume_steps - 1 full batches and a last, smaller one (eager under CUDA graphs).
-    n_train = round((c.sizes.resume_steps - 0.5) * c.sizes.batch / 0.9)  # 10% go to validation
-    spec = SyntheticSpec(n_train=n_train, n_test=500, num_classes=10, channels=3, size=32,
-                         noise=0.35, seed=3)  # fmt: skip
-    download("synthetic", c.tmp / "raw", spec)
-    data = prepare("synthetic", c.tmp / "raw", c.tmp / "synthetic.pt", val_fraction=0.1)
-    # mode -> (CLI flags, what the resumed run must match: bitwise, or within the tolerance)
-    modes = {"deterministic": (["--deterministic"], "bitwise"),
-             "default": (["--no-deterministic"], "within")}  # fmt: skip
-    if c.device.type == "cuda":
-        modes["cuda graphs, deterministic"] = (
-            ["--deterministic", "--cuda-graphs", "on"],
-            "bitwise",
-        )
-    rows = []
-    for mode, (flags, must) in modes.items():
-        outs = {k: c.tmp / f"resume-{mode.replace(', ', '-')}-{k}".replace(" ", "_")
-                for k in ("ref", "killed")}  # fmt: skip
-        killed = False
-        for k, out in outs.items():
-            ckpt = out.with_suffix(".ckpt")
-            cmd = _train_cmd(c, data, out, ckpt, flags)
-            proc = subprocess.Popen(cmd, env=c.env, stdout=subprocess.PIPE,
-                                    stderr=subprocess.STDOUT, text=True)  # fmt: skip
-            if k == "killed":
-                killed = _kill_mid_epoch_2(proc, ckpt)
-                proc = subprocess.Popen(cmd, env=c.env, stdout=subprocess.PIPE,
-                                        stderr=subprocess.STDOUT, text=True)  # fmt: skip
-            text = proc.communicate(timeout=600)[0]
-            if proc.returncode:
-                raise RuntimeError(f"{mode}: training CLI exited {proc.returncode}: {text[-2000:]}")
-        d = _compare(outs["ref"], outs["killed"])
-        meta = json.loads((outs["killed"] / "meta.json").read_text())
-        ok = killed and bool(meta["resumes"]) and d[must.replace("bitwise", "bitwise equal")]
-        rows.append({"mode": mode, "compared": "killed + resumed vs uninterrupted",
-                     "killed mid-epoch 2": killed, "resumes": str(meta["resumes"]),
-                     **d, "must be": must, "ok": ok})  # fmt: skip
-        if mode.startswith("cuda graphs"):  # the graph against eager, both deterministic
-            d = _compare(c.tmp / "resume-deterministic-ref", outs["ref"])
-            rows.append({"mode": mode, "compared": "uninterrupted: cuda graphs vs eager", **d,
-                         "must be": "within", "ok": d["within"]})  # fmt: skip
-    ok = all(r["ok"] for r in rows)
-    return {
-        "status": "pass" if ok else "fail",
-        "summary": "; ".join(
-            f"{r['mode']} ({r['compared']}): bitwise {r['bitwise equal']}, "
-            f"max rel. loss diff {r['max rel. loss diff']}, max acc diff "
-            f"{r['max acc diff']}"
-            for r in rows
-        )  # fmt: skip
-        + f" (tolerance without bitwise: {RESUME_TOLERANCE['loss_rel']} relative loss, "
-        f"{RESUME_TOLERANCE['acc']} accuracy)",
-        "rows": rows,
+    modes = {  # mode: (CLI flags, what the resumed run must match, setting to keep off)
+        "deterministic": (["--deterministic"], "bitwise", "resuming (deterministic)"),
+        "default": (["--no-deterministic"], "within", "resuming"),
     }
+    if c.cuda:
+        graphs_on = ["--deterministic", "--cuda-graphs", "on"]
+        modes["cuda graphs"] = (graphs_on, "bitwise", "cuda_graphs")
+    rows = []
+    for mode, (flags, must, keep_off) in modes.items():
+        ref, out = (c.tmp / f"resume-{mode.replace(' ', '-')}-{k}" for k in ("ref", "killed"))
+        text = _run(c, ref, flags)
+        killed = _run_killed(c, out, flags)
+        text += _run(c, out, flags)
+        if not (out / "meta.json").exists() or not (ref / "meta.json").exists():
+            raise RuntimeError(f"{mode}: the training CLI did not finish: {text[-2000:]}")
+        d = _compare(ref, out)
+        resumes = json.loads((out / "meta.json").read_text())["resumes"]
+        detail = f"killed in epoch 2 {killed}, resumes {resumes}, must be {must}"
+        ok = killed and bool(resumes) and d[must]
+        rows.append(row(f"{mode}: killed + resumed == uninterrupted", ok, detail, keep_off, **d))
+    tolerance = f"{RESUME_TOLERANCE['loss_rel']} relative loss, {RESUME_TOLERANCE['acc']} accuracy"
+    passed = sum(r["status"] == "pass" for r in rows)
+    summary = f"{passed}/{len(rows)} killed and resumed runs equal the uninterrupted ones"
+    return section(rows, summary + f" (without bitwise: within {tolerance})")
 
 
 # --------------------------------------------------------------------------- leases
-HOLDER = r"""
-import json, os, sys
-from normdrop import gpu_lease
-lease = gpu_lease.setup_device_env(sys.argv[1], 2, wait_s=30)
-info = {"pid": os.getpid(), "slot": lease.slot, "device": lease.device,
-        "cuda_visible_devices": os.environ["CUDA_VISIBLE_DEVICES"]}
-if sys.argv[2] == "cuda":
-    import torch
-    x = torch.ones(1, device="cuda")  # CUDA starts only now, narrowed to the leased GPU
-    info["cuda_devices_seen"] = torch.cuda.device_count()
-    info["gpu"] = torch.cuda.get_device_name(0)
-print(json.dumps(info), flush=True)
-sys.stdin.read()  # hold the lease until the parent closes stdin
-"""
-
-
 def leases(c: Check) -> dict:
     env = dict(c.env)
-    if c.device.type == "cuda":
-        index = c.device.index or 0
+    if c.cuda:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+        index = c.device.index or 0
         env["CUDA_VISIBLE_DEVICES"] = visible.split(",")[index] if visible else str(index)
         where = f"GPU {env['CUDA_VISIBLE_DEVICES']}"
     else:
         env["CUDA_VISIBLE_DEVICES"] = "0"  # a fake device list: only the lease files are real
         where = "a fake device list (CPU: CUDA is not touched)"
-    procs = [
-        subprocess.Popen(
-            [sys.executable, "-c", HOLDER, str(c.tmp / "lease-locks"), c.device.type],
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        for _ in range(2)
+    held = hold_leases(c, env, 2, c.tmp / "lease-locks")
+    slots = sorted(h.get("slot") for h in held if h.get("slot") is not None)
+    ok = slots == [0, 1] and all(h.get("cuda_devices_seen", 1) == 1 for h in held)
+    rows = [
+        row(f"process {i + 1}", ok, json.dumps(h), "gpu_slots_per_gpu > 1", slot=h.get("slot"))
+        for i, h in enumerate(held)
     ]
-    rows = []
-    try:
-        for p in procs:
-            line = p.stdout.readline()
-            if not line:
-                raise RuntimeError(f"lease holder exited {p.wait()} without reporting")
-            rows.append(json.loads(line))
-    finally:
-        for p in procs:
-            p.stdin.close()
-            p.wait(timeout=60)
-    slots = sorted(r["slot"] for r in rows)
-    ok = slots == [0, 1] and all(r.get("cuda_devices_seen", 1) == 1 for r in rows)
-    return {
-        "status": "pass" if ok else "fail",
-        "summary": f"2 processes, gpu_slots_per_gpu 2, on {where}: slots {slots}"
-        + ("" if ok else " (expected [0, 1], one device each)"),
-        "rows": rows,
-    }
-
-
-# --------------------------------------------------------------------------- speed
-def _ours(c: Check, cfg, data) -> float:
-    """Images/s of train() in a run's second epoch (the first pays for compilation, graph
-    capture and cuDNN's autotuning), less the epoch's evaluation of validation + test split."""
-    r = train(replace(cfg, epochs=2, milestones=()), data, c.device, log=quiet)
-    epoch_2_s = float(r.epochs.wall_time_s.iloc[1] - r.epochs.wall_time_s.iloc[0])
-    splits = [(data.val_x, data.val_y), (data.test_x, data.test_y)]
-    return len(data.train_y) / (epoch_2_s - bench.time_eval(cfg, data, c.device, splits))
-
-
-def speed(c: Check) -> dict:
-    steps, cuda = c.sizes.speed_steps, c.device.type == "cuda"
-    workers = 8 if cuda else 2
-    rows, best = [], {}
-    for model in c.config["models"]:
-        cfg = replace(c.cell(model, "bn_dropout", "bench-cifar"), batch_size=bench.BATCH)
-        data = bench.make_prepared(steps * bench.BATCH, "cifar")
-        row = {"model": model, "width": cfg.width}
-        root = c.tmp / f"pickles-{model}"
-        ref_cls = bench.write_cifar_pickles(data, root)
-        bench.time_reference(cfg, ref_cls, root, data, c.device, workers)  # warm-up
-        r = bench.time_reference(cfg, ref_cls, root, data, c.device, workers)
-        row["textbook"] = r["steps"] * bench.BATCH / r["seconds"]
-        row["eager"] = _ours(c, cfg, data)
-        # Compiling takes a minute or more per model on a CPU (tests/test_gpu_path.py checks
-        # it), starting processes seconds: tiny mode skips the first, starts processes for the
-        # MLP only.
-        full = not c.sizes.tiny or model == "mlp"
-        row["compile"] = None if c.sizes.tiny else _ours(c, replace(cfg, compile=True), data)
-        row["cuda graphs"] = _ours(c, replace(cfg, cuda_graphs="on"), data) if cuda else None
-        rates = {k: v for k, v in row.items() if k not in ("model", "width", "textbook") and v}
-        setting = max(rates, key=rates.get)
-        row["best"] = setting
-        row["best / textbook"] = rates[setting] / row["textbook"]
-        # Processes sharing the device (eager, bench_train's concurrent workers).
-        args = argparse.Namespace(device=str(c.device), warmup_steps=1, compile=False)
-        for k in c.sizes.processes if full else (1,):
-            conc = bench.run_concurrent(args, model, cfg.width, cfg.dropout, "cifar", steps, k)
-            row[f"{k} proc."] = conc["images_per_s"]
-        ex = bench.make_prepared(2 * cfg.eval_batch_size, "cifar", seed=2)
-        row["eval"] = bench._timed_eval(cfg, ex, c.device)["seconds"]
-        row["eval"] = 2 * cfg.eval_batch_size / row["eval"]
-        # Best training rate: the best setting in one process, scaled by what sharing the device
-        # gained for eager (processes run the workflow's jobs side by side).
-        share = max(v for k, v in row.items() if k.endswith(" proc.")) / row["1 proc."]
-        best[model] = (rates[setting] * share, row["eval"] * share)
-        rows.append(row)
-        log(f"  {model}: " + ", ".join(f"{k} {v:,.0f}" if isinstance(v, float) else f"{k} {v}"
-                                      for k, v in row.items() if v is not None))  # fmt: skip
-    hours = 0.0
-    for w in bench.grid_work(c.config).values():  # MNIST at the CIFAR-shaped rate: a bound
-        for train_rate, eval_rate in best.values():
-            hours += (w["train_images"] / train_rate + w["eval_images"] / eval_rate) / 3600
-    worst = min(r["best / textbook"] for r in rows)
-    return {
-        "status": "info",
-        "summary": f"best / textbook {worst:.2f}x at worst (target {SPEEDUP_TARGET:g}x: "
-        f"{'met' if worst >= SPEEDUP_TARGET else 'not met'}); projected grid "
-        f"{hours:.2f} h (target {GRID_TARGET_H:g} h: {'met' if hours <= GRID_TARGET_H else 'not met'})",
-        "rows": [
-            {k: (round(v, 2) if isinstance(v, float) else v) for k, v in r.items()} for r in rows
-        ],  # fmt: skip
-        "grid_hours": hours,
-        "note": "images/s (eval: evaluation images/s), CIFAR-shaped, batch 128, variant bn_dropout; 'k proc.' = aggregate "
-        "of k eager processes; the projection uses each model's best setting scaled by the "
-        "best sharing gain, and every variant at the bn_dropout rate (an upper bound)",
-    }
-
-
-# --------------------------------------------------------------------------- fusion
-def fused_images_per_s(c: Check, model: str, width: int, dropout: float, steps: int) -> float:
-    """The 3 seeds of one cell as one model: parameters and BN buffers stacked on a leading
-    seed axis, the forward pass vmapped over it (dropout masks differ per seed), one Adam over
-    the stacked parameters (elementwise, so it equals 3 separate Adams)."""
-    from torch.func import functional_call, stack_module_state, vmap
-
-    k, batch, device = len(SEEDS), bench.BATCH, c.device
-    data = bench.make_prepared(steps * batch, "cifar").to(device)
-    models = []
-    for seed in SEEDS:
-        torch.manual_seed(seed)
-        m = build_model(model, data.in_shape, data.num_classes, width, "batch", dropout)
-        models.append(m.to(device))
-    params, buffers = stack_module_state(models)  # (k, ...) each
-    params = {n: p.detach().requires_grad_() for n, p in params.items()}
-    skeleton = copy.deepcopy(models[0]).to("meta")
-    forward = vmap(lambda p, b, x: functional_call(skeleton, (p, b), (x,)),
-                   randomness="different")  # fmt: skip
-    optimizer = torch.optim.Adam(params.values(), lr=1e-3)
-    scale = (1 / (255 * data.std)).view(1, 1, -1, 1, 1)
-    shift = (data.mean / data.std).view(1, 1, -1, 1, 1)
-    gens = [torch.Generator(device=device).manual_seed(s) for s in SEEDS]
-    use_bf16 = device.type == "cuda"
-
-    def epoch(n_steps):
-        perms = torch.stack([torch.randperm(len(data.train_y), device=device, generator=g)
-                             for g in gens])  # fmt: skip
-        for step in range(n_steps):
-            idx = perms[:, step * batch : (step + 1) * batch]  # (k, B): each seed's own order
-            x = data.train_x[idx].float() * scale - shift  # (k, B, C, H, W)
-            y = data.train_y[idx]
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                logits = forward(params, buffers, x)
-            loss = F.cross_entropy(logits.float().flatten(0, 1), y.flatten())  # mean over k*B
-            optimizer.zero_grad(set_to_none=True)
-            (loss * k).backward()  # each seed's gradient is that of its own mean loss
-            optimizer.step()
-
-    epoch(1)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    epoch(steps)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return k * steps * batch / (time.perf_counter() - t0)
-
-
-def fusion(c: Check) -> dict:
-    model = "cnn"
-    cfg = c.cell(model, "bn_dropout", "bench-cifar")
-    steps = c.sizes.fusion_steps
-    fused = fused_images_per_s(c, model, cfg.width, cfg.dropout, steps)
-    args = argparse.Namespace(device=str(c.device), warmup_steps=1, compile=False)
-    separate = bench.run_concurrent(args, model, cfg.width, cfg.dropout, "cifar", steps, 3)
-    ratio = fused / separate["images_per_s"]
-    return {
-        "status": "info",
-        "summary": f"{model} bn_dropout, 3 seeds fused in one process {fused:,.0f} images/s vs "
-        f"3 processes {separate['images_per_s']:,.0f}: {ratio:.2f}x",
-        "rows": [
-            {
-                "model": model,
-                "width": cfg.width,
-                "fused images/s": round(fused),
-                "3 processes images/s": round(separate["images_per_s"]),
-                "fused / separate": round(ratio, 2),
-            }
-        ],  # fmt: skip
-    }
+    expected = "" if ok else " (expected [0, 1], one device each)"
+    return section(rows, f"2 processes, gpu_slots_per_gpu 2, on {where}: slots {slots}{expected}")
 
 
 # --------------------------------------------------------------------------- precision
 def precision(c: Check) -> dict:
     import pandas as pd
 
-    epochs = c.sizes.precision_epochs
-    spec = SyntheticSpec(n_train=c.sizes.precision_train + 512, n_test=1000, num_classes=10,
-                         channels=3, size=32, noise=0.35, seed=5)  # fmt: skip
-    raw = c.tmp / "precision-raw"
-    download("synthetic", raw, spec)
-    from normdrop.data import load_prepared
-
-    frac = 512 / spec.n_train
-    data = load_prepared(prepare("synthetic", raw, c.tmp / "precision.pt", val_fraction=frac))
-    # group -> settings; on CUDA also bf16 with the training step as a CUDA graph
-    groups = {"fp32": dict(precision="fp32"), "bf16": dict(precision="bf16")}
-    if c.device.type == "cuda":
-        groups["bf16, cuda graphs"] = dict(precision="bf16", cuda_graphs="on")
+    data = c.data(c.sizes.precision_steps, seed=5)
+    groups = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}}
+    if c.cuda:
+        groups["bf16, cuda graphs"] = {"precision": "bf16", "cuda_graphs": "on"}
     rows = []
     for group, settings in groups.items():
         for seed in SEEDS:
-            cfg = c.cell("cnn", "bn_dropout", "synthetic", seed=seed, epochs=epochs, **settings)
-            r = train(cfg, data, c.device, log=quiet)
+            cfg = c.cell("cnn", seed=seed, epochs=c.sizes.precision_epochs, **settings)
+            r = train(cfg, data, c.device, log=speed.quiet)
             last = r.epochs.iloc[-1]
-            rows.append({"group": group, "seed": seed, "test_acc": last.test_acc,
-                         "train_loss_sd": last.train_loss_sd, "finite": finite(r)})  # fmt: skip
-    df = pd.DataFrame(rows)
-    g = df.groupby("group")[["test_acc", "train_loss_sd"]]
-    mean, sd = g.mean(), g.std()
+            more = {"group": group, "test_acc": last.test_acc, "loss_sd": last.train_loss_sd}
+            keep_off = "precision: bf16" + (", cuda_graphs" if "graphs" in group else "")
+            rows.append(row(f"{group} seed {seed}", finite(r), "", keep_off, **more))
+    by_group = pd.DataFrame(rows).groupby("group")[["test_acc", "loss_sd"]]
+    mean, sd = by_group.mean(), by_group.std()
     lines, within = [], True
-    pairs = [("bf16", "fp32"), ("bf16, cuda graphs", "bf16")][: len(groups) - 1]
-    for a, b in pairs:
-        parts = []
-        for col in ("test_acc", "train_loss_sd"):
+    for a, b in [("bf16", "fp32"), ("bf16, cuda graphs", "bf16")][: len(groups) - 1]:
+        diffs = []
+        for col in ("test_acc", "loss_sd"):
             diff = float(mean.loc[a, col] - mean.loc[b, col])
             spread = float((sd.loc[a, col] + sd.loc[b, col]) / 2)  # SD over seeds, both groups
             within &= abs(diff) <= 2 * spread
-            parts.append(f"{col} {diff:+.4f} (seed SD {spread:.4f})")
-        lines.append(f"{a} - {b}, mean of {len(SEEDS)} seeds: " + ", ".join(parts))
-    return {
-        "status": "info" if all(df.finite) else "fail",
-        "summary": "; ".join(lines) + f" -> {'within' if within else 'OUTSIDE'} 2 seed SDs",
-        "rows": [
-            {k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in rows
-        ],  # fmt: skip
-    }
+            diffs.append(f"{col} {diff:+.4f} (seed SD {spread:.4f})")
+        lines.append(f"{a} - {b}, mean of {len(SEEDS)} seeds: " + ", ".join(diffs))
+    verdict = f" -> {'within' if within else 'OUTSIDE'} 2 seed SDs"
+    s = section(rows, "; ".join(lines) + verdict)
+    return s | {"status": "info" if s["status"] == "pass" else "fail"}
+
+
+# --------------------------------------------------------------------------- speed
+def speed_section(c: Check) -> dict:
+    """speed.measure per model: eager, compiled (not in tiny mode: a minute or more per model on
+    a CPU), CUDA graphs (CUDA only), textbook loop, processes sharing the device (tiny mode:
+    the MLP only); the grid projected at each model's best rate, MNIST at the CIFAR-shaped."""
+    compile_ = None if c.tiny else {"compile": True}
+    graphs_on = {"cuda_graphs": "on"} if c.cuda else None
+    settings = {"eager": {}, "compile": compile_, "cuda graphs": graphs_on}
+    rows = []
+    for model in c.config["models"]:
+        cfg = replace(c.cell(model), batch_size=speed.BATCH)
+        processes = c.sizes.processes if not c.tiny or model == "mlp" else ()
+        workers = 8 if c.cuda else 2
+        rows.append(
+            speed.measure(
+                cfg, "cifar", c.sizes.speed_steps, c.device, c.tmp, settings, workers, processes
+            )
+        )
+    hours = speed.grid_hours(c.config, speed.grid_rates(rows))
+    worst = min(r["best / textbook"] for r in rows)
+    met = {True: "met", False: "not met"}
+    summary = f"best / textbook {worst:.2f}x at worst (target {SPEEDUP_TARGET:g}x: "
+    summary += f"{met[worst >= SPEEDUP_TARGET]}); projected grid {hours:.2f} h (target "
+    summary += f"{GRID_TARGET_H:g} h: {met[hours <= GRID_TARGET_H]})"
+    note = "images/s (eval: of train's loss_and_accuracy), CIFAR-shaped, batch 128, bn_dropout; "
+    note += "'k proc.': aggregate of k eager processes; the projection: each model's best "
+    note += "setting scaled by the sharing gain, every variant at the bn_dropout rate"
+    return {"status": "info", "rows": rows, "grid_hours": hours, "summary": summary, "note": note}
+
+
+# --------------------------------------------------------------------------- fusion
+def fusion(c: Check) -> dict:
+    cfg, steps, k = replace(c.cell("cnn"), batch_size=speed.BATCH), c.sizes.speed_steps, len(SEEDS)
+    data = speed.synthetic(c.tmp, steps * speed.BATCH, "cifar")
+    fused = fusion_prototype.fused_images_per_s(cfg, data, c.device, SEEDS)
+    separate = speed.concurrent_images_per_s(cfg, "cifar", steps, c.device, k)
+    rates = {"fused images/s": fused, "separate images/s": separate, "ratio": fused / separate}
+    summary = f"cnn bn_dropout, {k} seeds fused in one process {fused:,.0f} images/s vs {k} "
+    summary += f"processes {separate:,.0f}: {fused / separate:.2f}x"
+    return {"status": "info", "summary": summary, "rows": [{"model": "cnn", **rates}]}
 
 
 # --------------------------------------------------------------------------- report
-SECTIONS = {"smoke": smoke, "resume": resume, "leases": leases, "speed": speed,
-            "fusion": fusion, "precision": precision}  # fmt: skip
-MUST_PASS = ("smoke", "resume", "leases")
+SECTIONS = {
+    "graphs": graphs,
+    "smoke": smoke,
+    "resume": resume,
+    "leases": leases,
+    "precision": precision,
+    "speed": speed_section,
+    "fusion": fusion,
+}
+MUST_PASS = ("graphs", "smoke", "resume", "leases")
 
 
-def _cell(v) -> str:
-    if v is None:
-        return ""
-    if isinstance(v, float):  # rates as whole numbers, metrics with 4 significant digits
-        return f"{v:,.0f}" if abs(v) >= 100 else f"{v:.4g}"
-    return str(v)
-
-
-def markdown_table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    head = list(dict.fromkeys(k for r in rows for k in r))
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    lines += ["| " + " | ".join(_cell(r.get(k)) for k in head) + " |" for r in rows]
-    return "\n".join(lines)
+def verdict(report: dict, tiny: bool) -> str:
+    """PASS, or FAIL and the settings to keep off with the reason for each; device, time."""
+    keep_off = {}
+    for name, s in report["sections"].items():
+        if "traceback" in s:
+            keep_off.setdefault(f"what section {name} checks", s["summary"])
+        for r in s.get("rows", []) if name in MUST_PASS or s["status"] == "fail" else []:
+            if r.get("status") == "fail":
+                keep_off.setdefault(r["keep off"], f"{name}: {r['check']}: {r['detail']}")
+    tiny_note = " (tiny: figures mean nothing)" if tiny else ""
+    head = f"on {report['machine']['device']}{tiny_note} in {report['seconds']:.0f} s"
+    if not keep_off:
+        return f"PASS {head}"
+    return f"FAIL {head}: keep off: " + "; ".join(f"{k} ({v[:200]})" for k, v in keep_off.items())
 
 
 def write_report(out: Path, report: dict) -> None:
@@ -535,11 +631,9 @@ def write_report(out: Path, report: dict) -> None:
     md += [f"- {k}: {v}" for k, v in report["machine"].items()]
     for name, s in report["sections"].items():
         md += ["", f"## {name}: {s['status']} ({s['seconds']} s)", "", s["summary"], ""]
-        if s.get("note"):
-            md += [s["note"], ""]
-        md.append(markdown_table(s.get("rows", [])))
-        if s.get("traceback"):
-            md += ["", "```", s["traceback"], "```"]
+        md += [s["note"], ""] if s.get("note") else []
+        md += [speed.markdown_table(s["rows"])] if s.get("rows") else []
+        md += ["", "```", s["traceback"], "```"] if s.get("traceback") else []
     (out / "gpu_check.md").write_text("\n".join(md) + "\n")
 
 
@@ -552,35 +646,25 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available (use --device cpu)")
-    c = Check(args)
-    t_start = time.perf_counter()
-    report = {"machine": bench.machine(c.device), "tiny": args.tiny, "sections": {}}
-    log(f"# GPU check on {report['machine']['device']}{' (tiny)' if args.tiny else ''}")
-    for name in args.sections:
-        log(f"\n## {name}")
+    c, t_start = Check(args), time.perf_counter()
+    report = {"machine": speed.machine(c.device), "tiny": args.tiny, "sections": {}}
+    print(f"# GPU check on {report['machine']['device']}{' (tiny)' if args.tiny else ''}")
+    for name in (n for n in SECTIONS if n in args.sections):
         t0 = time.perf_counter()
         try:
             s = SECTIONS[name](c)
         except Exception as err:  # the report still gets written, naming what broke
-            s = {"status": "fail", "summary": f"crashed: {type(err).__name__}: {err}",
-                 "traceback": traceback.format_exc()}  # fmt: skip
+            summary = f"crashed: {type(err).__name__}: {err}"
+            s = {"status": "fail", "summary": summary, "traceback": traceback.format_exc()}
         s["seconds"] = round(time.perf_counter() - t0, 1)
         report["sections"][name] = s
-        log(f"{name}: {s['status']}: {s['summary']} ({s['seconds']} s)")
-    failed = [n for n, s in report["sections"].items() if s["status"] == "fail"]
-    bad = [n for n in failed if n in MUST_PASS or report["sections"][n].get("traceback")]
-    summaries = "; ".join(f"{n}: {s['summary']}" for n, s in report["sections"].items()
-                          if n in ("speed", "precision"))  # fmt: skip
+        print(f"{name}: {s['status']}: {s['summary']} ({s['seconds']} s)", flush=True)
     report["seconds"] = round(time.perf_counter() - t_start, 1)
-    report["verdict"] = (
-        f"{'FAIL (' + ', '.join(bad) + ')' if bad else 'PASS'} on {report['machine']['device']}"
-        f"{' (tiny: figures mean nothing)' if args.tiny else ''} in {report['seconds']:.0f} s"
-        + (f"; {summaries}" if summaries else "")
-    )
+    report["verdict"] = verdict(report, args.tiny)
     write_report(args.out, report)
-    log(f"\nreport: {args.out / 'gpu_check.md'}, {args.out / 'gpu_check.json'}")
-    log(f"gpu-check: {report['verdict']}")
-    return 1 if bad else 0
+    print(f"report: {args.out / 'gpu_check.md'}, {args.out / 'gpu_check.json'}")
+    print(f"gpu-check: {report['verdict']}")
+    return 1 if report["verdict"].startswith("FAIL") else 0
 
 
 if __name__ == "__main__":
