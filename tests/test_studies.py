@@ -231,7 +231,7 @@ def test_effects_per_value_match_welch_by_hand():
 
 @pytest.mark.parametrize("name, rows", [("batch_size", 1), ("dropout_rate", 2), ("depth", 1)])
 def test_study_figure_has_a_row_of_panels_per_cell_and_a_line_per_family(name, rows):
-    from normdrop.plots import NORM_COLORS, PAPER_COLORS
+    from normdrop.figure_style import NORM_COLORS, PAPER_COLORS
     from normdrop.study import PANELS, plot_study
 
     fig = plot_study(constructed_runs(name), study(name)["study"])
