@@ -75,7 +75,6 @@ from normdrop.render import (
 from normdrop.seed_stats import CONFIDENCE, MISSING, TOO_FEW, contrast
 from normdrop.storage import atomic_write_text
 from normdrop.summary_data import (
-    SummaryError,
     add_selection_args,
     completed,
     dataset_name,
@@ -83,6 +82,7 @@ from normdrop.summary_data import (
     model_name,
     paper_variants,
     read_summary,
+    run_report_cli,
     select_pairs,
 )
 
@@ -508,14 +508,12 @@ def _sentences_html(words: dict[str, list[str]]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Test the paper's hypotheses H1-H3.")
     add_selection_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        paths = write_hypotheses(args.summary_dir, args.out_dir, args.datasets, args.models)
-    except SummaryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} hypothesis files under {args.out_dir}")
-    return 0
+    return run_report_cli(
+        parser,
+        argv,
+        lambda a: write_hypotheses(a.summary_dir, a.out_dir, a.datasets, a.models),
+        "hypothesis",
+    )
 
 
 if __name__ == "__main__":

@@ -56,7 +56,6 @@ from normdrop.figure_style import (
 )
 from normdrop.summary_data import (
     PAPER_VARIANTS,
-    SummaryError,
     add_selection_args,
     dataset_name,
     metric_values,
@@ -64,6 +63,7 @@ from normdrop.summary_data import (
     order_variants,
     paper_variants,
     read_summary,
+    run_report_cli,
     select_pairs,
 )
 
@@ -442,16 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="epochs after which the learning rate drops (default: read from epochs.parquet)",
     )
-    args = parser.parse_args(argv)
-    try:
-        paths = write_figures(
-            args.summary_dir, args.out_dir, args.milestones, args.datasets, args.models
-        )
-    except SummaryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} figure files under {args.out_dir}")
-    return 0
+    return run_report_cli(
+        parser,
+        argv,
+        lambda a: write_figures(a.summary_dir, a.out_dir, a.milestones, a.datasets, a.models),
+        "figure",
+    )
 
 
 if __name__ == "__main__":

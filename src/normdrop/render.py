@@ -21,6 +21,7 @@ from __future__ import annotations
 import html
 import re
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,7 @@ class TextTable:
         return pd.DataFrame(self.rows, columns=columns, dtype=object)
 
     def group_starts(self) -> list[int]:
-        """Row indices after which a group rule is drawn (the first row needs none)."""
+        """Row indices above which a group rule is drawn (none above the first row)."""
         return sorted(i for i in self.rule_before if 0 < i < len(self.rows))
 
 
@@ -162,23 +163,13 @@ def _latex_rules(tex: str, table: TextTable, n_header_rows: int) -> str:
         lines.insert(bottom, f"\\multicolumn{{{len(table.header)}}}{{c}}{{(no rows)}} \\\\")
     if n_header_rows == 2:
         rules, col = [], 1
-        for name, span in _spans([h[0] for h in table.latex_header]):
+        for name, group in groupby(h[0] for h in table.latex_header):
+            span = len(list(group))
             if name:
                 rules.append(f"\\cmidrule(lr){{{col}-{col + span - 1}}}")
             col += span
         lines.insert(top + 2, " ".join(rules))
     return "\n".join(lines)
-
-
-def _spans(names: list[str]) -> list[tuple[str, int]]:
-    """Runs of equal neighbours: ['', '', 'a', 'a'] -> [('', 2), ('a', 2)]."""
-    spans: list[tuple[str, int]] = []
-    for name in names:
-        if spans and spans[-1][0] == name:
-            spans[-1] = (name, spans[-1][1] + 1)
-        else:
-            spans.append((name, 1))
-    return spans
 
 
 def to_latex(table: TextTable) -> str:

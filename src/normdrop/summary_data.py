@@ -14,7 +14,8 @@ Used by normdrop.tables, normdrop.hypotheses, normdrop.plots, normdrop.study and
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -278,3 +279,21 @@ def add_selection_args(parser: argparse.ArgumentParser) -> None:
         "--datasets", nargs="+", help="report exactly these datasets (default: all in runs)"
     )
     parser.add_argument("--models", nargs="+", help="report exactly these models (default: all)")
+
+
+def run_report_cli(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    write: Callable[[argparse.Namespace], list[Path]],
+    what: str,
+) -> int:
+    """Parse `argv`, write, and say how many `what` files were written; bad summary input is
+    one line on stderr and exit code 2."""
+    args = parser.parse_args(argv)
+    try:
+        paths = write(args)
+    except SummaryError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(paths)} {what} files under {args.out_dir}")
+    return 0

@@ -45,7 +45,6 @@ from normdrop.summary_data import (
     METRIC_BY_COLUMN,
     METRICS,
     PAPER_VARIANTS,
-    SummaryError,
     add_selection_args,
     dataset_name,
     model_name,
@@ -53,6 +52,7 @@ from normdrop.summary_data import (
     paper_key,
     paper_variants,
     read_selection,
+    run_report_cli,
 )
 
 
@@ -376,14 +376,12 @@ def write_tables(
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate the paper's Tables 1 and 2.")
     add_selection_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        paths = write_tables(args.summary_dir, args.out_dir, args.datasets, args.models)
-    except SummaryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} table files under {args.out_dir}")
-    return 0
+    return run_report_cli(
+        parser,
+        argv,
+        lambda a: write_tables(a.summary_dir, a.out_dir, a.datasets, a.models),
+        "table",
+    )
 
 
 if __name__ == "__main__":
