@@ -16,6 +16,8 @@ if str(SRC) not in sys.path:
 
 from normdrop import hypotheses as hyp  # noqa: E402
 from normdrop import tables as tab  # noqa: E402
+from normdrop.seed_stats import contrast  # noqa: E402
+from normdrop.summary_data import PAPER_VARIANTS  # noqa: E402
 
 try:
     from ._synthetic_summary import make_summary, runs_from_values
@@ -29,7 +31,7 @@ SAME = [0.046, 0.045, 0.047]
 
 def rows(values) -> dict[str, pd.Series]:
     """Test rows by id for one constructed dataset/model."""
-    results = hyp.evaluate(runs_from_values(values))
+    results = hyp.run_hypothesis_tests(runs_from_values(values))
     return {r["test"]: r for _, r in results.iterrows()}
 
 
@@ -49,10 +51,10 @@ def test_h1_needs_both_parts():
         "none": {"loss_sd": HIGH, "convergence_epoch": [65.0, 60.0, 70.0]},
         "bn": {"loss_sd": LOW, "convergence_epoch": [34.0, 30.0, 38.0]},
     }
-    matrix = hyp.verdicts(hyp.evaluate(runs_from_values(values)))
+    matrix = hyp.verdicts(hyp.run_hypothesis_tests(runs_from_values(values)))
     assert matrix.loc[0, "H1"] == "supported"
     values["bn"]["convergence_epoch"] = [64.0, 61.0, 69.0]  # no clear effect on convergence
-    matrix = hyp.verdicts(hyp.evaluate(runs_from_values(values)))
+    matrix = hyp.verdicts(hyp.run_hypothesis_tests(runs_from_values(values)))
     assert matrix.loc[0, "H1"] == "partly supported"
 
 
@@ -63,7 +65,7 @@ def test_h1_without_the_first_epoch_is_shown_but_does_not_decide():
         "none": {"loss_sd": HIGH, "loss_sd_late": LOW, "convergence_epoch": [65.0, 60.0, 70.0]},
         "bn": {"loss_sd": LOW, "loss_sd_late": HIGH, "convergence_epoch": [34.0, 30.0, 38.0]},
     }
-    results = hyp.evaluate(runs_from_values(values))
+    results = hyp.run_hypothesis_tests(runs_from_values(values))
     by = results.set_index("test")
     assert by.loc["H1a", "verdict"] == "supported" and by.loc["H1a2", "verdict"] == "reversed"
     assert by.loc["H1a2", "effect"] == pytest.approx(np.mean(HIGH) - np.mean(LOW))
@@ -121,13 +123,13 @@ def test_h3_combination_against_the_better_single(combo, verdict):
 
 def test_two_group_contrast_is_scipys_welch_test():
     a, b = np.array([1.0, 2.0, 4.0]), np.array([3.0, 5.0, 6.0, 9.0])
-    est, low, high, p, problem = hyp.contrast([a, b], [1, -1])
+    est, low, high, p, problem = contrast([a, b], [1, -1])
     ref = sps.ttest_ind(a, b, equal_var=False)
     ci = ref.confidence_interval(0.95)
     assert problem is None
     assert (est, low, high, p) == pytest.approx((a.mean() - b.mean(), ci.low, ci.high, ref.pvalue))
     # The four-group contrast with weights (1, -1) on two groups and 0 elsewhere agrees too.
-    est4, low4, high4, p4, _ = hyp.contrast([a, b, a, a], [1, -1, 0, 0])
+    est4, low4, high4, p4, _ = contrast([a, b, a, a], [1, -1, 0, 0])
     assert (est4, low4, high4, p4) == pytest.approx((est, low, high, p))
 
 
@@ -156,12 +158,12 @@ def test_missing_variant_and_diverged_seeds():
 def test_other_norms_are_not_used():
     runs = runs_from_values({"none": {"loss_sd": HIGH}, "bn": {"loss_sd": LOW}})
     gn = runs[runs["variant"] == "bn"].assign(variant="gn", norm="group", loss_sd=0.5)
-    r = hyp.evaluate(pd.concat([runs, gn])).set_index("test").loc["H1a"]
+    r = hyp.run_hypothesis_tests(pd.concat([runs, gn])).set_index("test").loc["H1a"]
     assert r["verdict"] == "supported" and r["variant_a"] == "bn"
 
 
 def test_sentence_has_verdict_effect_and_ci():
-    results = hyp.evaluate(
+    results = hyp.run_hypothesis_tests(
         runs_from_values(
             {"none": {"gen_gap": [10.0, 10.4, 9.6]}, "dropout": {"gen_gap": [4.0, 4.5, 3.8]}}
         )
@@ -177,8 +179,8 @@ def test_cli_writes_tables_and_sentences(tmp_path):
     assert hyp.main(["--summary-dir", str(tmp_path / "summary"), "--out-dir", str(out)]) == 0
     assert {p for p in out.rglob("*") if p.is_file()} == set(hyp.hypothesis_paths(out))
     md = (out / "hypotheses.md").read_text()
-    body = [line for line in md.splitlines() if line.startswith("| ")][2:]
-    assert len(body) == 2 * 2 * len(hyp.CHECKS)
+    body = [line for line in md.splitlines() if line.startswith("|")][2:]
+    assert len(body) == 2 * 2 * len(hyp.HYPOTHESIS_TESTS)
     assert md.count("\n- ") == 2 * 2 * 3  # one sentence per hypothesis per dataset/model
     verdicts = pd.read_csv(out / "verdicts.csv")
     assert list(verdicts.columns) == ["dataset", "model", "H1", "H2", "H3"] and len(verdicts) == 4
@@ -195,4 +197,4 @@ def test_paper_claims_reference_file():
     claims = {c["id"]: c for c in hyp.load_claims()}
     assert set(claims) == {"H1", "H2", "H3"}
     assert claims["H1"]["statement"].startswith("Batch Normalization reduces training instability")
-    assert tab.load_paper_table("paper_table2")["variant"].tolist() == list(tab.PAPER_VARIANTS)
+    assert tab.load_paper_table("paper_table2")["variant"].tolist() == list(PAPER_VARIANTS)

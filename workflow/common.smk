@@ -149,7 +149,8 @@ def input_dir(wildcards, input):
 from normdrop.hypotheses import hypothesis_paths
 from normdrop.plots import OVERVIEW, figure_paths
 from normdrop.study import FIGURE_STEM, TABLE_STEM, study_paths
-from normdrop.tables import dataset_name, model_name, table_paths
+from normdrop.summary_data import dataset_name, model_name
+from normdrop.tables import table_paths
 
 SUMMARY = f"{RESULTS}/summary"
 TABLES = f"{RESULTS}/tables"

@@ -21,11 +21,12 @@ Tests (effect = mean of the first group minus mean of the second, in the metric'
 the same data makes H3 slightly eager to call the combination worse, so read its CI, not only
 its verdict.
 
-Uncertainty: Welch's t-test (unequal variances) over seeds, `scipy.stats.ttest_ind(...,
-equal_var=False)`, with its 95% confidence interval for the difference of means and its
-two-sided p-value. H3x uses the same Welch-Satterthwaite construction for the four-group
-contrast. With fewer than 2 finished seeds in a group the CI is undefined (NaN); when every
-group has zero spread over seeds (e.g. identical convergence epochs) it is degenerate (NaN too).
+Uncertainty (`normdrop.seed_stats.contrast`): Welch's t-test (unequal variances) over seeds,
+`scipy.stats.ttest_ind(..., equal_var=False)`, with its 95% confidence interval for the
+difference of means and its two-sided p-value. H3x uses the same Welch-Satterthwaite
+construction for the four-group contrast. With fewer than 2 finished seeds in a group the CI
+is undefined (NaN); when every group has zero spread over seeds (e.g. identical convergence
+epochs) it is degenerate (NaN too).
 
 Verdict rule for one test (from the 95% CI of the effect):
 - "supported":    the CI lies entirely on the hypothesised side of 0;
@@ -49,9 +50,9 @@ Outputs: `hypothesis_paths(T)`.
 from __future__ import annotations
 
 import argparse
+import html
 import math
 import sys
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -60,42 +61,42 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import yaml
-from scipy import stats as sps
 
-from normdrop.storage import atomic_write_text
-from normdrop.tables import (
-    SummaryError,
+from normdrop.render import (
+    TABLE_FORMATS,
     TextTable,
-    add_selection_args,
-    completed,
-    dataset_name,
     fmt_num,
     fmt_signed,
-    metric_values,
-    model_name,
-    paper_variants,
-    read_summary,
-    select_pairs,
     to_html,
     to_latex,
     to_markdown,
     write_table,
 )
-
-CONFIDENCE = 0.95
+from normdrop.seed_stats import CONFIDENCE, MISSING, TOO_FEW, contrast
+from normdrop.storage import atomic_write_text
+from normdrop.summary_data import (
+    add_selection_args,
+    completed,
+    dataset_name,
+    metric_values,
+    model_name,
+    paper_variants,
+    read_summary,
+    run_report_cli,
+    select_pairs,
+)
 
 SUPPORTED = "supported"
 REVERSED = "reversed"
 INCONCLUSIVE = "inconclusive"
-TOO_FEW = "inconclusive (too few seeds)"
-ZERO_VAR = "inconclusive (zero variance)"
-MISSING = "inconclusive (variant missing)"
 PARTLY = "partly supported"
 NOT_SUPPORTED = "not supported"
 
 
 @dataclass(frozen=True)
-class Check:
+class HypothesisTest:
+    """One test of a hypothesis: which metric, in which words and units."""
+
     test: str  # id, e.g. "H1a"
     hypothesis: str  # "H1", "H2", "H3"
     metric: str  # runs.parquet column
@@ -104,13 +105,13 @@ class Check:
     decimals: int
 
 
-CHECKS = {
-    "H1a": Check("H1a", "H1", "loss_sd", "loss SD", "", 4),
-    "H1a2": Check("H1a2", "H1", "loss_sd_late", "loss SD, epochs 2+", "", 4),
-    "H1b": Check("H1b", "H1", "convergence_epoch", "convergence epoch", "epochs", 1),
-    "H2": Check("H2", "H2", "gen_gap", "generalization gap", "points", 2),
-    "H3": Check("H3", "H3", "final_test_acc", "test accuracy", "points", 2),
-    "H3x": Check("H3x", "H3", "final_test_acc", "interaction", "points", 2),
+HYPOTHESIS_TESTS = {
+    "H1a": HypothesisTest("H1a", "H1", "loss_sd", "loss SD", "", 4),
+    "H1a2": HypothesisTest("H1a2", "H1", "loss_sd_late", "loss SD, epochs 2+", "", 4),
+    "H1b": HypothesisTest("H1b", "H1", "convergence_epoch", "convergence epoch", "epochs", 1),
+    "H2": HypothesisTest("H2", "H2", "gen_gap", "generalization gap", "points", 2),
+    "H3": HypothesisTest("H3", "H3", "final_test_acc", "test accuracy", "points", 2),
+    "H3x": HypothesisTest("H3x", "H3", "final_test_acc", "interaction", "points", 2),
 }
 HYPOTHESES = {  # short wording for tables and sentences; the paper's own is in paper_claims.yaml
     "H1": "BN reduces training instability and accelerates convergence",
@@ -127,7 +128,7 @@ def load_claims() -> list[dict]:
 
 
 # --------------------------------------------------------------------------------------------
-# Statistics
+# Verdicts
 
 
 def verdict_from_ci(low: float, high: float, expected_sign: int = -1) -> str:
@@ -139,36 +140,6 @@ def verdict_from_ci(low: float, high: float, expected_sign: int = -1) -> str:
     if expected_sign * low < 0 and expected_sign * high < 0:
         return REVERSED
     return INCONCLUSIVE
-
-
-def contrast(groups: Sequence[np.ndarray], weights: Sequence[float], confidence=CONFIDENCE):
-    """Welch-Satterthwaite test of sum(w_i * mean_i) = 0 over independent groups.
-
-    Returns (estimate, ci_low, ci_high, p_value, problem); problem is None, TOO_FEW or ZERO_VAR.
-    For two groups with weights (1, -1) it equals scipy's Welch t-test.
-    """
-    ns = [len(g) for g in groups]
-    if min(ns) == 0:
-        return math.nan, math.nan, math.nan, math.nan, MISSING
-    estimate = float(sum(w * np.mean(g) for w, g in zip(weights, groups, strict=True)))
-    if min(ns) < 2:
-        return estimate, math.nan, math.nan, math.nan, TOO_FEW
-    terms = [w * w * np.var(g, ddof=1) / len(g) for w, g in zip(weights, groups, strict=True)]
-    se2 = float(sum(terms))
-    if se2 <= 0 or not np.isfinite(se2):
-        return estimate, math.nan, math.nan, math.nan, ZERO_VAR
-    if len(groups) == 2 and list(weights) == [1, -1]:
-        with warnings.catch_warnings():
-            # Nearly identical seeds make scipy warn about precision; the CI is still right.
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = sps.ttest_ind(groups[0], groups[1], equal_var=False)
-        ci = res.confidence_interval(confidence)
-        return estimate, float(ci.low), float(ci.high), float(res.pvalue), None
-    df = se2**2 / sum(t * t / (len(g) - 1) for t, g in zip(terms, groups, strict=True))
-    se = math.sqrt(se2)
-    half = float(sps.t.ppf(0.5 + confidence / 2, df)) * se
-    p = float(2 * sps.t.sf(abs(estimate) / se, df))
-    return estimate, estimate - half, estimate + half, p, None
 
 
 def combine_h1(a: str, b: str) -> str:
@@ -193,7 +164,7 @@ def _seed_note(runs: pd.DataFrame, variant: str) -> str:
     return f"{variant}: {n_div}/{len(sub)} seeds diverged" if n_div else ""
 
 
-def _row(pair, test: Check, a: str, b: str, n_a, n_b, mean_a, mean_b, result) -> dict:
+def _row(pair, test: HypothesisTest, a: str, b: str, n_a, n_b, mean_a, mean_b, result) -> dict:
     estimate, low, high, p, problem = result
     verdict = problem if problem else verdict_from_ci(low, high, -1)
     return dict(
@@ -224,9 +195,7 @@ def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
-def evaluate_pair(
-    runs: pd.DataFrame, dataset: str, model: str, confidence=CONFIDENCE
-) -> list[dict]:
+def pair_tests(runs: pd.DataFrame, dataset: str, model: str, confidence=CONFIDENCE) -> list[dict]:
     """All test rows (H1a, H1a2, H1b, H2, H3, H3x) for one dataset and model."""
     sub = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
     names = paper_variants(sub)
@@ -240,7 +209,7 @@ def evaluate_pair(
     rows = []
     pairs = (("H1a", "bn", "none"), ("H1a2", "bn", "none"), ("H1b", "bn", "none"))
     for tid, a, b in (*pairs, ("H2", "dropout", "none")):
-        test = CHECKS[tid]
+        test = HYPOTHESIS_TESTS[tid]
         va, vb = values(a, test.metric), values(b, test.metric)
         res = contrast([va, vb], [1, -1], confidence)
         rows.append(
@@ -257,7 +226,7 @@ def evaluate_pair(
             )
         )
     # H3: the combination against the better single technique (higher mean test accuracy).
-    test = CHECKS["H3"]
+    test = HYPOTHESIS_TESTS["H3"]
     acc = {k: values(k, test.metric) for k in ("none", "bn", "dropout", "bn_dropout")}
     singles = [k for k in ("bn", "dropout") if len(acc[k])]
     best = max(singles, key=lambda k: np.mean(acc[k])) if singles else "bn"
@@ -276,7 +245,7 @@ def evaluate_pair(
         )
     )
     # H3x: the 2x2 interaction contrast (bn_dropout - bn) - (dropout - none).
-    test = CHECKS["H3x"]
+    test = HYPOTHESIS_TESTS["H3x"]
     groups = [acc["bn_dropout"], acc["bn"], acc["dropout"], acc["none"]]
     res = contrast(groups, [1, -1, -1, 1], confidence)
     row = _row(
@@ -297,14 +266,14 @@ def evaluate_pair(
     return rows
 
 
-def evaluate(
+def run_hypothesis_tests(
     runs: pd.DataFrame,
     pairs: Sequence[tuple[str, str]] | None = None,
     confidence: float = CONFIDENCE,
 ) -> pd.DataFrame:
     """One row per (dataset, model, test); columns as in `_row` plus diverged_note."""
     pairs = pairs if pairs is not None else select_pairs(runs)
-    rows = [r for d, m in pairs for r in evaluate_pair(runs, d, m, confidence)]
+    rows = [r for d, m in pairs for r in pair_tests(runs, d, m, confidence)]
     return pd.DataFrame(rows)
 
 
@@ -341,13 +310,13 @@ def p_text(p: float) -> str:
     return f"p {text}" if text.startswith("<") else f"p = {text}"
 
 
-def _unit(test: Check) -> str:
+def _unit(test: HypothesisTest) -> str:
     return f" {test.unit}" if test.unit else ""
 
 
 def effect_text(row: pd.Series | dict, with_n: bool = True) -> str:
     """'−0.0310 (95% CI −0.0420 to −0.0200, p = 0.003, n = 3 vs 3)'."""
-    test = CHECKS[row["test"]]
+    test = HYPOTHESIS_TESTS[row["test"]]
     d = test.decimals
     text = f"{fmt_signed(row['effect'], d)}{_unit(test)}"
     if np.isfinite(row["ci_low"]):
@@ -428,7 +397,7 @@ def sentences(results: pd.DataFrame, standalone: bool = False) -> dict[str, list
 def results_table(results: pd.DataFrame) -> TextTable:
     rows, rule_before, last = [], set(), None
     for _, r in results.iterrows():
-        test = CHECKS[r["test"]]
+        test = HYPOTHESIS_TESTS[r["test"]]
         if (r["dataset"], r["model"]) != last:
             rule_before.add(len(rows))
             last = (r["dataset"], r["model"])
@@ -498,11 +467,7 @@ def verdict_table(matrix: pd.DataFrame) -> TextTable:
 
 def hypothesis_paths(out_dir: Path | str) -> list[Path]:
     out = Path(out_dir)
-    return [
-        out / f"{stem}.{ext}"
-        for stem in ("hypotheses", "verdicts")
-        for ext in ("md", "csv", "tex", "html")
-    ]
+    return [out / f"{stem}.{ext}" for stem in ("hypotheses", "verdicts") for ext in TABLE_FORMATS]
 
 
 def write_hypotheses(
@@ -513,7 +478,7 @@ def write_hypotheses(
 ) -> list[Path]:
     runs = read_summary(summary_dir, "runs")
     pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / "runs.parquet"))
-    results = evaluate(runs, pairs)
+    results = run_hypothesis_tests(runs, pairs)
     out = Path(out_dir)
     table = results_table(results)
     words = sentences(results)
@@ -523,7 +488,7 @@ def write_hypotheses(
     paths = [
         atomic_write_text(out / "hypotheses.md", md),
         atomic_write_text(out / "hypotheses.tex", to_latex(table)),
-        atomic_write_text(out / "hypotheses.html", _html_with_sentences(table, words)),
+        atomic_write_text(out / "hypotheses.html", to_html(table, after=_sentences_html(words))),
         atomic_write_text(out / "hypotheses.csv", results.to_csv(index=False)),
     ]
     matrix = verdicts(results)
@@ -531,29 +496,24 @@ def write_hypotheses(
     return paths
 
 
-def _html_with_sentences(table: TextTable, words: dict[str, list[str]]) -> str:
-    import html as _html
-
-    extra = "".join(
-        f"<h4>{h}: {_html.escape(HYPOTHESES[h])}</h4><ul>"
-        + "".join(f"<li>{_html.escape(s)}</li>" for s in lines)
+def _sentences_html(words: dict[str, list[str]]) -> str:
+    return "".join(
+        f"<h4>{h}: {html.escape(HYPOTHESES[h])}</h4><ul>"
+        + "".join(f"<li>{html.escape(s)}</li>" for s in lines)
         + "</ul>"
         for h, lines in words.items()
     )
-    return to_html(table).replace("</body>", extra + "</body>")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Test the paper's hypotheses H1-H3.")
     add_selection_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        paths = write_hypotheses(args.summary_dir, args.out_dir, args.datasets, args.models)
-    except SummaryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} hypothesis files under {args.out_dir}")
-    return 0
+    return run_report_cli(
+        parser,
+        argv,
+        lambda a: write_hypotheses(a.summary_dir, a.out_dir, a.datasets, a.models),
+        "hypothesis",
+    )
 
 
 if __name__ == "__main__":

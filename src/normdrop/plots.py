@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -37,65 +36,39 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
-from matplotlib.ticker import LogFormatter, MaxNLocator
 
-from normdrop.storage import atomic_write
-from normdrop.tables import (
+from normdrop.curves import lr_milestones, plot_curves, plot_loss_sd
+from normdrop.figure_style import (
+    DPI,
+    FIG_SIZES,
+    FORMATS,
+    RC,
+    Style,
+    accuracy_axis,
+    accuracy_yerr,
+    legend_below,
+    new_figure,
+    no_data,
+    pair_title,
+    save_figure,
+    variant_handles,
+    variant_styles,
+)
+from normdrop.summary_data import (
     PAPER_VARIANTS,
-    SummaryError,
     add_selection_args,
-    completed,
     dataset_name,
-    describe_variant,
     metric_values,
     model_name,
     order_variants,
     paper_variants,
     read_summary,
+    run_report_cli,
     select_pairs,
-    variant_table,
 )
 
-DPI = 150
-FORMATS = ("png", "pdf")
-FIG_SIZES = {  # inches (width, height); a PNG is round(width * DPI) x round(height * DPI) px
-    "curves": (11.0, 5.0),
-    "loss_sd": (7.5, 5.0),
-    "metrics": (13.0, 5.0),
-    "interaction": (6.5, 5.0),
-    "lr_search": (7.5, 5.0),
-}
 FIGURE_KINDS = tuple(FIG_SIZES)
 OVERVIEW = "overview_test_acc"
-
-# Okabe-Ito colours (readable with colour-vision deficiency) for the paper's four variants.
-PAPER_COLORS = {"none": "#4D4D4D", "bn": "#0072B2", "dropout": "#E69F00", "bn_dropout": "#009E73"}
-PAPER_MARKERS = {"none": "o", "bn": "s", "dropout": "^", "bn_dropout": "D"}
-# GroupNorm and LayerNorm without dropout (the batch-size study) get fixed colours too.
-NORM_COLORS = {"group": "#CC79A7", "layer": "#D55E00"}
-NORM_MARKERS = {"group": "v", "layer": "P"}
-EXTRA_COLORS = ("#56B4E9", "#8C564B", "#9467BD", "#BCBD22", "#17BECF", "#F0E442", "#7F7F7F")
-EXTRA_MARKERS = ("X", "*", "h", "<", ">", "p", "d")
-
-RC = {
-    "font.size": 10,
-    "axes.titlesize": 11,
-    "axes.labelsize": 10,
-    "legend.fontsize": 9,
-    "xtick.labelsize": 9,
-    "ytick.labelsize": 9,
-    "axes.grid": True,
-    "grid.alpha": 0.3,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-}
-SAVE_METADATA = {  # no timestamps or versions: re-running gives byte-identical files
-    "png": {"Software": None},
-    "pdf": {"CreationDate": None, "Producer": None, "Creator": None},
-}
-BAND_ALPHA = 0.22
-MILESTONE_STYLE = dict(color="0.35", linestyle=":", linewidth=1.2)
 
 
 def overview_size(n_datasets: int, n_models: int) -> tuple[float, float]:
@@ -120,220 +93,41 @@ def figure_paths(out_dir: Path | str, datasets: Sequence[str], models: Sequence[
 
 
 # --------------------------------------------------------------------------------------------
-# Variant styles
-
-
-@dataclass(frozen=True)
-class Style:
-    color: str
-    marker: str
-    linestyle: str
-    label: str
-
-
-def variant_styles(runs: pd.DataFrame) -> dict[str, Style]:
-    """One fixed style per variant name, from every variant in `runs` (all datasets)."""
-    styles: dict[str, Style] = {}
-    used: set[str] = set()
-    extra = 0
-    for variant, norm, dropout, key in variant_table(runs):
-        label = f"{variant} ({describe_variant(norm, dropout)})"
-        if key is not None and key not in used:
-            used.add(key)
-            styles[variant] = Style(PAPER_COLORS[key], PAPER_MARKERS[key], "-", label)
-        elif norm in NORM_COLORS and not dropout and norm not in used:
-            used.add(norm)
-            styles[variant] = Style(NORM_COLORS[norm], NORM_MARKERS[norm], "-.", label)
-        else:
-            color = EXTRA_COLORS[extra % len(EXTRA_COLORS)]
-            marker = EXTRA_MARKERS[extra % len(EXTRA_MARKERS)]
-            styles[variant] = Style(color, marker, "--", label)
-            extra += 1
-    return styles
-
-
-# --------------------------------------------------------------------------------------------
 # Helpers
-
-
-def _new_figure(size: tuple[float, float]) -> Figure:
-    # A bare Figure (no pyplot): no global figure registry, no GUI backend needed.
-    return Figure(figsize=size, dpi=DPI, layout="constrained")
-
-
-def save_figure(fig: Figure, stem: Path) -> list[Path]:
-    """Write stem.png and stem.pdf atomically."""
-    paths = []
-    for fmt in FORMATS:
-        path = stem.with_name(f"{stem.name}.{fmt}")
-        atomic_write(
-            path,
-            lambda f, fmt=fmt: fig.savefig(f, format=fmt, dpi=DPI, metadata=SAVE_METADATA[fmt]),
-        )
-        paths.append(path)
-        # The first save laid the figure out; keep that layout for the next format (saves ~30%).
-        fig.set_layout_engine("none")
-    return paths
-
-
-def seed_band(frame: pd.DataFrame, column: str, scale: float = 1.0) -> pd.DataFrame:
-    """Per epoch: mean, min and max over seeds of `column` (inf/NaN left out)."""
-    values = pd.to_numeric(frame[column], errors="coerce").replace([np.inf, -np.inf], np.nan)
-    data = pd.DataFrame({"epoch": frame["epoch"].to_numpy(), "v": values.to_numpy() * scale})
-    return data.groupby("epoch")["v"].agg(["mean", "min", "max", "count"]).dropna()
-
-
-def _legend_below(fig: Figure, handles: list, ncols: int | None = None) -> None:
-    if handles:
-        fig.legend(
-            handles=handles,
-            loc="outside lower center",
-            ncols=ncols or min(len(handles), 4),
-            frameon=False,
-        )
-
-
-def _no_data(ax, text: str = "no data") -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, color="0.4")
 
 
 def _no_bar(ax, x: float, text: str, y: float) -> None:
     """Mark a variant without a finite value ("diverged", "not run") where its bar would stand;
     `y` is in axes fraction so the label sits at the bottom whatever the data range."""
-    ax.text(x, y, text, rotation=90, ha="center", va="bottom",
-            transform=ax.get_xaxis_transform(), color="0.3")  # fmt: skip
+    ax.text(
+        x,
+        y,
+        text,
+        rotation=90,
+        ha="center",
+        va="bottom",
+        transform=ax.get_xaxis_transform(),
+        color="0.3",
+    )
 
 
-def _epoch_axis(ax, milestones: Sequence[float]) -> None:
-    """Whole-epoch ticks and the LR milestones as dotted vertical lines."""
-    for m in milestones:
-        ax.axvline(m, **MILESTONE_STYLE, zorder=0)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
+def _mean_and_whisker(values: np.ndarray, accuracy: bool) -> tuple[float, np.ndarray]:
+    """(mean, yerr) of one group of seeds: ± SD (0 for one seed), cut to [0, 100] for an
+    accuracy; yerr has errorbar's shape (2, 1): below, above."""
+    mean = float(values.mean())
+    sd = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    if accuracy:
+        return mean, accuracy_yerr(mean, sd)
+    return mean, np.array([[sd], [sd]])
 
 
-def _variant_handles(variants: Sequence[str], styles: dict[str, Style], marker=False) -> list:
-    return [
-        Line2D(
-            [],
-            [],
-            color=styles[v].color,
-            linestyle=styles[v].linestyle,
-            marker=styles[v].marker if marker else None,
-            linewidth=1.8,
-            label=styles[v].label,
-        )
-        for v in variants
-    ]
-
-
-def _curve_panel(ax, epochs, runs, variants, styles, column, scale=1.0) -> bool:
-    """Per variant: mean line and min-max band over the completed seeds; every diverged run
-    as its own thin line ending in an x (where it diverged). True if any run diverged."""
-    drew_div = False
-    for v in variants:
-        sub = epochs[epochs["variant"] == v]
-        st = styles[v]
-        done_seeds = runs.loc[(runs["variant"] == v) & completed(runs), "seed"]
-        band = seed_band(sub[sub["seed"].isin(done_seeds)], column, scale)
-        if not band.empty:
-            ax.plot(band.index, band["mean"], color=st.color, linestyle=st.linestyle, lw=1.6)
-            ax.fill_between(
-                band.index, band["min"], band["max"], color=st.color, alpha=BAND_ALPHA, lw=0
-            )
-        for seed in runs.loc[(runs["variant"] == v) & ~completed(runs), "seed"]:
-            run = sub[sub["seed"] == seed].sort_values("epoch")
-            vals = pd.to_numeric(run[column], errors="coerce").to_numpy(float) * scale
-            ok = np.isfinite(vals)
-            if not ok.any():
-                continue
-            x, y = run["epoch"].to_numpy()[ok], vals[ok]
-            ax.plot(x, y, color=st.color, linestyle=st.linestyle, lw=0.9, alpha=0.8)
-            ax.plot(x[-1], y[-1], marker="x", markersize=9, markeredgewidth=2, color=st.color)
-            drew_div = True
-    return drew_div
-
-
-class _PlainLogFormatter(LogFormatter):
-    """Labels the ticks LogFormatter would label, but as 0.02 rather than 2e-02."""
-
-    def __call__(self, x, pos=None):
-        return f"{x:g}" if super().__call__(x, pos) else ""
-
-
-def _plain_log_axis(ax) -> None:
-    ax.set_yscale("log")
-    ax.yaxis.set_major_formatter(_PlainLogFormatter(labelOnlyBase=False))
-    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False, minor_thresholds=(1, 0.4)))
-
-
-def _extra_handles(milestones, diverged: bool, band: bool = True) -> list:
-    handles = []
-    if band:
-        handles.append(Patch(color="0.5", alpha=BAND_ALPHA + 0.1, label="min–max over seeds"))
-    if len(milestones):
-        handles.append(Line2D([], [], **MILESTONE_STYLE, label="LR milestone (rate drops)"))
-    if diverged:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                color="0.2",
-                marker="x",
-                lw=0.9,
-                markersize=8,
-                label="diverged run (ends at x)",
-            )
-        )
-    return handles
-
-
-def _title(dataset: str, model: str, what: str) -> str:
-    return f"{dataset_name(dataset)}, {model_name(model)}: {what}"
+def _marker_handle(color: str, marker: str, label: str, **kwargs) -> Line2D:
+    """A legend entry that is only a marker (no line)."""
+    return Line2D([], [], color=color, marker=marker, linestyle="", label=label, **kwargs)
 
 
 # --------------------------------------------------------------------------------------------
-# Figures per dataset and model
-
-
-def plot_curves(epochs, runs, dataset, model, styles, milestones) -> Figure:
-    """Training loss (log) and validation accuracy per epoch, one line per variant."""
-    fig = _new_figure(FIG_SIZES["curves"])
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    variants = order_variants(runs)
-    div = _curve_panel(ax_loss, epochs, runs, variants, styles, "train_loss_mean")
-    div |= _curve_panel(ax_acc, epochs, runs, variants, styles, "val_acc", 100.0)
-    for ax in (ax_loss, ax_acc):
-        _epoch_axis(ax, milestones)
-        if not ax.lines:
-            _no_data(ax)
-    if ax_loss.lines:
-        _plain_log_axis(ax_loss)
-    ax_loss.set_ylabel("training loss, epoch mean (log scale)")
-    ax_loss.set_title("Training loss")
-    ax_acc.set_ylabel("validation accuracy (%)")
-    ax_acc.set_title("Validation accuracy")
-    fig.suptitle(_title(dataset, model, "learning curves (mean over seeds)"))
-    _legend_below(fig, _variant_handles(variants, styles) + _extra_handles(milestones, div))
-    return fig
-
-
-def plot_loss_sd(epochs, runs, dataset, model, styles, milestones) -> Figure:
-    """Within-epoch SD of the mini-batch losses, per epoch and variant."""
-    fig = _new_figure(FIG_SIZES["loss_sd"])
-    ax = fig.subplots()
-    variants = order_variants(runs)
-    div = _curve_panel(ax, epochs, runs, variants, styles, "train_loss_sd")
-    _epoch_axis(ax, milestones)
-    if ax.lines:
-        _plain_log_axis(ax)
-    else:
-        _no_data(ax)
-    ax.set_ylabel("SD of mini-batch losses in the epoch (log scale)")
-    fig.suptitle(_title(dataset, model, "training-loss SD per epoch"))
-    _legend_below(fig, _variant_handles(variants, styles) + _extra_handles(milestones, div), 3)
-    return fig
-
+# Figures per dataset and model (the curves over epochs are in normdrop.curves)
 
 METRIC_PANELS = (  # (runs column, panel title, y label, origin is meaningful)
     ("loss_sd", "Training stability", "loss SD (mean within-epoch SD)", True),
@@ -341,10 +135,12 @@ METRIC_PANELS = (  # (runs column, panel title, y label, origin is meaningful)
     ("final_test_acc", "Final test accuracy", "test accuracy (%), axis zoomed", False),
     ("gen_gap", "Generalization gap", "train − test accuracy (points)", True),
 )
+ACCURACY_COLUMNS = ("final_test_acc", "es_test_acc")  # in [0, 100] % once displayed
 
 
 def _bars(ax, runs, variants, styles, column, zoom: bool) -> None:
     xs = np.arange(len(variants))
+    accuracy = column in ACCURACY_COLUMNS
     lows, highs = [], []
     for x, v in zip(xs, variants, strict=True):
         sub = runs[runs["variant"] == v]
@@ -353,28 +149,29 @@ def _bars(ax, runs, variants, styles, column, zoom: bool) -> None:
         if len(vals) == 0:
             _no_bar(ax, x, "diverged" if len(sub) else "not run", 0.02)
             continue
-        mean = vals.mean()
-        sd = vals.std(ddof=1) if len(vals) > 1 else 0.0
+        mean, yerr = _mean_and_whisker(vals, accuracy)
         ax.bar(x, mean, width=0.7, color=st.color, alpha=0.85, edgecolor=st.color)
-        ax.errorbar(x, mean, yerr=sd, color="black", capsize=4, linewidth=1.2)
+        ax.errorbar(x, mean, yerr=yerr, color="black", capsize=4, linewidth=1.2)
         jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else np.zeros(1)
         ax.scatter(
             x + jitter, vals, s=12, color="white", edgecolor="black", linewidth=0.7, zorder=3
         )
-        lows += [mean - sd, vals.min()]
-        highs += [mean + sd, vals.max()]
+        lows += [mean - yerr[0, 0], vals.min()]
+        highs += [mean + yerr[1, 0], vals.max()]
     ax.set_xticks(xs, variants, rotation=30, ha="right")
     if zoom and lows:
         lo, hi = min(lows), max(highs)
         pad = max(0.15 * (hi - lo), 0.5)  # at least half a percentage point of headroom
-        ax.set_ylim(max(0.0, lo - pad), min(100.0, hi + pad))
+        ax.set_ylim(lo - pad, hi + pad)
+    if accuracy:
+        accuracy_axis(ax)
     if min(lows, default=0) < 0:
         ax.axhline(0, color="black", linewidth=0.8)
 
 
 def plot_metrics(runs, dataset, model, styles) -> Figure:
     """The four metrics per variant: mean ± SD over seeds, seeds as dots."""
-    fig = _new_figure(FIG_SIZES["metrics"])
+    fig = new_figure(FIG_SIZES["metrics"])
     axes = fig.subplots(1, len(METRIC_PANELS))
     variants = order_variants(runs)
     for ax, (column, title, ylabel, origin) in zip(axes, METRIC_PANELS, strict=True):
@@ -383,15 +180,42 @@ def plot_metrics(runs, dataset, model, styles) -> Figure:
         ax.set_ylabel(ylabel)
         ax.grid(axis="x", visible=False)
     fig.suptitle(
-        _title(dataset, model, "metrics per variant (bars: mean ± SD over seeds; dots: seeds)")
+        pair_title(dataset, model, "metrics per variant (bars: mean ± SD over seeds; dots: seeds)")
     )
-    _legend_below(fig, _variant_handles(variants, styles), min(len(variants), 5))
+    legend_below(fig, variant_handles(variants, styles), min(len(variants), 5))
     return fig
+
+
+def _interaction_point(ax, x: float, vals: np.ndarray, style: Style, right: bool) -> float:
+    """One configuration's mean ± SD (cut to [0, 100]) and its value written beside it; the
+    value sits outside the lines' span: left of "BN off", right of "BN on"."""
+    mean, yerr = _mean_and_whisker(vals, accuracy=True)
+    ax.errorbar(x, mean, yerr=yerr, color="black", capsize=5, linewidth=1.2, zorder=2)
+    ax.plot(
+        x,
+        mean,
+        marker=style.marker,
+        markersize=10,
+        color=style.color,
+        markeredgecolor="black",
+        linestyle="",
+        zorder=3,
+    )
+    ax.annotate(
+        f"{mean:.2f}",
+        (x, mean),
+        xytext=(12 if right else -12, 0),
+        textcoords="offset points",
+        ha="left" if right else "right",
+        va="center",
+        fontsize=9,
+    )
+    return mean
 
 
 def plot_interaction(runs, dataset, model, styles) -> Figure:
     """H3: test accuracy at BN off/on, one line for dropout off and one for dropout on."""
-    fig = _new_figure(FIG_SIZES["interaction"])
+    fig = new_figure(FIG_SIZES["interaction"])
     ax = fig.subplots()
     names = paper_variants(runs)
     handles = []
@@ -399,14 +223,11 @@ def plot_interaction(runs, dataset, model, styles) -> Figure:
         (False, ("none", "bn"), "-", -0.03),
         (True, ("dropout", "bn_dropout"), "--", 0.03),
     ):
-        xs, means, sds = [], [], []
+        xs, means = [], []
         for x, key in enumerate(keys):
             variant = names.get(key)
-            vals = (
-                metric_values(runs[runs["variant"] == variant], "final_test_acc")
-                if variant
-                else np.array([])
-            )
+            selected = runs[runs["variant"] == variant]
+            vals = metric_values(selected, "final_test_acc") if variant else np.array([])
             if len(vals) == 0:
                 reason = "all seeds diverged" if variant else "not run"
                 ax.annotate(
@@ -417,66 +238,69 @@ def plot_interaction(runs, dataset, model, styles) -> Figure:
                     color="0.3",
                 )
                 continue
-            mean, sd = vals.mean(), (vals.std(ddof=1) if len(vals) > 1 else 0.0)
             xs.append(x + dx)
-            means.append(mean)
-            sds.append(sd)
-            st = styles[variant]
-            ax.errorbar(x + dx, mean, yerr=sd, color="black", capsize=5, linewidth=1.2, zorder=2)
-            ax.plot(
-                x + dx,
-                mean,
-                marker=st.marker,
-                markersize=10,
-                color=st.color,
-                markeredgecolor="black",
-                linestyle="",
-                zorder=3,
-            )
-            # Values outside the lines' span: left of "BN off", right of "BN on".
-            ax.annotate(
-                f"{mean:.2f}",
-                (x + dx, mean),
-                xytext=(12 if x else -12, 0),
-                textcoords="offset points",
-                ha="left" if x else "right",
-                va="center",
-                fontsize=9,
-            )
+            means.append(_interaction_point(ax, x + dx, vals, styles[variant], x == 1))
         ax.plot(xs, means, color="black", linestyle=ls, linewidth=1.5, zorder=1)
-        handles.append(
-            Line2D(
-                [], [], color="black", linestyle=ls, label=f"dropout {'on' if dropout else 'off'}"
-            )
-        )
+        label = f"dropout {'on' if dropout else 'off'}"
+        handles.append(Line2D([], [], color="black", linestyle=ls, label=label))
     present = [names[k] for k in PAPER_VARIANTS if k in names]
     handles += [
-        Line2D(
-            [],
-            [],
-            color=styles[v].color,
-            marker=styles[v].marker,
-            linestyle="",
-            markeredgecolor="black",
-            markersize=8,
-            label=styles[v].label,
-        )
-        for v in present
+        _marker_handle(s.color, s.marker, s.label, markeredgecolor="black", markersize=8)
+        for s in (styles[v] for v in present)
     ]
     ax.set_xticks([0, 1], ["BN off", "BN on"])
     ax.set_xlim(-0.5, 1.5)
     ax.set_ylabel("final test accuracy (%), mean ± SD over seeds")
     ax.grid(axis="x", visible=False)
+    accuracy_axis(ax)
     if not present:
-        _no_data(ax, "none of the paper's four variants was run")
-    fig.suptitle(_title(dataset, model, "BN × dropout interaction (H3)"))
-    _legend_below(fig, handles, 3)
+        no_data(ax, "none of the paper's four variants was run")
+    fig.suptitle(pair_title(dataset, model, "BN × dropout interaction (H3)"))
+    legend_below(fig, handles, 3)
     return fig
+
+
+def _lr_candidates(ax, sub: pd.DataFrame, style: Style, dodge: float) -> bool:
+    """One variant's candidates: best validation accuracy per rate, the selected one ringed,
+    diverged ones as x in a strip below the data. True if any candidate diverged."""
+    ok = sub[(sub["status"] == "completed") & np.isfinite(sub["best_val_acc"])]
+    ax.plot(
+        ok["lr"] * dodge,
+        ok["best_val_acc"] * 100,
+        color=style.color,
+        linestyle=style.linestyle,
+        marker=style.marker,
+        markersize=6,
+        linewidth=1.6,
+    )
+    sel = ok[ok["selected"]]
+    ax.scatter(
+        sel["lr"] * dodge,
+        sel["best_val_acc"] * 100,
+        s=260,
+        facecolor="none",
+        edgecolor=style.color,
+        linewidth=2.2,
+        zorder=4,
+    )
+    div = sub[sub["status"] != "completed"]
+    if len(div):
+        ax.plot(
+            div["lr"] * dodge,
+            np.full(len(div), 0.04),
+            marker="x",
+            markersize=9,
+            markeredgewidth=2,
+            linestyle="",
+            color=style.color,
+            transform=ax.get_xaxis_transform(),
+        )
+    return bool(len(div))
 
 
 def plot_lr_search(lr_search, dataset, model, styles, variants) -> Figure:
     """Best validation accuracy of each learning-rate candidate; the selected one ringed."""
-    fig = _new_figure(FIG_SIZES["lr_search"])
+    fig = new_figure(FIG_SIZES["lr_search"])
     ax = fig.subplots()
     any_div = False
     accs = lr_search.loc[lr_search["status"] == "completed", "best_val_acc"] * 100
@@ -485,47 +309,13 @@ def plot_lr_search(lr_search, dataset, model, styles, variants) -> Figure:
         sub = lr_search[lr_search["variant"] == v].sort_values("lr")
         # Nudge each variant a little along the log axis so that equal results stay visible.
         dodge = 1.05 ** (i - (len(variants) - 1) / 2)
-        if sub.empty or v not in styles:
-            continue
-        st = styles[v]
-        ok = sub[(sub["status"] == "completed") & np.isfinite(sub["best_val_acc"])]
-        ax.plot(
-            ok["lr"] * dodge,
-            ok["best_val_acc"] * 100,
-            color=st.color,
-            linestyle=st.linestyle,
-            marker=st.marker,
-            markersize=6,
-            linewidth=1.6,
-        )
-        sel = ok[ok["selected"]]
-        ax.scatter(
-            sel["lr"] * dodge,
-            sel["best_val_acc"] * 100,
-            s=260,
-            facecolor="none",
-            edgecolor=st.color,
-            linewidth=2.2,
-            zorder=4,
-        )
-        div = sub[sub["status"] != "completed"]
-        if len(div):
-            any_div = True
-            # In a strip below the data.
-            ax.plot(
-                div["lr"] * dodge,
-                np.full(len(div), 0.04),
-                marker="x",
-                markersize=9,
-                markeredgewidth=2,
-                linestyle="",
-                color=st.color,
-                transform=ax.get_xaxis_transform(),
-            )
+        if not sub.empty and v in styles:
+            any_div |= _lr_candidates(ax, sub, styles[v], dodge)
     if len(accs):
         lo, hi = accs.min(), accs.max()
         span = max(hi - lo, 1.0)
         ax.set_ylim(lo - 0.15 * span, hi + 0.08 * span)  # the bottom strip holds diverged x's
+        accuracy_axis(ax)
     lrs = np.sort(lr_search["lr"].unique())
     if len(lrs):
         ax.set_xscale("log")
@@ -533,103 +323,76 @@ def plot_lr_search(lr_search, dataset, model, styles, variants) -> Figure:
         ax.minorticks_off()
         ax.set_xlim(lrs[0] / 1.6, lrs[-1] * 1.6)
     else:
-        _no_data(ax)
+        no_data(ax)
     ax.set_xlabel("learning rate (log scale)")
     ax.set_ylabel("best validation accuracy in the search (%)")
-    fig.suptitle(_title(dataset, model, "learning-rate search"))
+    fig.suptitle(pair_title(dataset, model, "learning-rate search"))
     shown = [v for v in variants if v in set(lr_search["variant"])]
-    handles = _variant_handles(shown, styles, marker=True)
-    handles.append(
-        Line2D(
-            [],
-            [],
-            marker="o",
-            markersize=12,
-            markerfacecolor="none",
-            markeredgecolor="black",
-            markeredgewidth=2,
-            linestyle="",
-            label="selected rate",
-        )
-    )
+    handles = variant_handles(shown, styles, marker=True)
+    ring = dict(markersize=12, markerfacecolor="none", markeredgecolor="black", markeredgewidth=2)
+    handles.append(_marker_handle("black", "o", "selected rate", **ring))
     if any_div:
-        handles.append(
-            Line2D(
-                [],
-                [],
-                marker="x",
-                markersize=8,
-                markeredgewidth=2,
-                color="black",
-                linestyle="",
-                label="diverged candidate",
-            )
-        )
-    _legend_below(fig, handles, 3)
+        cross = dict(markersize=8, markeredgewidth=2)
+        handles.append(_marker_handle("black", "x", "diverged candidate", **cross))
+    legend_below(fig, handles, 3)
     return fig
+
+
+def _overview_panel(ax, sub: pd.DataFrame, variants: Sequence[str], styles) -> None:
+    """Per variant: mean ± SD of the final test accuracy (cut to [0, 100]), seeds as dots."""
+    if sub.empty:
+        no_data(ax, "no runs")
+    for x, v in enumerate(variants):
+        vr = sub[sub["variant"] == v]
+        vals = metric_values(vr, "final_test_acc")
+        st = styles[v]
+        if len(vals) == 0:
+            if len(vr):
+                _no_bar(ax, x, "diverged", 0.05)
+            continue
+        mean, yerr = _mean_and_whisker(vals, accuracy=True)
+        ax.errorbar(
+            x,
+            mean,
+            yerr=yerr,
+            marker=st.marker,
+            markersize=7,
+            color=st.color,
+            markeredgecolor="black",
+            capsize=4,
+            linewidth=1.5,
+        )
+        ax.scatter(np.full(len(vals), x + 0.22), vals, s=9, color=st.color, alpha=0.8)
+    ax.set_xlim(-0.6, len(variants) - 0.4)
+    ax.grid(axis="x", visible=False)
+    accuracy_axis(ax)
 
 
 def plot_overview(runs, pairs, styles) -> Figure:
     """Final test accuracy per variant: rows = datasets, columns = models."""
     datasets = list(dict.fromkeys(d for d, _ in pairs))  # in the requested order
     models = list(dict.fromkeys(m for _, m in pairs))
-    fig = _new_figure(overview_size(len(datasets), len(models)))
+    fig = new_figure(overview_size(len(datasets), len(models)))
     axes = fig.subplots(len(datasets), len(models), squeeze=False, sharex=True)
     variants = order_variants(runs)
-    xs = np.arange(len(variants))
     for r, d in enumerate(datasets):
         for c, m in enumerate(models):
             ax = axes[r][c]
-            sub = runs[(runs["dataset"] == d) & (runs["model"] == m)]
-            if sub.empty:
-                _no_data(ax, "no runs")
-            for x, v in zip(xs, variants, strict=True):
-                vr = sub[sub["variant"] == v]
-                vals = metric_values(vr, "final_test_acc")
-                st = styles[v]
-                if len(vals) == 0:
-                    if len(vr):
-                        _no_bar(ax, x, "diverged", 0.05)
-                    continue
-                sd = vals.std(ddof=1) if len(vals) > 1 else 0.0
-                ax.errorbar(
-                    x,
-                    vals.mean(),
-                    yerr=sd,
-                    marker=st.marker,
-                    markersize=7,
-                    color=st.color,
-                    markeredgecolor="black",
-                    capsize=4,
-                    linewidth=1.5,
-                )
-                ax.scatter(np.full(len(vals), x + 0.22), vals, s=9, color=st.color, alpha=0.8)
+            _overview_panel(
+                ax, runs[(runs["dataset"] == d) & (runs["model"] == m)], variants, styles
+            )
             if r == 0:
                 ax.set_title(model_name(m))
             if c == 0:
                 ax.set_ylabel(f"{dataset_name(d)}\ntest accuracy (%)")
-            ax.set_xlim(-0.6, len(variants) - 0.4)
-            ax.grid(axis="x", visible=False)
     for ax in axes[-1]:
-        ax.set_xticks(xs, variants, rotation=35, ha="right")
+        ax.set_xticks(np.arange(len(variants)), variants, rotation=35, ha="right")
     fig.suptitle("Final test accuracy: mean ± SD over seeds (small dots: single seeds)")
     return fig
 
 
 # --------------------------------------------------------------------------------------------
 # Driver
-
-
-def lr_milestones(epochs: pd.DataFrame) -> list[int]:
-    """Epochs at which the logged learning rate drops (the scheduler's milestones)."""
-    found: set[int] = set()
-    for _, run in epochs.groupby(["dataset", "model", "variant", "seed"], sort=False):
-        run = run.sort_values("epoch")
-        lr = run["lr"].to_numpy(float)
-        drops = np.flatnonzero(lr[1:] < lr[:-1] * (1 - 1e-9))
-        # The rate drops *after* epoch e (1-based) when epoch e+1 uses the smaller one.
-        found.update(int(e) for e in run["epoch"].to_numpy()[drops])
-    return sorted(found)
 
 
 def write_figures(
@@ -679,16 +442,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="epochs after which the learning rate drops (default: read from epochs.parquet)",
     )
-    args = parser.parse_args(argv)
-    try:
-        paths = write_figures(
-            args.summary_dir, args.out_dir, args.milestones, args.datasets, args.models
-        )
-    except SummaryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} figure files under {args.out_dir}")
-    return 0
+    return run_report_cli(
+        parser,
+        argv,
+        lambda a: write_figures(a.summary_dir, a.out_dir, a.milestones, a.datasets, a.models),
+        "figure",
+    )
 
 
 if __name__ == "__main__":

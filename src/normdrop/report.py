@@ -22,7 +22,16 @@ from normdrop import hypotheses as hyp
 from normdrop import plots
 from normdrop import tables as tab
 from normdrop.aggregate import lr_edge
+from normdrop.render import to_markdown
+from normdrop.seed_stats import variant_stats
 from normdrop.storage import atomic_write_text
+from normdrop.summary_data import (
+    SummaryError,
+    completed,
+    order_variants,
+    read_selection,
+    read_summary,
+)
 
 METHOD = (
     "Each effect is a difference of means over seeds with a 95% confidence interval from "
@@ -37,7 +46,7 @@ METHOD = (
 
 def _provenance(runs) -> str:
     n = len(runs)
-    n_done = int(tab.completed(runs).sum())
+    n_done = int(completed(runs).sum())
     revs = (
         ", ".join(sorted({str(r) for r in runs["git_revision"]})) if "git_revision" in runs else ""
     )
@@ -63,7 +72,7 @@ def lr_edge_note(summary_dir: Path, pairs) -> list[str]:
     rate tried (normdrop.aggregate.lr_edge): their best rate may lie outside the grid."""
     if not (Path(summary_dir) / "lr_search.parquet").is_file():
         return []
-    search = tab.read_summary(summary_dir, "lr_search")
+    search = read_summary(summary_dir, "lr_search")
     cells = []
     for (d, m, v), group in search.groupby(["dataset", "model", "variant"], sort=False):
         picked = group.loc[group["selected"].astype(bool), "lr"]
@@ -88,20 +97,16 @@ def build_report(
     models: Sequence[str] | None = None,
 ) -> str:
     summary_dir = Path(summary_dir)
-    runs = tab.read_summary(summary_dir, "runs")
-    pairs = tab.select_pairs(runs, datasets, models, source=str(summary_dir / "runs.parquet"))
-    ds = tab.ordered({d for d, _ in pairs}, datasets or tab.DATASET_ORDER)
-    ms = tab.ordered({m for _, m in pairs}, models or tab.MODEL_ORDER)
-    runs = runs[runs["dataset"].isin(ds) & runs["model"].isin(ms)]
-    stats = tab.variant_stats(runs)
-    variants = tab.order_variants(runs)
-    results = hyp.evaluate(runs, pairs)
+    runs, pairs, ds, ms = read_selection(summary_dir, datasets, models)
+    stats = variant_stats(runs)
+    variants = order_variants(runs)
+    results = hyp.run_hypothesis_tests(runs, pairs)
     words = hyp.sentences(results)
     claims = {c["id"]: c for c in hyp.load_claims()}
 
     out = ["# BatchNorm and dropout: results against the paper's hypotheses", ""]
     out += [_provenance(runs), "", METHOD, ""]
-    out.append(_demote(tab.to_markdown(hyp.verdict_table(hyp.verdicts(results))), 2))
+    out.append(_demote(to_markdown(hyp.verdict_table(hyp.verdicts(results))), 2))
     out += ["## Hypotheses", ""]
     for h, lines in words.items():
         claim = claims.get(h, {})
@@ -115,12 +120,12 @@ def build_report(
         out += [f"- {s}" for s in lines]
         out.append("")
     comparison, _, _ = tab.paper_comparison(stats, runs, ms)
-    out.append(_demote(tab.to_markdown(comparison), 2))
+    out.append(_demote(to_markdown(comparison), 2))
     out += ["## Table 2 per dataset and model", ""]
-    out += [_demote(tab.to_markdown(tab.table2(stats, d, m, variants))) for d, m in pairs]
+    out += [_demote(to_markdown(tab.table2(stats, d, m, variants))) for d, m in pairs]
     out += lr_edge_note(summary_dir, pairs)
     table1, _ = tab.table1(runs, ds, ms)
-    out += ["## Parameter counts (Table 1)", "", _demote(tab.to_markdown(table1))]
+    out += ["## Parameter counts (Table 1)", "", _demote(to_markdown(table1))]
     if figures_dir is not None:
         out += ["## Figures", ""]
         base = Path(out_path).parent
@@ -144,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = args.out or args.summary_dir / "report.md"
     try:
         text = build_report(args.summary_dir, out, args.figures_dir, args.datasets, args.models)
-    except tab.SummaryError as exc:
+    except SummaryError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     atomic_write_text(out, text)

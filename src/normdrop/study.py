@@ -11,7 +11,7 @@ for a few variant families (a family is a variant before the sweep: `bn` for `bn
 An effect at axis value x is sum(mean of each `plus` family at x) − sum(mean of each `minus`
 family at x, or at `minus_at`), over seeds, in the metric's displayed units (accuracy in %, gap
 in points). Two groups: Welch's t-test; four (the H3 interaction, plus [bn_dropout, none] minus
-[bn, dropout]): the Welch-Satterthwaite contrast of `hypotheses.contrast`. 95% CI per value and
+[bn, dropout]): the Welch-Satterthwaite contrast of `seed_stats.contrast`. 95% CI per value and
 a verdict that only says on which side of 0 the CI lies, since a study asks where an effect
 turns rather than testing one direction.
 
@@ -19,7 +19,8 @@ Outputs (`study_paths`):
 - `{tables}/study_effects.{md,csv,tex,html}`: one row per (dataset, model, effect, axis value);
 - `{figures}/study_metrics.{png,pdf}`: final test accuracy, generalization gap, loss SD and
   convergence epoch against the axis (log2 for the batch size), one line per family in the
-  paper's colours (`plots.variant_styles`), mean over seeds with a band of ± 1 SD; one row of
+  paper's colours (`figure_style.variant_styles`), mean over seeds with a band of ± 1 SD (an
+  accuracy's band cut to [0, 100] %); one row of
   panels per dataset and model (per dataset for the depth axis, whose models are the x values).
 
 CLI: python -m normdrop.study --summary-dir S --tables-dir T --figures-dir F --study-json '{..}'
@@ -40,29 +41,28 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from normdrop.config import model_depth
-from normdrop.hypotheses import CONFIDENCE, contrast
-from normdrop.plots import (
+from normdrop.figure_style import (
     BAND_ALPHA,
     RC,
-    _legend_below,
-    _new_figure,
-    _no_data,
+    accuracy_axis,
+    clip_to_accuracy,
+    legend_below,
+    new_figure,
+    no_data,
     save_figure,
     variant_styles,
 )
-from normdrop.tables import (
+from normdrop.render import TABLE_FORMATS, TextTable, fmt_num, fmt_signed, write_table
+from normdrop.seed_stats import CONFIDENCE, contrast
+from normdrop.summary_data import (
+    DATASET_ORDER,
     METRIC_BY_COLUMN,
-    TABLE_FORMATS,
     SummaryError,
-    TextTable,
     dataset_name,
-    fmt_num,
-    fmt_signed,
     metric_values,
     model_name,
     ordered,
     read_summary,
-    write_table,
 )
 
 AXIS_LABELS = {
@@ -99,7 +99,7 @@ def with_axis(runs: pd.DataFrame, axis: str) -> pd.DataFrame:
 
 def panel_groups(runs: pd.DataFrame, axis: str) -> list[tuple[str, str | None]]:
     """(dataset, model) per row of panels; model None when the models are the axis (depth)."""
-    datasets = ordered(runs["dataset"], ("mnist", "cifar10", "cifar100", "synthetic"))
+    datasets = ordered(runs["dataset"], DATASET_ORDER)
     if axis == "depth":
         return [(d, None) for d in datasets]
     pairs = set(zip(runs["dataset"], runs["model"], strict=True))
@@ -258,13 +258,14 @@ def plot_study(runs: pd.DataFrame, study: dict):
     runs = with_axis(runs, axis)
     styles = family_styles(runs)
     groups = panel_groups(runs, axis)
-    fig = _new_figure((1.0 + 3.3 * len(PANELS), 1.4 + 2.7 * len(groups)))
+    fig = new_figure((1.0 + 3.3 * len(PANELS), 1.4 + 2.7 * len(groups)))
     axes = np.atleast_2d(fig.subplots(len(groups), len(PANELS), squeeze=False))
     xs = sorted(runs["x"].dropna().unique())
     for row, (dataset, model) in enumerate(groups):
         sub = _group(runs, dataset, model)
         for col, (column, title) in enumerate(PANELS):
             ax = axes[row, col]
+            accuracy = column == "final_test_acc"
             drew = False
             for fam, st in styles.items():
                 points = []
@@ -277,11 +278,14 @@ def plot_study(runs: pd.DataFrame, study: dict):
                 if not points:
                     continue
                 x_, mean, sd = map(np.array, zip(*points, strict=True))
+                low, high = clip_to_accuracy(mean, sd) if accuracy else (mean - sd, mean + sd)
                 ax.plot(x_, mean, color=st.color, marker=st.marker, linestyle=st.linestyle, lw=1.6)
-                ax.fill_between(x_, mean - sd, mean + sd, color=st.color, alpha=BAND_ALPHA, lw=0)
+                ax.fill_between(x_, low, high, color=st.color, alpha=BAND_ALPHA, lw=0)
                 drew = True
             if not drew:
-                _no_data(ax)
+                no_data(ax)
+            elif accuracy:
+                accuracy_axis(ax)
             _x_axis(ax, axis, xs)
             ax.set_title(f"{dataset_name(dataset)}, {_model_text(model)}\n{title}", fontsize=9)
     handles = [
@@ -289,7 +293,7 @@ def plot_study(runs: pd.DataFrame, study: dict):
         for s in styles.values()
     ]
     handles.append(Patch(color="0.5", alpha=BAND_ALPHA + 0.1, label="mean ± SD over seeds"))
-    _legend_below(fig, handles, ncols=min(len(handles), 5))
+    legend_below(fig, handles, ncols=min(len(handles), 5))
     fig.suptitle(f"Study '{study['name']}': {study['question']}", fontsize=11)
     return fig
 

@@ -10,11 +10,10 @@
 - The comparison with the paper: its Table 2 (CIFAR-10, model unstated) beside ours, per model.
 
 Every table is written as Markdown, CSV (numbers, not formatted strings) and LaTeX (booktabs),
-plus HTML for Snakemake's report. The paper's numbers come from `reference/paper_table2.csv` and
-`reference/paper_table1.csv`, never from code.
-
-This module also holds what the other report modules share: reading and checking the summary
-files, the order and description of variants, and the text-table renderers.
+plus HTML for Snakemake's report (rendered by normdrop.render). The paper's numbers come from
+`reference/paper_table2.csv` and `reference/paper_table1.csv`, never from code. What the summary
+files hold and how variants are named and ordered: normdrop.summary_data; the statistics over
+seeds: normdrop.seed_stats.
 
 CLI: python -m normdrop.tables --summary-dir D --out-dir T [--datasets ...] [--models ...]
 Output paths: `table_paths(T, datasets, models)`.
@@ -23,467 +22,42 @@ Output paths: `table_paths(T, datasets, models)`.
 from __future__ import annotations
 
 import argparse
-import html
 import math
 import sys
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from normdrop.render import (
+    TABLE_FORMATS,
+    TextTable,
+    fmt_mean_sd,
+    fmt_signed,
+    to_markdown,
+    write_table,
+)
+from normdrop.seed_stats import variant_stats
 from normdrop.storage import atomic_write_text
-
-# --------------------------------------------------------------------------------------------
-# The data contract (written by the aggregate step)
-
-RUN_COLUMNS = (
-    "dataset",
-    "model",
-    "variant",
-    "norm",
-    "dropout",
-    "dropout_rate",
-    "seed",
-    "lr",
-    "param_count",
-    "status",
-    "diverged_epoch",
-    "epochs",
-    "loss_sd",
-    "loss_sd_late",
-    "convergence_epoch",
-    "final_test_acc",
-    "final_val_acc",
-    "final_train_acc",
-    "gen_gap",
-    "es_epoch",
-    "es_test_acc",
+from normdrop.summary_data import (
+    METRIC_BY_COLUMN,
+    METRICS,
+    PAPER_VARIANTS,
+    add_selection_args,
+    dataset_name,
+    model_name,
+    order_variants,
+    paper_key,
+    paper_variants,
+    read_selection,
+    run_report_cli,
 )
-EPOCH_COLUMNS = (
-    "dataset",
-    "model",
-    "variant",
-    "seed",
-    "epoch",
-    "lr",
-    "train_loss_mean",
-    "train_loss_sd",
-    "val_acc",
-    "test_acc",
-)
-LR_SEARCH_COLUMNS = ("dataset", "model", "variant", "lr", "status", "best_val_acc", "selected")
-
-SUMMARY_FILES = {
-    "runs": ("runs.parquet", RUN_COLUMNS),
-    "epochs": ("epochs.parquet", EPOCH_COLUMNS),
-    "lr_search": ("lr_search.parquet", LR_SEARCH_COLUMNS),
-}
-
-
-class SummaryError(Exception):
-    """Missing or malformed summary input; the message names the file and what is wrong."""
-
-
-def read_summary(summary_dir: Path | str, name: str) -> pd.DataFrame:
-    """One summary table ('runs', 'epochs' or 'lr_search'), checked against the contract."""
-    filename, required = SUMMARY_FILES[name]
-    path = Path(summary_dir) / filename
-    if not path.is_file():
-        raise SummaryError(f"{path}: file not found (run the workflow's aggregate step first)")
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise SummaryError(f"{path}: not a readable parquet file ({exc})") from exc
-    missing = [c for c in required if c not in frame.columns]
-    if missing:
-        raise SummaryError(f"{path}: missing column(s) {', '.join(missing)}")
-    frame = frame.copy()
-    for col in ("dataset", "model", "variant"):
-        frame[col] = frame[col].astype(str)
-    if "dropout" in frame.columns:
-        frame["dropout"] = frame["dropout"].astype(bool)
-    if "selected" in frame.columns:
-        frame["selected"] = frame["selected"].astype(bool)
-    return frame
-
-
-# --------------------------------------------------------------------------------------------
-# Names, order and description of datasets, models and variants
-
-DATASET_NAMES = {
-    "mnist": "MNIST",
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "synthetic": "Synthetic",
-}
-MODEL_NAMES = {"mlp": "MLP", "cnn": "CNN", "resnet20": "ResNet-20"}
-DATASET_ORDER = ("mnist", "cifar10", "cifar100", "synthetic")
-MODEL_ORDER = ("mlp", "cnn", "resnet20")
-
-# The paper's four configurations, identified by (norm, dropout), never by the variant's name.
-PAPER_VARIANTS = ("none", "bn", "dropout", "bn_dropout")
-PAPER_KEY = {("none", False): "none", ("batch", False): "bn", ("none", True): "dropout"}
-PAPER_KEY[("batch", True)] = "bn_dropout"
-NORM_NAMES = {"none": "", "batch": "BN", "group": "GroupNorm", "layer": "LayerNorm"}
-NORM_ORDER = ("none", "batch", "group", "layer")
-
-
-def dataset_name(dataset: str) -> str:
-    return DATASET_NAMES.get(dataset, dataset)
-
-
-def model_name(model: str) -> str:
-    return MODEL_NAMES.get(model, model)
-
-
-def ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
-    """Unique values, the known ones in `preferred` order first, then the rest sorted."""
-    values = set(values)
-    known = [v for v in preferred if v in values]
-    return known + sorted(values - set(known))
-
-
-def paper_key(norm: str, dropout: bool) -> str | None:
-    """'none', 'bn', 'dropout' or 'bn_dropout' for the paper's configurations, else None."""
-    return PAPER_KEY.get((str(norm), bool(dropout)))
-
-
-def variant_table(runs: pd.DataFrame) -> list[tuple[str, str, bool, str | None]]:
-    """(variant, norm, dropout, paper key or None) per variant name, in display order."""
-    meta = runs.groupby("variant", sort=False)[["norm", "dropout"]].first()
-    entries = [
-        (str(v), str(n), bool(d), paper_key(n, d))
-        for v, n, d in zip(meta.index, meta["norm"], meta["dropout"], strict=True)
-    ]
-
-    def sort_key(entry) -> tuple:
-        variant, norm, dropout, key = entry
-        if key is not None:
-            # The canonical name first when a user defines two variants with the same pair.
-            return (0, PAPER_VARIANTS.index(key), variant != key, variant)
-        norm_pos = NORM_ORDER.index(norm) if norm in NORM_ORDER else len(NORM_ORDER)
-        return (1, norm_pos, dropout, variant)
-
-    return sorted(entries, key=sort_key)
-
-
-def order_variants(runs: pd.DataFrame, variants: Iterable[str] | None = None) -> list[str]:
-    """Variant names in display order: the paper's four, then the others by norm and dropout."""
-    names = [entry[0] for entry in variant_table(runs)]
-    if variants is None:
-        return names
-    wanted = set(variants)
-    return [v for v in names if v in wanted]
-
-
-def paper_variants(runs: pd.DataFrame) -> dict[str, str]:
-    """Map paper key -> variant name among `runs` (usually one dataset/model).
-
-    When several variants share a (norm, dropout) pair, the one named like the key wins, else
-    the first in sort order.
-    """
-    found: dict[str, str] = {}
-    for variant, _, _, key in variant_table(runs):
-        if key is not None and key not in found:
-            found[key] = variant
-    return found
-
-
-def describe_variant(norm: str, dropout: bool, rates: Iterable[float] = ()) -> str:
-    """Human description of a (norm, dropout) pair, e.g. 'BN + dropout (p=0.3)'."""
-    rates = sorted({float(r) for r in rates if r is not None and np.isfinite(r) and r > 0})
-    rate = f" (p={'/'.join(f'{r:g}' for r in rates)})" if rates else ""
-    norm_text = NORM_NAMES.get(str(norm), str(norm))
-    if not norm_text and not dropout:
-        return "No BN, no dropout"
-    if not norm_text:
-        return f"Dropout only{rate}"
-    if not dropout:
-        return f"{norm_text} only"
-    return f"{norm_text} + dropout{rate}"
-
-
-def select_pairs(
-    runs: pd.DataFrame,
-    datasets: Sequence[str] | None = None,
-    models: Sequence[str] | None = None,
-    source: str = "runs.parquet",
-) -> list[tuple[str, str]]:
-    """(dataset, model) pairs to report, in display order.
-
-    Without `datasets`/`models`: every pair present in `runs`. With them: exactly their
-    product, so that the outputs are known in advance; a pair without runs is an error.
-    """
-    present = set(zip(runs["dataset"], runs["model"], strict=True))
-    if datasets is None and models is None:
-        ds = ordered({d for d, _ in present}, DATASET_ORDER)
-        ms = ordered({m for _, m in present}, MODEL_ORDER)
-        return [(d, m) for d in ds for m in ms if (d, m) in present]
-    ds = list(datasets) if datasets is not None else ordered({d for d, _ in present}, DATASET_ORDER)
-    ms = list(models) if models is not None else ordered({m for _, m in present}, MODEL_ORDER)
-    missing = [f"{d}/{m}" for d in ds for m in ms if (d, m) not in present]
-    if missing:
-        raise SummaryError(f"{source}: no runs for dataset/model {', '.join(missing)}")
-    return [(d, m) for d in ds for m in ms]
-
-
-# --------------------------------------------------------------------------------------------
-# Per-variant statistics
-
-
-@dataclass(frozen=True)
-class Metric:
-    column: str  # column of runs.parquet
-    label: str  # table header
-    scale: float  # factor from the stored unit to the displayed one
-    decimals: int
-    csv_name: str  # column stem in the CSV outputs (names the displayed unit)
-
-
-METRICS = (
-    Metric("loss_sd", "Loss SD", 1.0, 4, "loss_sd"),
-    Metric("loss_sd_late", "Loss SD ep. 2+", 1.0, 4, "loss_sd_late"),
-    Metric("convergence_epoch", "Conv. epoch", 1.0, 1, "convergence_epoch"),
-    Metric("final_test_acc", "Test acc. (%)", 100.0, 2, "final_test_acc_pct"),
-    Metric("gen_gap", "Gen. gap (pts)", 1.0, 2, "gen_gap_pts"),
-    Metric("es_test_acc", "ES test acc. (%)", 100.0, 2, "es_test_acc_pct"),
-    Metric("es_epoch", "ES epoch", 1.0, 1, "es_epoch"),
-)
-METRIC_BY_COLUMN = {m.column: m for m in METRICS}
-
-
-def completed(runs: pd.DataFrame) -> pd.Series:
-    """Boolean mask of runs that count in means: completed ones (a diverged run has NaNs)."""
-    return runs["status"].astype(str) == "completed"
-
-
-def metric_values(runs: pd.DataFrame, column: str) -> np.ndarray:
-    """Finite values of one metric over the completed runs, in displayed units."""
-    metric = METRIC_BY_COLUMN.get(column)
-    scale = metric.scale if metric else 1.0
-    values = pd.to_numeric(runs.loc[completed(runs), column], errors="coerce").to_numpy(float)
-    return values[np.isfinite(values)] * scale
-
-
-def mean_sd(values: np.ndarray) -> tuple[float, float, int]:
-    """(mean, SD with ddof=1, n); SD is NaN for n < 2, both NaN for n == 0."""
-    n = len(values)
-    if n == 0:
-        return math.nan, math.nan, 0
-    sd = float(np.std(values, ddof=1)) if n > 1 else math.nan
-    return float(np.mean(values)), sd, n
-
-
-def variant_stats(runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per (dataset, model, variant) with run counts and mean/SD/n of every metric."""
-    rows = []
-    for (dataset, model, variant), group in runs.groupby(
-        ["dataset", "model", "variant"], sort=False
-    ):
-        done = completed(group)
-        diverged_epochs = pd.to_numeric(group.loc[~done, "diverged_epoch"], errors="coerce")
-        row = dict(
-            dataset=dataset,
-            model=model,
-            variant=variant,
-            norm=str(group["norm"].iloc[0]),
-            dropout=bool(group["dropout"].iloc[0]),
-            dropout_rate=float(pd.to_numeric(group["dropout_rate"], errors="coerce").max()),
-            configuration=describe_variant(
-                group["norm"].iloc[0], group["dropout"].iloc[0], group["dropout_rate"]
-            ),
-            n_runs=int(len(group)),
-            n_completed=int(done.sum()),
-            n_diverged=int((~done).sum()),
-            diverged_epochs=", ".join(f"{e:g}" for e in sorted(set(diverged_epochs.dropna()))),
-        )
-        for metric in METRICS:
-            mean, sd, n = mean_sd(metric_values(group, metric.column))
-            row[f"{metric.csv_name}_mean"] = mean
-            row[f"{metric.csv_name}_sd"] = sd
-            row[f"{metric.csv_name}_n"] = n
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def fmt_num(value: float, decimals: int, signed: bool = False) -> str:
-    """A number for display; negative with a true minus sign (U+2212), 'n/a' if not finite."""
-    if value is None or not np.isfinite(value):
-        return "n/a"
-    text = f"{value:+.{decimals}f}" if signed else f"{value:.{decimals}f}"
-    return text.replace("-", "−")
-
-
-def fmt_mean_sd(mean: float, sd: float, n: int, decimals: int) -> str:
-    """'84.70 ± 0.31'; 'n/a' without values; '84.70 (n=1)' when the SD is undefined."""
-    if n == 0 or not np.isfinite(mean):
-        return "n/a"
-    if n < 2 or not np.isfinite(sd):
-        return f"{fmt_num(mean, decimals)} (n={n})"
-    return f"{fmt_num(mean, decimals)} ± {fmt_num(sd, decimals)}"
-
-
-def fmt_signed(value: float, decimals: int) -> str:
-    return fmt_num(value, decimals, signed=True)
 
 
 def diverged_text(n_diverged: int, n_runs: int) -> str:
     return f"diverged ({n_diverged}/{n_runs} seeds)"
-
-
-# --------------------------------------------------------------------------------------------
-# Text tables: one structure, four renderers
-
-
-@dataclass
-class TextTable:
-    title: str
-    header: list[str]
-    rows: list[list[str]]
-    align: str  # one LaTeX column spec letter per column: l, c or r
-    notes: list[str] = field(default_factory=list)
-    label: str = ""  # LaTeX \label
-    # LaTeX-only spanning header: (text, number of columns); '' spans blank columns.
-    groups: list[tuple[str, int]] = field(default_factory=list)
-    rule_before: set[int] = field(default_factory=set)  # row indices preceded by \midrule
-    latex_header: list[str] | None = None  # column names under `groups` (default: header)
-
-
-def _md_cell(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
-
-
-def to_markdown(table: TextTable) -> str:
-    marks = {"l": ":---", "c": ":---:", "r": "---:"}
-    lines = [f"**{table.title}**", ""]
-    lines.append("| " + " | ".join(_md_cell(h) for h in table.header) + " |")
-    lines.append("| " + " | ".join(marks[a] for a in table.align) + " |")
-    lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
-    if table.notes:
-        lines.append("")
-        lines += [f"{note}  " for note in table.notes]
-    return "\n".join(lines) + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "±": r"$\pm$",
-    "−": r"$-$",
-    "Δ": r"$\Delta$",
-    "×": r"$\times$",
-    "≥": r"$\geq$",
-    "≤": r"$\leq$",
-    "<": r"$<$",  # pdflatex's default font encoding prints '<' as '¡' in text mode
-    ">": r"$>$",
-    "—": "---",
-    "–": "--",
-}
-
-
-def latex_escape(text: str) -> str:
-    """Text safe inside a LaTeX tabular cell (pdflatex, no extra packages beyond booktabs)."""
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
-
-
-def to_latex(table: TextTable) -> str:
-    """A booktabs table environment; needs \\usepackage{booktabs} in the preamble."""
-    ncols = len(table.header)
-    lines = [
-        "% Generated by normdrop.tables; needs \\usepackage{booktabs}.",
-        "\\begin{table}[htbp]",
-        "\\centering",
-        "\\small",
-        f"\\caption{{{latex_escape(table.title)}}}",
-    ]
-    if table.label:
-        lines.append(f"\\label{{{table.label}}}")
-    lines += [f"\\begin{{tabular}}{{{table.align}}}", "\\toprule"]
-    if table.groups:
-        cells, rules, col = [], [], 1
-        for text, span in table.groups:
-            if text:
-                cells.append(f"\\multicolumn{{{span}}}{{c}}{{{latex_escape(text)}}}")
-                rules.append(f"\\cmidrule(lr){{{col}-{col + span - 1}}}")
-            else:
-                cells += [""] * span
-            col += span
-        lines.append(" & ".join(cells) + " \\\\")
-        lines.append(" ".join(rules))
-    header = table.latex_header or table.header
-    lines.append(" & ".join(latex_escape(h) for h in header) + " \\\\")
-    lines.append("\\midrule")
-    if not table.rows:
-        lines.append(f"\\multicolumn{{{ncols}}}{{c}}{{(no rows)}} \\\\")
-    for i, row in enumerate(table.rows):
-        if i in table.rule_before and i > 0:
-            lines.append("\\midrule")
-        lines.append(" & ".join(latex_escape(c) for c in row) + " \\\\")
-    lines += ["\\bottomrule", "\\end{tabular}"]
-    if table.notes:
-        notes = " ".join(latex_escape(n) for n in table.notes)
-        lines += ["", f"\\par\\smallskip{{\\footnotesize {notes}}}"]
-    lines.append("\\end{table}")
-    return "\n".join(lines) + "\n"
-
-
-_HTML_STYLE = (
-    "body{font-family:sans-serif;font-size:14px;margin:1em}"
-    "table{border-collapse:collapse}"
-    "th,td{padding:3px 8px;border-bottom:1px solid #ccc}"
-    "th{border-bottom:2px solid #333}"
-    "tr.rule td{border-top:2px solid #999}"
-    "td.r,th.r{text-align:right}td.c,th.c{text-align:center}"
-    "p.note{font-size:12px;color:#444}"
-)
-
-
-def to_html(table: TextTable) -> str:
-    """A standalone HTML page (Snakemake's report embeds HTML results, not Markdown)."""
-    cls = {"l": "", "c": ' class="c"', "r": ' class="r"'}
-    out = [
-        "<!DOCTYPE html>",
-        '<html><head><meta charset="utf-8">',
-        f"<title>{html.escape(table.title)}</title><style>{_HTML_STYLE}</style></head><body>",
-        f"<h3>{html.escape(table.title)}</h3>",
-        "<table><thead><tr>",
-    ]
-    out += [
-        f"<th{cls[a]}>{html.escape(h)}</th>" for h, a in zip(table.header, table.align, strict=True)
-    ]
-    out.append("</tr></thead><tbody>")
-    for i, row in enumerate(table.rows):
-        out.append('<tr class="rule">' if i in table.rule_before and i > 0 else "<tr>")
-        out += [f"<td{cls[a]}>{html.escape(c)}</td>" for c, a in zip(row, table.align, strict=True)]
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    out += [f'<p class="note">{html.escape(n)}</p>' for n in table.notes]
-    out.append("</body></html>")
-    return "\n".join(out) + "\n"
-
-
-def write_table(table: TextTable, stem: Path, csv: pd.DataFrame | None = None) -> list[Path]:
-    """Write `stem`.md/.tex/.html (and .csv when given), each atomically."""
-    stem = Path(stem)
-    paths = [
-        atomic_write_text(stem.with_suffix(".md"), to_markdown(table)),
-        atomic_write_text(stem.with_suffix(".tex"), to_latex(table)),
-        atomic_write_text(stem.with_suffix(".html"), to_html(table)),
-    ]
-    if csv is not None:
-        paths.append(atomic_write_text(stem.with_suffix(".csv"), csv.to_csv(index=False)))
-    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -638,6 +212,75 @@ def _rank_text(values: dict[str, float], lower_is_better: bool) -> str:
     return (" < " if lower_is_better else " > ").join(keys)
 
 
+def _ours(stats_row: pd.Series | None, metric) -> tuple[float, float, int, str]:
+    """(mean, SD, n, cell text) of one metric for one variant (None: not run)."""
+    if stats_row is None:
+        return math.nan, math.nan, 0, fmt_mean_sd(math.nan, math.nan, 0, metric.decimals)
+    s, name = stats_row, metric.csv_name
+    mean, sd, n = s[f"{name}_mean"], s[f"{name}_sd"], int(s[f"{name}_n"])
+    text = fmt_mean_sd(mean, sd, n, metric.decimals)
+    if n == 0 and s.n_diverged:
+        text = diverged_text(s.n_diverged, s.n_runs)
+    return mean, sd, n, text
+
+
+def _ordering_sentence(model: str, column: str, ours: dict[str, float], paper_values) -> str:
+    """Whether our order of the variants by one metric is the paper's, as one sentence."""
+    lower = LOWER_IS_BETTER[column]
+    mine = {k: v for k, v in ours.items() if np.isfinite(v)}
+    # Compare orders over the variants we have results for.
+    theirs = _rank_text({k: v for k, v in paper_values.items() if k in mine}, lower)
+    ranked = _rank_text(mine, lower)
+    if len(mine) < 2:
+        verdict = "too few variants with results to compare"
+    else:
+        verdict = "same order" if theirs == ranked else "different order"
+        if len(mine) < len(paper_values):
+            verdict += f" over the {len(mine)} variants with results"
+    return (
+        f"{model_name(model)}, {METRIC_BY_COLUMN[column].label}: "
+        f"paper {_rank_text(paper_values, lower)}; ours {ranked or 'n/a'} ({verdict})."
+    )
+
+
+def _compare_model(stats, model_runs, paper: pd.DataFrame, dataset: str, model: str):
+    """The paper's rows beside ours for one model: (rows, CSV records, ordering sentences)."""
+    mapping = paper_variants(model_runs)
+    sub = stats[(stats["dataset"] == dataset) & (stats["model"] == model)].set_index("variant")
+    rows, records = [], []
+    our_means: dict[str, dict[str, float]] = {c: {} for c, _ in COMPARED}
+    for key in [k for k in PAPER_VARIANTS if k in paper.index]:
+        variant = mapping.get(key)
+        cells = [model_name(model), variant or f"{key} (not run)"]
+        for ours_col, paper_col in COMPARED:
+            metric = METRIC_BY_COLUMN[ours_col]
+            ref = float(paper.loc[key, paper_col])
+            mean, sd, n, text = _ours(sub.loc[variant] if variant else None, metric)
+            our_means[ours_col][key] = mean
+            # The paper's value as printed there (e.g. 65, 0.045, 78.3).
+            cells += [f"{ref:g}", text, fmt_signed(mean - ref, metric.decimals)]
+            records.append(
+                dict(
+                    dataset=dataset,
+                    model=model,
+                    paper_variant=key,
+                    variant=variant,
+                    metric=metric.csv_name,
+                    paper=ref,
+                    ours_mean=mean,
+                    ours_sd=sd,
+                    ours_n=n,
+                    difference=mean - ref,
+                )
+            )
+        rows.append(cells)
+    orderings = [
+        _ordering_sentence(model, c, our_means[c], paper[p].astype(float).to_dict())
+        for c, p in COMPARED
+    ]
+    return rows, records, orderings
+
+
 def paper_comparison(stats: pd.DataFrame, runs: pd.DataFrame, models: Sequence[str]):
     """The paper's Table 2 beside ours for each model on the paper's dataset.
 
@@ -653,64 +296,13 @@ def paper_comparison(stats: pd.DataFrame, runs: pd.DataFrame, models: Sequence[s
         model_runs = ours_runs[ours_runs["model"] == model]
         if model_runs.empty:
             continue
-        mapping = paper_variants(model_runs)
-        sub = stats[(stats["dataset"] == dataset) & (stats["model"] == model)]
-        sub = sub.set_index("variant")
         rule_before.add(len(rows))
-        our_means: dict[str, dict[str, float]] = {c: {} for c, _ in COMPARED}
-        for key in PAPER_VARIANTS:
-            if key not in paper.index:
-                continue
-            variant = mapping.get(key)
-            cells = [model_name(model), variant or f"{key} (not run)"]
-            for ours_col, paper_col in COMPARED:
-                metric = METRIC_BY_COLUMN[ours_col]
-                ref = float(paper.loc[key, paper_col])
-                if variant is None:
-                    mean, sd, n, n_div, n_runs = math.nan, math.nan, 0, 0, 0
-                else:
-                    s = sub.loc[variant]
-                    mean, sd = s[f"{metric.csv_name}_mean"], s[f"{metric.csv_name}_sd"]
-                    n, n_div, n_runs = int(s[f"{metric.csv_name}_n"]), s.n_diverged, s.n_runs
-                our_means[ours_col][key] = mean
-                ours = fmt_mean_sd(mean, sd, n, metric.decimals)
-                if n == 0 and n_div:
-                    ours = diverged_text(n_div, n_runs)
-                diff = mean - ref
-                # The paper's value as printed there (e.g. 65, 0.045, 78.3).
-                cells += [f"{ref:g}", ours, fmt_signed(diff, metric.decimals)]
-                records.append(
-                    dict(
-                        dataset=dataset,
-                        model=model,
-                        paper_variant=key,
-                        variant=variant,
-                        metric=metric.csv_name,
-                        paper=ref,
-                        ours_mean=mean,
-                        ours_sd=sd,
-                        ours_n=n,
-                        difference=diff,
-                    )
-                )
-            rows.append(cells)
-        for ours_col, paper_col in COMPARED:
-            lower = LOWER_IS_BETTER[ours_col]
-            mine = {k: v for k, v in our_means[ours_col].items() if np.isfinite(v)}
-            paper_values = paper[paper_col].astype(float).to_dict()
-            # Compare orders over the variants we have results for.
-            theirs = _rank_text({k: v for k, v in paper_values.items() if k in mine}, lower)
-            ours = _rank_text(mine, lower)
-            if len(mine) < 2:
-                verdict = "too few variants with results to compare"
-            else:
-                verdict = "same order" if theirs == ours else "different order"
-                if len(mine) < len(paper_values):
-                    verdict += f" over the {len(mine)} variants with results"
-            orderings.append(
-                f"{model_name(model)}, {METRIC_BY_COLUMN[ours_col].label}: "
-                f"paper {_rank_text(paper_values, lower)}; ours {ours or 'n/a'} ({verdict})."
-            )
+        model_rows, model_records, model_orderings = _compare_model(
+            stats, model_runs, paper, dataset, model
+        )
+        rows += model_rows
+        records += model_records
+        orderings += model_orderings
     header = ["Model", "Variant"]
     for ours_col, _ in COMPARED:
         label = METRIC_BY_COLUMN[ours_col].label
@@ -728,18 +320,16 @@ def paper_comparison(stats: pd.DataFrame, runs: pd.DataFrame, models: Sequence[s
         align="ll" + "rrr" * len(COMPARED),
         notes=notes + orderings,
         label="tab:paper-comparison",
-        groups=[("", 2)] + [(METRIC_BY_COLUMN[c].label, 3) for c, _ in COMPARED],
         rule_before=rule_before,
         # LaTeX names the metric once in the spanning header, then "Paper / Ours / Δ" under it.
-        latex_header=["Model", "Variant"] + ["Paper", "Ours", "Δ"] * len(COMPARED),
+        latex_header=[("", "Model"), ("", "Variant")]
+        + [(METRIC_BY_COLUMN[c].label, sub) for c, _ in COMPARED for sub in ("Paper", "Ours", "Δ")],
     )
     return table, pd.DataFrame(records), orderings
 
 
 # --------------------------------------------------------------------------------------------
 # Output layout and CLI
-
-TABLE_FORMATS = ("md", "csv", "tex", "html")
 
 
 def table_paths(out_dir: Path | str, datasets: Sequence[str], models: Sequence[str]) -> list[Path]:
@@ -760,11 +350,7 @@ def write_tables(
     datasets: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
 ) -> list[Path]:
-    runs = read_summary(summary_dir, "runs")
-    pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / "runs.parquet"))
-    ds = ordered({d for d, _ in pairs}, datasets or DATASET_ORDER)
-    ms = ordered({m for _, m in pairs}, models or MODEL_ORDER)
-    runs = runs[runs["dataset"].isin(ds) & runs["model"].isin(ms)]
+    runs, pairs, ds, ms = read_selection(summary_dir, datasets, models)
     stats = variant_stats(runs)
     variants = order_variants(runs)
     out = Path(out_dir)
@@ -787,26 +373,15 @@ def write_tables(
     return sorted(set(written))
 
 
-def add_selection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--summary-dir", required=True, type=Path, help="the aggregate's output")
-    parser.add_argument("--out-dir", required=True, type=Path)
-    parser.add_argument(
-        "--datasets", nargs="+", help="report exactly these datasets (default: all in runs)"
-    )
-    parser.add_argument("--models", nargs="+", help="report exactly these models (default: all)")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Regenerate the paper's Tables 1 and 2.")
     add_selection_args(parser)
-    args = parser.parse_args(argv)
-    try:
-        paths = write_tables(args.summary_dir, args.out_dir, args.datasets, args.models)
-    except SummaryError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(paths)} table files under {args.out_dir}")
-    return 0
+    return run_report_cli(
+        parser,
+        argv,
+        lambda a: write_tables(a.summary_dir, a.out_dir, a.datasets, a.models),
+        "table",
+    )
 
 
 if __name__ == "__main__":
