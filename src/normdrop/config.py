@@ -290,7 +290,10 @@ def expand_dotted_keys(config: dict) -> dict:
     """`{'train.epochs': 5}` or `{'train__epochs': 5}` -> `{'train': {'epochs': 5}}`, merged over
     the rest in order. Only top-level keys are split: no top-level key holds a dot or `__`."""
     out: dict = {}
-    for key, value in config.items():
+    # A flat key wins over the nested one whatever their order: Snakemake puts --config entries
+    # before the keys that only the Snakefile's config.yaml holds (`tracking`, ...).
+    flat_last = sorted(config.items(), key=lambda item: bool(KEY_DELIMITER.search(item[0])))
+    for key, value in flat_last:
         head, *rest = KEY_DELIMITER.split(key)
         for part in reversed(rest):
             value = {part: value}
