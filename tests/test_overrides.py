@@ -84,6 +84,9 @@ def test_dotted_keys_expand_into_the_nested_form_and_merge():
     )
     assert config["lr_search"]["epochs"] == 3 and config["models"]["mlp"]["width"] == 7
     assert "lr_search.epochs" not in config
+    # Snakemake puts --config entries first, before keys only config.yaml holds: still they win.
+    flat_first = {"tracking__tensorboard": False, "tracking": {"tensorboard": True}}
+    assert expand_dotted_keys(flat_first) == {"tracking": {"tensorboard": False}}
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ def test_disk_full_while_writing_outputs_keeps_previous_outputs(
     for name, frame in previous.items():
         frame.to_parquet(out / name, index=False)
     (out / "meta.json").write_text('{"status": "completed", "note": "the previous run"}\n')
-    old = {p.name: p.read_bytes() for p in out.iterdir()}
+    old = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
     real_group = train_module.atomic_write_group
 
@@ -55,7 +55,7 @@ def test_disk_full_while_writing_outputs_keeps_previous_outputs(
     assert "No space left on device" in errors[0] and str(ckpt) in errors[0], err
     assert not [p.name for p in out.iterdir() if ".tmp-" in p.name]  # no temp file left
     assert ckpt.exists()  # a rerun resumes instead of training again
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == old, (
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == old, (
         f"disk full while writing {failing}: the previous outputs were partly replaced"
     )
 

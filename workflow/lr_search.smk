@@ -1,5 +1,9 @@
 # Learning-rate search: each candidate trained with the search seed for lr_search.epochs, per
 # (dataset, model, variant); the best validation accuracy wins, a diverged candidate loses.
+# TensorBoard event files go to <results>/tensorboard/, a tree that mirrors the run folders.
+# TRACKING (on or off) sits in the shell command, not in params: Snakemake reruns a finished job
+# whose params changed, and turning the live view off is no reason to train again.
+TRACKING = "--tensorboard" if config["tracking"]["tensorboard"] else "--no-tensorboard"
 
 
 rule lr_search:
@@ -19,10 +23,11 @@ rule lr_search:
         checkpoint=f"{RESULTS}/scratch/lr_search/{CANDIDATE}.ckpt",
         settings=search_args,
         device=device_args,
+        tensorboard_dir=f"{RESULTS}/tensorboard/lr_search/{CANDIDATE}",
     shell:
         "OMP_NUM_THREADS={threads} python -m normdrop.train --data {input.data}"
         " --out {params.out} --checkpoint {params.checkpoint} {params.settings}"
-        " {params.device} >> {log} 2>&1"
+        " {params.device} {TRACKING} --tensorboard-dir {params.tensorboard_dir:q} >> {log} 2>&1"
 
 
 # lr_search.extend_at_edge > 0: at a pick at the grid's edge, this job trains the next rate on

@@ -21,7 +21,9 @@ rule train:
         checkpoint=f"{RESULTS}/scratch/runs/{RUN}.ckpt",
         settings=train_args,
         device=device_args,
+        tensorboard_dir=f"{RESULTS}/tensorboard/runs/{RUN}",
     shell:
         "OMP_NUM_THREADS={threads} python -m normdrop.train --data {input.data}"
         " --out {params.out} --lr-from {input.lr} --checkpoint {params.checkpoint}"
-        " {params.settings} {params.device} >> {log} 2>&1"
+        " {params.settings} {params.device} {TRACKING}"
+        " --tensorboard-dir {params.tensorboard_dir:q} >> {log} 2>&1"

@@ -23,12 +23,14 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from normdrop.data import DATASETS
 from normdrop.models import INITS, MODELS, NORMS
 
 AUGMENTS = ("none", "crop_flip")
 PRECISIONS = ("auto", "fp32", "bf16")
 MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
 CUDA_GRAPHS = ("auto", "on", "off")
+DATASET_NAMES = tuple(DATASETS)
 
 # Settings that change how fast a run goes or where it runs, not what it computes (up to float
 # rounding): they are left out of the settings hash that decides whether two runs are the same.
@@ -48,32 +50,101 @@ class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range; the message says which."""
 
 
+def _setting(default=dataclasses.MISSING, *, help: str, allowed: tuple | str = ""):
+    """A RunConfig field with its one-sentence `help` and its `allowed` values (a tuple of
+    choices, or a range such as '> 0'): the one source of the CLI's --help and of the messages
+    that refuse a value."""
+    return dataclasses.field(default=default, metadata={"help": help, "allowed": allowed})
+
+
+def allowed_text(allowed: tuple | str) -> str:
+    """'a, b, c' for choices; a range as written ('> 0', '[0, 1)')."""
+    return ", ".join(map(str, allowed)) if isinstance(allowed, tuple) else allowed
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    dataset: str
-    model: str
-    width: int
-    init: str = "stable"  # stable: every variant starts from a stable network; he: plain He init
-    variant: str = "custom"  # a label for paths and tables; `norm` and `dropout` are what count
-    norm: str = "none"
-    dropout: float = 0.0  # rate; 0 turns dropout off
-    seed: int = 42
-    lr: float = 1e-3
-    epochs: int = 100
-    batch_size: int = 128
-    milestones: tuple[int, ...] = (50, 75)  # the lr is multiplied by gamma after these epochs
-    gamma: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    weight_decay: float = 0.0
-    augment: str = "none"
-    precision: str = "auto"  # auto: bf16 autocast on GPUs with bf16 units (sm >= 80), else fp32
-    memory_format: str = "auto"  # auto: channels_last on CUDA, contiguous on CPU
-    compile: bool = False
-    cuda_graphs: str = "auto"  # auto: off until measured on a GPU (README, "Speed"); on: CUDA only
-    deterministic: bool = False  # deterministic kernels (cuDNN, cuBLAS): bitwise-equal reruns
-    eval_batch_size: int = 1024
-    checkpoint_every_s: float = 300.0  # also checkpoint mid-epoch when this much time has passed
+    dataset: str = _setting(help="dataset the --data file holds", allowed=DATASET_NAMES)
+    model: str = _setting(help="network architecture", allowed=tuple(MODELS))
+    width: int = _setting(
+        help="hidden units per layer (mlp) or channels of the first stage (cnn, resnet*)",
+        allowed=">= 1",
+    )
+    init: str = _setting(
+        "stable",
+        help="weight initialization: stable (every variant starts from a stable network, "
+        "docs/protocol.md) or he (plain He init)",
+        allowed=tuple(INITS),
+    )
+    variant: str = _setting(
+        "custom",
+        help="label of the run in paths and tables (none, bn, dropout, bn_dropout in the "
+        "workflow); --norm and --dropout decide what is trained",
+        allowed="any name",
+    )
+    norm: str = _setting(
+        "none", help="normalization layer after each hidden layer", allowed=tuple(NORMS)
+    )
+    dropout: float = _setting(0.0, help="dropout rate; 0 turns dropout off", allowed="[0, 1)")
+    seed: int = _setting(
+        42, help="seed of the initialization, dropout masks, data order and augmentation",
+        allowed=">= 0",
+    )  # fmt: skip
+    lr: float = _setting(1e-3, help="Adam's initial learning rate", allowed="> 0")
+    epochs: int = _setting(100, help="training epochs", allowed=">= 1")
+    batch_size: int = _setting(
+        128, help="mini-batch size (an epoch's last, smaller batch is kept)", allowed=">= 1"
+    )
+    milestones: tuple[int, ...] = _setting(
+        (50, 75),
+        help="epochs after which the learning rate is multiplied by --gamma (none: constant)",
+        allowed="strictly increasing epochs in [1, epochs-1]",
+    )
+    gamma: float = _setting(
+        0.1, help="factor applied to the learning rate at each milestone", allowed="(0, 1]"
+    )
+    betas: tuple[float, float] = _setting(
+        (0.9, 0.999), help="Adam's two betas", allowed="two values in [0, 1)"
+    )
+    eps: float = _setting(1e-8, help="Adam's epsilon", allowed="> 0")
+    weight_decay: float = _setting(0.0, help="Adam's L2 weight decay", allowed=">= 0")
+    augment: str = _setting(
+        "none",
+        help="training-data augmentation; crop_flip: random crop after 4-pixel zero padding, "
+        "then a random horizontal flip (CIFAR-like data)",
+        allowed=AUGMENTS,
+    )
+    precision: str = _setting(
+        "auto",
+        help="arithmetic of the forward pass; auto: bf16 autocast on GPUs with bf16 units "
+        "(sm >= 80), else fp32",
+        allowed=PRECISIONS,
+    )
+    memory_format: str = _setting(
+        "auto",
+        help="layout of image tensors; auto: channels_last on CUDA, contiguous on CPU",
+        allowed=MEMORY_FORMATS,
+    )
+    compile: bool = _setting(False, help="torch.compile the model", allowed=(True, False))
+    cuda_graphs: str = _setting(
+        "auto",
+        help="capture the training step as one CUDA graph; auto: off until measured on a GPU "
+        "(README, 'Speed'); on: CUDA only",
+        allowed=CUDA_GRAPHS,
+    )
+    deterministic: bool = _setting(
+        False,
+        help="deterministic kernels (cuDNN, cuBLAS): bitwise-equal reruns, slower on a GPU",
+        allowed=(True, False),
+    )
+    eval_batch_size: int = _setting(
+        1024, help="batch size of the evaluation passes (speed only)", allowed=">= 1"
+    )
+    checkpoint_every_s: float = _setting(
+        300.0,
+        help="also checkpoint mid-epoch when this many seconds have passed since the last save",
+        allowed=">= 0",
+    )
 
     def __post_init__(self):
         hints = typing.get_type_hints(type(self))
@@ -89,38 +160,42 @@ class RunConfig:
         self._check_values()
 
     def _check_values(self):
-        def need(ok, key, allowed):
-            if not ok:
-                raise ConfigError(f"setting '{key}' = {getattr(self, key)!r}: {allowed}")
+        allowed = {f.name: f.metadata["allowed"] for f in dataclasses.fields(self)}
 
-        need(self.model in MODELS, "model", f"allowed: {', '.join(MODELS)}")
-        need(self.norm in NORMS, "norm", f"allowed: {', '.join(NORMS)}")
-        need(self.init in INITS, "init", f"allowed: {', '.join(INITS)}")
-        need(self.augment in AUGMENTS, "augment", f"allowed: {', '.join(AUGMENTS)}")
-        need(self.precision in PRECISIONS, "precision", f"allowed: {', '.join(PRECISIONS)}")
-        need(
-            self.memory_format in MEMORY_FORMATS,
-            "memory_format",
-            f"allowed: {', '.join(MEMORY_FORMATS)}",
-        )
-        need(self.cuda_graphs in CUDA_GRAPHS, "cuda_graphs", f"allowed: {', '.join(CUDA_GRAPHS)}")
-        need(0 <= self.dropout < 1, "dropout", "must lie in [0, 1)")
-        need(self.width >= 1, "width", "must be >= 1")
-        need(self.lr > 0, "lr", "must be > 0")
-        need(self.epochs >= 1, "epochs", "must be >= 1")
-        need(self.batch_size >= 1, "batch_size", "must be >= 1")
-        need(self.eval_batch_size >= 1, "eval_batch_size", "must be >= 1")
-        need(0 < self.gamma <= 1, "gamma", "must lie in (0, 1]")
-        need(self.eps > 0 and self.weight_decay >= 0, "eps", "eps > 0, weight_decay >= 0")
-        need(all(0 <= b < 1 for b in self.betas), "betas", "two values in [0, 1)")
-        need(len(self.betas) == 2, "betas", "two values in [0, 1)")
-        need(
+        def need(ok, key):
+            if not ok:
+                text = allowed_text(allowed[key])
+                if isinstance(allowed[key], tuple):
+                    text = f"allowed: {text}"
+                else:  # 'must be > 0', 'must lie in [0, 1)'
+                    text = ("must lie in " if text[0] in "[(" else "must be ") + text
+                raise ConfigError(f"setting '{key}' = {getattr(self, key)!r}: {text}")
+
+        for key, choices in allowed.items():
+            if isinstance(choices, tuple):
+                need(getattr(self, key) in choices, key)
+        # The ranges below are the `allowed` texts of the fields above, in code.
+        need(0 <= self.dropout < 1, "dropout")
+        need(self.width >= 1, "width")
+        need(self.seed >= 0, "seed")
+        need(self.lr > 0, "lr")
+        need(self.epochs >= 1, "epochs")
+        need(self.batch_size >= 1, "batch_size")
+        need(self.eval_batch_size >= 1, "eval_batch_size")
+        need(0 < self.gamma <= 1, "gamma")
+        need(self.eps > 0, "eps")
+        need(self.weight_decay >= 0, "weight_decay")
+        need(self.checkpoint_every_s >= 0, "checkpoint_every_s")
+        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas")
+        if not (
             all(1 <= m < self.epochs for m in self.milestones)
-            and list(self.milestones) == sorted(set(self.milestones)),
-            "milestones",
-            f"strictly increasing epochs in [1, epochs-1] = [1, {self.epochs - 1}] "
-            "(a milestone at or beyond the last epoch never takes effect)",
-        )
+            and list(self.milestones) == sorted(set(self.milestones))
+        ):
+            raise ConfigError(
+                f"setting 'milestones' = {self.milestones!r}: strictly increasing epochs in "
+                f"[1, epochs-1] = [1, {self.epochs - 1}] (a milestone at or beyond the last epoch "
+                "never takes effect)"
+            )
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -215,7 +290,10 @@ def expand_dotted_keys(config: dict) -> dict:
     """`{'train.epochs': 5}` or `{'train__epochs': 5}` -> `{'train': {'epochs': 5}}`, merged over
     the rest in order. Only top-level keys are split: no top-level key holds a dot or `__`."""
     out: dict = {}
-    for key, value in config.items():
+    # A flat key wins over the nested one whatever their order: Snakemake puts --config entries
+    # before the keys that only the Snakefile's config.yaml holds (`tracking`, ...).
+    flat_last = sorted(config.items(), key=lambda item: bool(KEY_DELIMITER.search(item[0])))
+    for key, value in flat_last:
         head, *rest = KEY_DELIMITER.split(key)
         for part in reversed(rest):
             value = {part: value}
@@ -535,6 +613,7 @@ def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
 __all__ = [
     "ConfigError",
     "RunConfig",
+    "allowed_text",
     "check_workflow_config",
     "coerce_workflow_config",
     "deep_merge",

@@ -11,8 +11,8 @@ seed, so that the demo and the tests run offline.
 
 from __future__ import annotations
 
-import hashlib
 import io
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -227,19 +227,31 @@ def prepare(name: str, raw_dir: Path, out: Path, val_fraction=0.1, split_seed=0)
     return Path(out)
 
 
-def load_prepared(path: Path) -> Prepared:
-    """Load a prepared file (CPU tensors); a missing or corrupt file gives a DataError."""
+def prepare_command(name: str, out: Path, raw_dir: Path | None = None) -> str:
+    """The shell command that creates the prepared file `out` for dataset `name` by hand, as the
+    workflow's `download` and `prepare` rules do (raw data in resources/raw/<name> by default;
+    `synthetic` with SyntheticSpec's defaults). Rerun, it replaces `out`."""
+    raw = str(raw_dir or Path("resources") / "raw" / name)
+    download = ["python", "-m", "normdrop.data", "download", name, "--raw-dir", raw]
+    prepare = ["python", "-m", "normdrop.data", "prepare", name, "--raw-dir", raw]
+    return f"{shlex.join(download)} && {shlex.join([*prepare, '--out', str(out)])}"
+
+
+def load_prepared(path: Path, dataset: str = "<dataset>") -> Prepared:
+    """Load a prepared file (CPU tensors); a missing or corrupt file gives a one-line DataError
+    with the command that (re)builds it for `dataset`."""
     path = Path(path)
-    hint = (
-        "delete it and rerun the workflow's `prepare` rule (or `python -m normdrop.data prepare`)"
-    )
+    rebuild = f"`{prepare_command(dataset, path)}`"
     if not path.exists():
-        raise DataError(f"prepared dataset {path} is missing: {hint}")
+        raise DataError(f"prepared dataset {path} is missing: create it with {rebuild}")
     try:
         d = torch.load(path, weights_only=True, mmap=True)
         fields = {k: d[k] for k in Prepared.__dataclass_fields__}
-    except Exception as err:
-        raise DataError(f"prepared dataset {path} is corrupt or truncated ({err}): {hint}") from err
+    except Exception as err:  # torch's words (a hint about saving options) stay in the chain
+        raise DataError(
+            f"prepared dataset {path} is corrupt or truncated (not a file that "
+            f"`normdrop.data prepare` wrote, or cut short): rebuild it with {rebuild}"
+        ) from err
     ok = d.get("format") == PREPARED_FORMAT and all(
         fields[f"{s}_x"].dtype == torch.uint8
         and fields[f"{s}_x"].ndim == 4
@@ -247,16 +259,11 @@ def load_prepared(path: Path) -> Prepared:
         for s in ("train", "val", "test")
     )
     if not ok:
-        raise DataError(f"prepared dataset {path} has an unexpected layout: {hint}")
+        raise DataError(
+            f"prepared dataset {path} has an unexpected layout (an older format?): rebuild it "
+            f"with {rebuild}"
+        )
     return Prepared(**fields)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --------------------------------------------------------------------------- on-device batches

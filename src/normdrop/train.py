@@ -37,6 +37,7 @@ from normdrop.checkpoints import (
     move_aside,
     resume,
 )
+from normdrop.cli import OneLineErrorParser, setting_help
 from normdrop.config import ConfigError, RunConfig
 from normdrop.data import (
     DataError,
@@ -44,6 +45,7 @@ from normdrop.data import (
     crop_flip,
     load_prepared,
     normalize,
+    prepare_command,
     standardization,
 )
 from normdrop.execution import (
@@ -59,6 +61,7 @@ from normdrop.execution import (
 )
 from normdrop.models import build_model, count_parameters
 from normdrop.storage import atomic_write_group
+from normdrop.tracking import TensorBoardTracker, Tracker
 
 
 @dataclass
@@ -171,6 +174,7 @@ def train(
     checkpoint: Path | None = None,
     log=print,
     progress=None,
+    tracker: Tracker | None = None,
 ) -> RunResult:
     """Train cfg.model on `data` for cfg.epochs epochs; resume from `checkpoint` if it exists.
 
@@ -181,7 +185,8 @@ def train(
 
     `log(line)` gets one line per epoch and per event (resume, divergence); `progress(done,
     epochs, row)`, if given, is called before the first epoch (row None) and after each epoch
-    (row: that epoch's record), e.g. to drive a progress bar.
+    (row: that epoch's record), e.g. to drive a progress bar. `tracker` (normdrop.tracking), if
+    given, gets each epoch's record and, at the end, the settings with the final metrics.
     """
     ex = resolve_execution(cfg, device)  # bf16, memory format, CUDA graphs, fused Adam
     if cfg.deterministic:
@@ -200,6 +205,8 @@ def train(
     diverged_epoch = None
     if progress:
         progress(history.start_epoch, cfg.epochs, None)
+    if tracker:
+        tracker.start(history.start_epoch + 1)  # supersedes what a killed session logged
     for epoch in range(history.start_epoch, cfg.epochs):
         if graph_step:
             copy_lr_into(captured_lr, run.optimizer)  # the graph reads the scheduler's rate
@@ -218,6 +225,8 @@ def train(
         log(_epoch_line(row, cfg.epochs))
         if progress:
             progress(epoch + 1, cfg.epochs, row)
+        if tracker:
+            tracker.log_epoch(row)
         if not finite:
             diverged_epoch = epoch + 1
             log(f"diverged: non-finite training loss in epoch {diverged_epoch}; stopping")
@@ -229,6 +238,8 @@ def train(
         _, train_eval_acc = loss_and_accuracy(
             run.model, data.train_x, data.train_y, inputs=inputs, batch_size=cfg.eval_batch_size
         )
+    if tracker:
+        tracker.finish(cfg.to_dict(), {**history.epoch_rows[-1], "train_eval_acc": train_eval_acc})
     return RunResult(
         steps=_steps_frame(history.step_losses),
         epochs=pd.DataFrame(history.epoch_rows),
@@ -397,36 +408,74 @@ def reporters(stream) -> tuple:
     return (lambda line: print(line, file=stream, flush=True)), None, lambda: None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit code 2 (argparse's default adds the usage)
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m normdrop.train", description=__doc__.split("\n")[0])
-    p.add_argument("--data", type=Path, required=True, help="prepared dataset file (.pt)")
-    p.add_argument("--out", type=Path, required=True, help="run folder for parquet + meta.json")
-    p.add_argument("--checkpoint", type=Path, help="resume file (default: <out>/checkpoint.pt)")
-    p.add_argument("--lr-from", type=Path, help="JSON file with the selected 'lr' (overrides --lr)")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    p.add_argument("--gpu-lock-dir", type=Path, help="folder of GPU lease lock files")
-    p.add_argument("--gpu-slots", type=int, default=1, help="runs that may share one GPU")
+    p = OneLineErrorParser(
+        prog="python -m normdrop.train",
+        description=__doc__.split("\n")[0],
+        epilog="Example, with the data file prepared by hand first: "
+        f"{prepare_command('synthetic', 'synthetic.pt')} && python -m normdrop.train --data "
+        "synthetic.pt --dataset synthetic --model cnn --width 8 --epochs 4 --milestones 3 "
+        "--out runs/cnn",
+    )
+    p.add_argument(
+        "--data", type=Path, required=True,
+        help="prepared dataset file (.pt) that `python -m normdrop.data prepare` wrote (required)",
+    )  # fmt: skip
+    p.add_argument(
+        "--out", type=Path, required=True,
+        help="run folder for steps.parquet, epochs.parquet and meta.json (required)",
+    )  # fmt: skip
+    p.add_argument(
+        "--checkpoint", type=Path,
+        help="checkpoint file; a rerun resumes from it (default: <out>/checkpoint.pt)",
+    )  # fmt: skip
+    p.add_argument(
+        "--lr-from", type=Path,
+        help="JSON file whose 'lr' replaces --lr, e.g. the search's selected.json (default: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--device", default="auto",
+        help="where to train (default: auto, CUDA if available; allowed: auto, cpu, cuda, cuda:N)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gpu-lock-dir", type=Path,
+        help="folder of GPU lease lock files shared by the runs (default: <out>/../.gpu-locks)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gpu-slots", type=int, default=1,
+        help="runs that may share one GPU (default: 1; allowed: >= 1)",
+    )  # fmt: skip
     p.add_argument(
         "--gpu-wait-s", type=float, default=math.inf,
-        help="wait this long for a free GPU slot (default: until one frees)",
+        help="seconds to wait for a free GPU slot (default: inf, until one frees; allowed: >= 0)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tensorboard", action=argparse.BooleanOptionalAction, default=True,
+        help="write TensorBoard event files while training (default: on)",
+    )  # fmt: skip
+    p.add_argument(
+        "--tensorboard-dir", type=Path,
+        help="folder of this run's event files (default: <out>/tensorboard)",
     )  # fmt: skip
     for f in dataclasses.fields(RunConfig):
         flag = "--" + f.name.replace("_", "-")
         default = None if f.default is dataclasses.MISSING else f.default
+        help = setting_help(f)
         if isinstance(default, bool):
-            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help)
         elif isinstance(default, tuple):
             kind = type(default[0]) if default else int
-            p.add_argument(flag, type=kind, nargs="*", default=default)
+            p.add_argument(flag, type=kind, nargs="*", default=default, help=help)
         else:
             kind = {"width": int, "dataset": str, "model": str}.get(f.name, type(default))
-            p.add_argument(flag, type=kind, default=default, required=default is None)
+            p.add_argument(flag, type=kind, default=default, required=default is None, help=help)
     return p
+
+
+def _fail(message: str, code: int = 2) -> int:
+    """One line on stderr; 2 for what the user can fix in the command (usage, config, input)."""
+    print(f"error: {message}", file=sys.stderr)
+    return code
 
 
 def main(argv=None) -> int:
@@ -442,8 +491,13 @@ def main(argv=None) -> int:
         extra["lr_source"] = str(args.lr_from)
     try:
         cfg = RunConfig.from_dict(settings)
+        data = load_prepared(args.data, cfg.dataset)  # CPU only: before any GPU wait
     except ConfigError as err:
         parser.error(str(err))
+    except DataError as err:
+        return _fail(str(err))
+    if data.name != cfg.dataset:
+        parser.error(f"--data {args.data} holds dataset {data.name!r}, not {cfg.dataset!r}")
 
     lease = None
     if args.device != "cpu":
@@ -461,17 +515,12 @@ def main(argv=None) -> int:
         except gpu_lease.NoSuchGPU as err:
             parser.error(str(err))
         except gpu_lease.LeaseError as err:
-            print(f"error: {err}", file=sys.stderr)
-            return 1
+            return _fail(str(err), 1)
     try:
         device = resolve_device(args.device, leased=lease is not None)
         execution = resolve_execution(cfg, device)
-        data = load_prepared(args.data)
-    except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, ConfigError) else 1
-    if data.name != cfg.dataset:
-        parser.error(f"--data {args.data} holds dataset {data.name!r}, not {cfg.dataset!r}")
+    except ConfigError as err:
+        return _fail(str(err))
     extra["data_file"] = str(args.data)
     extra["device"] = str(device) + (
         f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
@@ -479,6 +528,9 @@ def main(argv=None) -> int:
     extra["gpu_lease"] = None if lease is None else f"{lease.device}/slot{lease.slot}"
     checkpoint = args.checkpoint or Path(args.out) / "checkpoint.pt"
     extra["started_at"] = provenance.now()
+    tensorboard_dir = args.tensorboard_dir or Path(args.out) / "tensorboard"
+    tracker = TensorBoardTracker(tensorboard_dir) if args.tensorboard else None
+    extra["tensorboard_dir"] = str(tensorboard_dir) if tracker else None
     print(
         f"{cfg.dataset}/{cfg.model}/{cfg.variant} seed {cfg.seed} lr {cfg.lr:g} on {device}",
         flush=True,  # a job's log shows it has started before its first epoch ends
@@ -487,15 +539,14 @@ def main(argv=None) -> int:
 
     log, progress, close_progress = reporters(sys.stdout)
     try:
-        result = train(cfg, data, device, checkpoint, log=log, progress=progress)
+        result = train(cfg, data, device, checkpoint, log=log, progress=progress, tracker=tracker)
         write_outputs(args.out, cfg, result, extra)
     except OSError as err:  # disk full, quota, permissions: nothing partial is left behind
-        print(
-            f"error: writing {err.filename or args.out} failed: {err.strerror or err}. Earlier "
-            f"outputs and the last checkpoint ({checkpoint}) are intact: free space and rerun.",
-            file=sys.stderr,
+        return _fail(
+            f"writing {err.filename or args.out} failed: {err.strerror or err}. Earlier outputs "
+            f"and the last checkpoint ({checkpoint}) are intact: free space and rerun.",
+            1,
         )
-        return 1
     finally:
         close_progress()
     checkpoint.unlink(missing_ok=True)  # the outputs now hold everything it had
