@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from normdrop import provenance
+from normdrop import layout, provenance
 from normdrop.checkpoints import (
     Checkpointer,
     History,
@@ -482,6 +482,8 @@ def main(argv=None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    if settings["variant"] in (None, "custom"):  # no --variant: named as the grid names it
+        settings["variant"] = layout.variant_name(settings["norm"], settings["dropout"])
     extra = {"lr_source": "--lr"}
     if args.lr_from:
         try:
