@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import TRAIN_ENV
 from workflow_helpers import FAST, REPO, snakemake, write_config
 
@@ -120,3 +121,22 @@ def test_the_demos_first_jobs_run_under_a_folder_with_a_space_a_quote_and_a_doll
     states = {r["name"]: r["state"] for r in json.loads(res.stdout)["runs"]}
     assert states["synthetic/mlp/bn/seed42"] == "finished"
     assert states["synthetic/mlp/bn/lr0.003"] == "finished"
+
+
+def test_a_cluster_run_from_a_folder_its_jobs_would_expand_stops_before_any_job(tmp_path):
+    # Cluster jobs get the working directory quoted by Python's repr: with a single quote in the
+    # name, `$x` would be live there. The workflow stops at its start, before any submission.
+    work = tmp_path / "it's $x"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--executor", "slurm",
+           "--jobs", "1", "--configfile", str(REPO / "workflow" / "demo.yaml")]  # fmt: skip
+    res = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 1
+    assert "is not passed safely to cluster jobs; rename it" in res.stderr, res.stderr[-2000:]
+    assert "sbatch" not in res.stdout + res.stderr and not (work / "results").exists()
+
+
+def test_the_slurm_profile_hands_the_job_command_over_as_a_script():
+    # Not `sbatch --wrap="<command>"`, where the submitting shell would expand `$(...)` in a path.
+    profile = yaml.safe_load((REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text())
+    assert profile["slurm-pass-command-as-script"] is True

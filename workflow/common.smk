@@ -34,6 +34,7 @@ DATASETS = [d for d in config["datasets"] if any(d == c[0] for c in CELLS)]
 MODELS = list(GRID["models"])
 VARIANTS = list(GRID["variants"])
 EXEC = config["execution"]
+
 # A training job holds one GPU slot unless the config pins it to the CPU.
 GPU_PER_JOB = 0 if EXEC["device"] == "cpu" else 1
 
@@ -52,6 +53,19 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
 envvars:
     "PATH",
     "PYTHONPATH",
+
+
+# A cluster job reruns Snakemake with the working directory on its command line, quoted there
+# with Python's repr (snakemake-interface-executor-plugins 9.4): a folder name that holds a single
+# quote comes out in double quotes, where a `$`, a backquote or a backslash would be live. Known
+# only once the executor is (onstart), before any job is submitted.
+onstart:
+    here = os.getcwd()
+    if workflow.non_local_exec and "'" in here and any(c in here for c in '$`\\"'):
+        raise WorkflowError(
+            f"working directory {here!r}: a folder name with both a single quote and one of "
+            '$ ` \\ " is not passed safely to cluster jobs; rename it or run from elsewhere'
+        )
 
 
 # Every value below that reaches a shell command is a string or a list of strings, each put in
