@@ -135,8 +135,18 @@ def _code_strings(path: Path) -> list[tuple[int, str]]:
             after = tokens[i + 1] if i + 1 < len(tokens) else None
             if after is None or after.type in (tokenize.NEWLINE, tokenize.ENDMARKER):
                 continue  # a string alone on its line: a docstring (a rule's shell is indented)
+        if _is_help(tokens[:i]):
+            continue  # a CLI option's help may name a file for the user
         found.append((tok.start[0], tok.string))
     return found
+
+
+def _is_help(before: list[tokenize.TokenInfo]) -> bool:
+    """Whether the string after `before` is (part of) an argparse `help=` value."""
+    code = [t for t in before if t.type not in _LAYOUT_TOKENS]
+    while code and code[-1].type == tokenize.STRING:  # implicitly concatenated pieces
+        code.pop()
+    return len(code) >= 2 and code[-1].string == "=" and code[-2].string == "help"
 
 
 _LAYOUT_TOKENS = (tokenize.NL, tokenize.COMMENT)
@@ -170,6 +180,7 @@ def test_the_scan_finds_a_path_spelled_elsewhere(tmp_path):
         '    return f"{results}/scratch/runs/x/seed{seed}.ckpt"  # not in code\n'
     )
     (tmp_path / "Snakefile").write_text('rule a:\n    log:\n        f"{R}/logs/a.log",\n')
+    (tmp_path / "src" / "cli.py").write_text('p.add_argument("--x", help="the selected.json")\n')
     hits = spelled_outside_layout(tmp_path)
     assert [h.split(":")[:2] for h in hits] == [["src/x.py", "3"], ["Snakefile", "3"]], hits
 
