@@ -18,7 +18,7 @@ include: "workflow/common.smk"
 include: "workflow/data.smk"
 include: "workflow/lr_search.smk"
 include: "workflow/train.smk"
-include: "workflow/summary.smk"
+include: "workflow/aggregate.smk"
 include: "workflow/report.smk"
 
 

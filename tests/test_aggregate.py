@@ -1,4 +1,4 @@
-"""The aggregate (`normdrop.aggregate.summarize` and the workflow's `aggregate` rule) refuses
+"""The aggregate (`normdrop.aggregate.collect_runs` and the workflow's `aggregate` rule) refuses
 results of other settings, of mixed code revisions, and a hand-edited run; on copies of the shared
 faulty grid (`grid`, fault_grid.py)."""
 
@@ -12,7 +12,7 @@ import pytest
 from fault_grid import GRID, RUN_KEYS, SEEDS, job_counts
 from workflow_helpers import deep_merge, merged_config, output, run, snakemake_cmd, tail
 
-from normdrop.aggregate import StaleResultsError, summarize
+from normdrop.aggregate import StaleResultsError, collect_runs
 
 
 # --------------------------------------------------------------------------- stale results
@@ -53,15 +53,15 @@ def _set_revisions(results: Path, revision: str) -> None:
     ],
     ids=["epochs", "dropout_rate"],
 )  # fmt: skip
-def test_summarize_refuses_results_of_other_settings(
+def test_collect_runs_refuses_results_of_other_settings(
     results_copy, change, key_message, stale_folders
 ):
     config = merged_config(GRID, {"results_dir": str(results_copy)})
-    runs, epochs, candidates = summarize(config)  # the exact config: accepted
+    runs, epochs, candidates = collect_runs(config)  # the exact config: accepted
     assert len(runs) == len(RUN_KEYS)
 
     with pytest.raises(StaleResultsError) as err:
-        summarize(deep_merge(config, change))
+        collect_runs(deep_merge(config, change))
     message = str(err.value)
     assert message.startswith(f"{len(stale_folders)} result(s) disagree with the current config")
     listed = [line.strip() for line in message.splitlines()[1:]]
@@ -73,21 +73,21 @@ def test_summarize_refuses_results_of_other_settings(
 
 
 @pytest.mark.slow
-def test_summarize_refuses_mixed_code_revisions_unless_allowed(results_copy):
+def test_collect_runs_refuses_mixed_code_revisions_unless_allowed(results_copy):
     config = merged_config(
         GRID, {"results_dir": str(results_copy), "metrics": {"allow_mixed_revisions": False}}
     )
     _set_revisions(results_copy, "aaaa111")
-    summarize(config)
+    collect_runs(config)
     odd = results_copy / "runs" / "synthetic" / "cnn" / "bn" / "seed43" / "meta.json"
     odd.write_text(json.dumps({**json.loads(odd.read_text()), "git_revision": "bbbb222-dirty"}))
     with pytest.raises(StaleResultsError) as err:
-        summarize(config)
+        collect_runs(config)
     message = str(err.value)
     assert "runs come from 2 code revisions" in message
     assert f"aaaa111 ({len(RUN_KEYS) - 1} runs)" in message and "bbbb222-dirty (1 runs)" in message
     assert "allow_mixed_revisions" in message
-    runs, _, _ = summarize(deep_merge(config, {"metrics": {"allow_mixed_revisions": True}}))
+    runs, _, _ = collect_runs(deep_merge(config, {"metrics": {"allow_mixed_revisions": True}}))
     assert set(runs["git_revision"]) == {"aaaa111", "bbbb222-dirty"}
 
 

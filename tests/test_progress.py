@@ -28,7 +28,9 @@ def test_output_to_a_file_is_one_plain_line_per_epoch(tmp_path, tiny_data):
     assert "\r" not in text and "\x1b" not in text  # no bar, no terminal control characters
     lines = text.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
-    assert lines[0].startswith("synthetic/cnn/custom seed 42") and lines[-1].startswith("completed")
+    assert lines[0].startswith("synthetic/cnn/bn_dropout seed 42") and lines[-1].startswith(
+        "completed"
+    )
     assert lines[1].startswith("execution: ")  # the settings that ran (precision, graphs, ...)
     assert len(lines) == EPOCHS + 3
 

@@ -10,6 +10,8 @@ from snakemake.settings.types import DeploymentMethod
 SRC = str(Path(workflow.basedir) / "src")
 sys.path.insert(0, SRC)
 
+# Every path of the results and resources folders: normdrop.layout.
+from normdrop import layout  # noqa: E402
 from normdrop.config import (  # noqa: E402
     check_workflow_config,
     grid_cells,
@@ -31,9 +33,8 @@ RESOURCES = config["resources_dir"]
 DATASETS = [d for d in config["datasets"] if any(d == c[0] for c in CELLS)]
 MODELS = list(GRID["models"])
 VARIANTS = list(GRID["variants"])
-SEEDS = config["seeds"]
-LR_CANDIDATES = [f"{lr:g}" for lr in config["lr_search"]["candidates"]]
 EXEC = config["execution"]
+
 # A training job holds one GPU slot unless the config pins it to the CPU.
 GPU_PER_JOB = 0 if EXEC["device"] == "cpu" else 1
 
@@ -54,84 +55,90 @@ envvars:
     "PYTHONPATH",
 
 
-RUN = "{dataset}/{model}/{variant}/seed{seed}"
-CANDIDATE = "{dataset}/{model}/{variant}/lr{lr}"
+# A cluster job reruns Snakemake with the working directory on its command line, quoted there
+# with Python's repr (snakemake-interface-executor-plugins 9.4): a folder name that holds a single
+# quote comes out in double quotes, where a `$`, a backquote or a backslash would be live. Known
+# only once the executor is (onstart), before any job is submitted.
+onstart:
+    here = os.getcwd()
+    if workflow.non_local_exec and "'" in here and any(c in here for c in '$`\\"'):
+        raise WorkflowError(
+            f"working directory {here!r}: a folder name with both a single quote and one of "
+            '$ ` \\ " is not passed safely to cluster jobs; rename it or run from elsewhere'
+        )
 
 
-def run_files(folder):
-    """The three files every training run writes (meta.json last)."""
-    return {
-        name: f"{folder}/{name}"
-        for name in ("steps.parquet", "epochs.parquet", "meta.json")
-    }
-
-
-def prepared(wildcards):
-    return f"{RESOURCES}/prepared/{wildcards.dataset}.pt"
+# Every value below that reaches a shell command is a string or a list of strings, each put in
+# the command with Snakemake's `:q` (shell-quoted): a path may hold spaces, quotes or `$(...)`.
 
 
 def synthetic_args(wildcards):
     if wildcards.dataset != "synthetic":
-        return ""
+        return []
     spec = config["data"]["synthetic"]
-    return " ".join(f"--synthetic-{k.replace('_', '-')} {v}" for k, v in spec.items())
+    return [
+        arg
+        for k, v in spec.items()
+        for arg in (f"--synthetic-{k.replace('_', '-')}", str(v))
+    ]
 
 
 def search_args(wildcards):
-    cfg = search_config(
-        GRID,
-        wildcards.dataset,
-        wildcards.model,
-        wildcards.variant,
-        float(wildcards.lr),
-    )
-    return shlex.join(to_cli_args(cfg))
+    lr = float(wildcards.lr)
+    cfg = search_config(GRID, wildcards.dataset, wildcards.model, wildcards.variant, lr)
+    return to_cli_args(cfg)
 
 
 def train_args(wildcards):
-    cfg = run_config(
-        GRID,
-        wildcards.dataset,
-        wildcards.model,
-        wildcards.variant,
-        int(wildcards.seed),
-    )
-    return shlex.join(to_cli_args(cfg, skip=("lr",)))
+    seed = int(wildcards.seed)
+    cfg = run_config(GRID, wildcards.dataset, wildcards.model, wildcards.variant, seed)
+    return to_cli_args(cfg, skip=("lr",))
 
 
 def device_args(wildcards):
     """Device, GPU lease folder and slots: where a job runs, not what it computes."""
-    return (
-        f"--device {EXEC['device']} --gpu-lock-dir {RESULTS}/scratch/gpu-locks "
-        f"--gpu-slots {EXEC['gpu_slots_per_gpu']}"
-    )
+    return [
+        "--device",
+        EXEC["device"],
+        "--gpu-lock-dir",
+        layout.gpu_locks(RESULTS),
+        "--gpu-slots",
+        str(EXEC["gpu_slots_per_gpu"]),
+    ]
+
+
+def device_line(wildcards):
+    """device_args as one string: select_lr passes it on to the training CLI it starts."""
+    return shlex.join(device_args(wildcards))
 
 
 def lr_candidates(wildcards):
-    cell = "{dataset}/{model}/{variant}".format(**wildcards)
-    return [f"{RESULTS}/lr_search/{cell}/lr{lr}/meta.json" for lr in LR_CANDIDATES]
+    """The meta.json of each learning-rate candidate of the rule's (dataset, model, variant)."""
+    return [
+        layout.run_files(RESULTS, "lr_search", lr=lr, **wildcards)["meta.json"]
+        for lr in config["lr_search"]["candidates"]
+    ]
 
 
 def all_run_metas():
     return [
-        f"{RESULTS}/runs/{d}/{m}/{v}/seed{s}/meta.json"
-        for d, m in CELLS
-        for v in VARIANTS
-        for s in SEEDS
+        layout.run_files(RESULTS, r.kind, **r.wildcards)["meta.json"]
+        for r in layout.iter_runs(GRID)
+        if r.kind == "train"
     ]
 
 
 def all_selected_lrs():
-    return [
-        f"{RESULTS}/lr_search/{d}/{m}/{v}/selected.json"
-        for d, m in CELLS
-        for v in VARIANTS
-    ]
+    return list(
+        dict.fromkeys(
+            layout.selected(RESULTS, **r.wildcards) for r in layout.iter_runs(GRID)
+        )
+    )
 
 
 def config_json():
-    """The grid's config, quoted for the shell: the aggregate checks every run against it."""
-    return shlex.quote(json.dumps(GRID, sort_keys=True))
+    """The grid's config as JSON: the aggregate checks every run against it."""
+    return json.dumps(GRID, sort_keys=True)
 
 
 def output_dir(wildcards, output):
@@ -152,9 +159,9 @@ from normdrop.study import FIGURE_STEM, TABLE_STEM, study_paths
 from normdrop.summary_data import dataset_name, model_name
 from normdrop.tables import table_paths
 
-SUMMARY = f"{RESULTS}/summary"
-TABLES = f"{RESULTS}/tables"
-FIGURES = f"{RESULTS}/figures"
+SUMMARY = layout.summary_dir(RESULTS)
+TABLES = layout.tables_dir(RESULTS)
+FIGURES = layout.figures_dir(RESULTS)
 SUMMARY_FILES = [
     f"{SUMMARY}/{name}.parquet" for name in ("runs", "epochs", "lr_search")
 ]
@@ -224,7 +231,7 @@ def study_outputs():
 
 
 def study_json():
-    return shlex.quote(json.dumps(STUDY, sort_keys=True))
+    return json.dumps(STUDY, sort_keys=True)
 
 
 def summary_dir(wildcards, input):

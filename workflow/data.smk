@@ -1,40 +1,40 @@
 # download -> prepare: one job per dataset each. Both are local rules (compute nodes of many
-# clusters have no internet access).
+# clusters have no internet access). Paths: normdrop.layout.
 
 
 rule download:
     output:
-        f"{RESOURCES}/raw/{{dataset}}/.downloaded",
+        layout.downloaded(RESOURCES),
     log:
-        f"{RESULTS}/logs/download/{{dataset}}.log",
-    conda:
-        "../envs/normdrop.yaml"
-    resources:
-        gpu=0,
+        layout.log(RESULTS, "download", "{dataset}"),
     params:
         raw_dir=output_dir,
         synthetic=synthetic_args,
+    resources:
+        gpu=0,
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "python -m normdrop.data download {wildcards.dataset} --raw-dir {params.raw_dir}"
-        " {params.synthetic} > {log} 2>&1 && touch {output}"
+        "python -m normdrop.data download {wildcards.dataset:q} --raw-dir {params.raw_dir:q}"
+        " {params.synthetic:q} > {log:q} 2>&1 && touch {output:q}"
 
 
 rule prepare:
     input:
-        f"{RESOURCES}/raw/{{dataset}}/.downloaded",
+        layout.downloaded(RESOURCES),
     output:
-        f"{RESOURCES}/prepared/{{dataset}}.pt",
+        layout.prepared(RESOURCES),
     log:
-        f"{RESULTS}/logs/prepare/{{dataset}}.log",
-    conda:
-        "../envs/normdrop.yaml"
-    resources:
-        gpu=0,
+        layout.log(RESULTS, "prepare", "{dataset}"),
     params:
         raw_dir=input_dir,
         val_fraction=config["data"]["val_fraction"],
         split_seed=config["data"]["split_seed"],
+    resources:
+        gpu=0,
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "python -m normdrop.data prepare {wildcards.dataset} --raw-dir {params.raw_dir}"
-        " --out {output} --val-fraction {params.val_fraction}"
-        " --split-seed {params.split_seed} > {log} 2>&1"
+        "python -m normdrop.data prepare {wildcards.dataset:q} --raw-dir {params.raw_dir:q}"
+        " --out {output:q} --val-fraction {params.val_fraction:q}"
+        " --split-seed {params.split_seed:q} > {log:q} 2>&1"

@@ -1,6 +1,7 @@
 # Learning-rate search: each candidate trained with the search seed for lr_search.epochs, per
 # (dataset, model, variant); the best validation accuracy wins, a diverged candidate loses.
 # TensorBoard event files go to <results>/tensorboard/, a tree that mirrors the run folders.
+# Paths: normdrop.layout.
 # TRACKING (on or off) sits in the shell command, not in params: Snakemake reruns a finished job
 # whose params changed, and turning the live view off is no reason to train again.
 TRACKING = "--tensorboard" if config["tracking"]["tensorboard"] else "--no-tensorboard"
@@ -8,26 +9,27 @@ TRACKING = "--tensorboard" if config["tracking"]["tensorboard"] else "--no-tenso
 
 rule lr_search:
     input:
-        data=prepared,
+        data=layout.prepared(RESOURCES),
     output:
-        **run_files(f"{RESULTS}/lr_search/{CANDIDATE}"),
+        **layout.run_files(RESULTS, "lr_search"),
     log:
-        f"{RESULTS}/logs/lr_search/{CANDIDATE}.log",
-    conda:
-        "../envs/normdrop.yaml"
+        layout.run_log(RESULTS, "lr_search"),
+    params:
+        out=output_dir,
+        checkpoint=layout.checkpoint(RESULTS, "lr_search"),
+        settings=search_args,
+        device=device_args,
+        tensorboard_dir=layout.tensorboard_dir(RESULTS, "lr_search"),
     threads: EXEC["threads"]
     resources:
         gpu=GPU_PER_JOB,
-    params:
-        out=output_dir,
-        checkpoint=f"{RESULTS}/scratch/lr_search/{CANDIDATE}.ckpt",
-        settings=search_args,
-        device=device_args,
-        tensorboard_dir=f"{RESULTS}/tensorboard/lr_search/{CANDIDATE}",
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m normdrop.train --data {input.data}"
-        " --out {params.out} --checkpoint {params.checkpoint} {params.settings}"
-        " {params.device} {TRACKING} --tensorboard-dir {params.tensorboard_dir:q} >> {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} python -m normdrop.train --data {input.data:q}"
+        " --out {params.out:q} --checkpoint {params.checkpoint:q} {params.settings:q}"
+        " {params.device:q} {TRACKING:q} --tensorboard-dir {params.tensorboard_dir:q}"
+        " >> {log:q} 2>&1"
 
 
 # lr_search.extend_at_edge > 0: at a pick at the grid's edge, this job trains the next rate on
@@ -39,22 +41,23 @@ EXTEND_AT_EDGE = config["lr_search"].get("extend_at_edge", 0)
 rule select_lr:
     input:
         metas=lr_candidates,
-        data=prepared,
+        data=layout.prepared(RESOURCES),
     output:
-        f"{RESULTS}/lr_search/{{dataset}}/{{model}}/{{variant}}/selected.json",
+        layout.selected(RESULTS),
     log:
-        f"{RESULTS}/logs/select_lr/{{dataset}}/{{model}}/{{variant}}.log",
+        layout.log(RESULTS, "select_lr", layout.CELL),
+    params:
+        extensions=EXTEND_AT_EDGE,
+        scratch=layout.checkpoint_dir(RESULTS, "lr_search"),
+        device=device_line,
     localrule: not EXTEND_AT_EDGE
-    conda:
-        "../envs/normdrop.yaml"
     threads: EXEC["threads"] if EXTEND_AT_EDGE else 1
     resources:
         gpu=GPU_PER_JOB if EXTEND_AT_EDGE else 0,
-    params:
-        extensions=EXTEND_AT_EDGE,
-        scratch=f"{RESULTS}/scratch/lr_search/{{dataset}}/{{model}}/{{variant}}",
-        device=device_args,
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m normdrop.aggregate select-lr --out {output}"
-        " --extend-at-edge {params.extensions} --data {input.data} --scratch {params.scratch}"
-        " --device-args={params.device:q} {input.metas} > {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} python -m normdrop.aggregate select-lr --out {output:q}"
+        " --extend-at-edge {params.extensions:q} --data {input.data:q}"
+        " --scratch {params.scratch:q} --device-args={params.device:q} {input.metas:q}"
+        " > {log:q} 2>&1"

@@ -9,19 +9,19 @@ rule tables:
     output:
         table_outputs(),
     log:
-        f"{RESULTS}/logs/tables.log",
-    conda:
-        "../envs/normdrop.yaml"
-    resources:
-        gpu=0,
+        layout.log(RESULTS, "tables"),
     params:
         summary=summary_dir,
         out_dir=tables_dir,
         datasets=DATASETS,
         models=MODELS,
+    resources:
+        gpu=0,
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "python -m normdrop.tables --summary-dir {params.summary} --out-dir {params.out_dir}"
-        " --datasets {params.datasets} --models {params.models} > {log} 2>&1"
+        "python -m normdrop.tables --summary-dir {params.summary:q} --out-dir {params.out_dir:q}"
+        " --datasets {params.datasets:q} --models {params.models:q} > {log:q} 2>&1"
 
 
 rule hypotheses:
@@ -30,19 +30,19 @@ rule hypotheses:
     output:
         hypothesis_outputs(),
     log:
-        f"{RESULTS}/logs/hypotheses.log",
-    conda:
-        "../envs/normdrop.yaml"
-    resources:
-        gpu=0,
+        layout.log(RESULTS, "hypotheses"),
     params:
         summary=summary_dir,
         out_dir=tables_dir,
         datasets=DATASETS,
         models=MODELS,
+    resources:
+        gpu=0,
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "python -m normdrop.hypotheses --summary-dir {params.summary} --out-dir {params.out_dir}"
-        " --datasets {params.datasets} --models {params.models} > {log} 2>&1"
+        "python -m normdrop.hypotheses --summary-dir {params.summary:q} --out-dir {params.out_dir:q}"
+        " --datasets {params.datasets:q} --models {params.models:q} > {log:q} 2>&1"
 
 
 rule figures:
@@ -51,23 +51,23 @@ rule figures:
     output:
         figure_outputs(),
     log:
-        f"{RESULTS}/logs/figures.log",
-    conda:
-        "../envs/normdrop.yaml"
-    resources:
-        gpu=0,
-        mem_mb=4000,
+        layout.log(RESULTS, "figures"),
     params:
         summary=summary_dir,
         out_dir=figures_dir,
         datasets=DATASETS,
         models=MODELS,
         milestones=config["train"]["lr_milestones"],
+    resources:
+        gpu=0,
+        mem_mb=4000,
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "MPLBACKEND=Agg python -m normdrop.plots --summary-dir {params.summary}"
-        " --out-dir {params.out_dir}"
-        " --datasets {params.datasets} --models {params.models}"
-        " --milestones {params.milestones} > {log} 2>&1"
+        "MPLBACKEND=Agg python -m normdrop.plots --summary-dir {params.summary:q}"
+        " --out-dir {params.out_dir:q}"
+        " --datasets {params.datasets:q} --models {params.models:q}"
+        " --milestones {params.milestones:q} > {log:q} 2>&1"
 
 
 rule summary_report:
@@ -76,20 +76,20 @@ rule summary_report:
     output:
         f"{SUMMARY}/report.md",
     log:
-        f"{RESULTS}/logs/summary_report.log",
-    conda:
-        "../envs/normdrop.yaml"
-    resources:
-        gpu=0,
+        layout.log(RESULTS, "summary_report"),
     params:
         summary=summary_dir,
         figures=figures_dir,
         datasets=DATASETS,
         models=MODELS,
+    resources:
+        gpu=0,
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "python -m normdrop.report --summary-dir {params.summary} --out {output}"
-        " --figures-dir {params.figures}"
-        " --datasets {params.datasets} --models {params.models} > {log} 2>&1"
+        "python -m normdrop.report --summary-dir {params.summary:q} --out {output:q}"
+        " --figures-dir {params.figures:q}"
+        " --datasets {params.datasets:q} --models {params.models:q} > {log:q} 2>&1"
 
 
 rule study:
@@ -98,18 +98,18 @@ rule study:
     output:
         study_outputs(),
     log:
-        f"{RESULTS}/logs/study.log",
-    conda:
-        "../envs/normdrop.yaml"
-    resources:
-        gpu=0,
-        mem_mb=4000,
+        layout.log(RESULTS, "study"),
     params:
         summary=summary_dir,
         tables=tables_dir,
         figures=figures_dir,
         study=study_json(),
+    resources:
+        gpu=0,
+        mem_mb=4000,
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "MPLBACKEND=Agg python -m normdrop.study --summary-dir {params.summary}"
-        " --tables-dir {params.tables} --figures-dir {params.figures}"
-        " --study-json {params.study} > {log} 2>&1"
+        "MPLBACKEND=Agg python -m normdrop.study --summary-dir {params.summary:q}"
+        " --tables-dir {params.tables:q} --figures-dir {params.figures:q}"
+        " --study-json {params.study:q} > {log:q} 2>&1"

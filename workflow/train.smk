@@ -1,29 +1,29 @@
 # train(dataset, model, variant, seed) with the selected learning rate. The checkpoint lives in
 # scratch/, not among the outputs, so that Snakemake never deletes it: a rerun of a killed job
-# resumes from its last epoch (or last timed save).
+# resumes from its last epoch (or last timed save). Paths: normdrop.layout.
 
 
 rule train:
     input:
-        data=prepared,
-        lr=f"{RESULTS}/lr_search/{{dataset}}/{{model}}/{{variant}}/selected.json",
+        data=layout.prepared(RESOURCES),
+        lr=layout.selected(RESULTS),
     output:
-        **run_files(f"{RESULTS}/runs/{RUN}"),
+        **layout.run_files(RESULTS, "train"),
     log:
-        f"{RESULTS}/logs/train/{RUN}.log",
-    conda:
-        "../envs/normdrop.yaml"
+        layout.run_log(RESULTS, "train"),
+    params:
+        out=output_dir,
+        checkpoint=layout.checkpoint(RESULTS, "train"),
+        settings=train_args,
+        device=device_args,
+        tensorboard_dir=layout.tensorboard_dir(RESULTS, "train"),
     threads: EXEC["threads"]
     resources:
         gpu=GPU_PER_JOB,
-    params:
-        out=output_dir,
-        checkpoint=f"{RESULTS}/scratch/runs/{RUN}.ckpt",
-        settings=train_args,
-        device=device_args,
-        tensorboard_dir=f"{RESULTS}/tensorboard/runs/{RUN}",
+    conda:
+        "../envs/normdrop.yaml"
     shell:
-        "OMP_NUM_THREADS={threads} python -m normdrop.train --data {input.data}"
-        " --out {params.out} --lr-from {input.lr} --checkpoint {params.checkpoint}"
-        " {params.settings} {params.device} {TRACKING}"
-        " --tensorboard-dir {params.tensorboard_dir:q} >> {log} 2>&1"
+        "OMP_NUM_THREADS={threads:q} python -m normdrop.train --data {input.data:q}"
+        " --out {params.out:q} --lr-from {input.lr:q} --checkpoint {params.checkpoint:q}"
+        " {params.settings:q} {params.device:q} {TRACKING:q}"
+        " --tensorboard-dir {params.tensorboard_dir:q} >> {log:q} 2>&1"

@@ -1,9 +1,9 @@
 """From run folders to the study's summary tables, and the learning-rate choice.
 
     python -m normdrop.aggregate select-lr --out selected.json <candidate>/meta.json ...
-    python -m normdrop.aggregate summarize --config-json '<merged config>' --out-dir summary/
+    python -m normdrop.aggregate collect --config-json '<merged config>' --out-dir summary/
 
-`summarize` loads every run of the config's grid, refuses runs whose recorded settings disagree
+`collect` loads every run of the config's grid, refuses runs whose recorded settings disagree
 with the current config (a stale result from another config) or that mix code revisions, and
 writes runs.parquet (one row per run with its final metrics), epochs.parquet (every curve) and
 lr_search.parquet (every candidate), atomically.
@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from normdrop.config import EXECUTION_FIELDS, grid_cells, grid_config, run_config, search_config
+from normdrop import layout
+from normdrop.config import EXECUTION_FIELDS, grid_config
 from normdrop.metrics import run_metrics
 from normdrop.storage import atomic_write_json, atomic_write_parquet
 
@@ -120,12 +121,13 @@ def train_candidate(meta_path: Path, lr: float, data: Path, scratch: Path, devic
 
     settings = json.loads(meta_path.read_text())["settings"]
     cfg = RunConfig.from_dict({**settings, "lr": lr})
-    folder = meta_path.parent.parent / f"lr{lr:g}"
+    key = layout.run_key("lr_search", lr=lr)  # a sibling of the candidate at meta_path
+    folder = meta_path.parent.parent / key
     done = folder / "meta.json"
     if done.exists() and json.loads(done.read_text()).get("settings_hash") == cfg.settings_hash():
         return folder
     cmd = [sys.executable, "-m", "normdrop.train", "--data", str(data), "--out", str(folder)]
-    cmd += ["--checkpoint", str(scratch / f"lr{lr:g}.ckpt"), *to_cli_args(cfg)]
+    cmd += ["--checkpoint", str(scratch / f"{key}.ckpt"), *to_cli_args(cfg)]
     print(f"extending the search: training lr {lr:g} into {folder}", flush=True)
     subprocess.run([*cmd, *shlex.split(device)], check=True)
     return folder
@@ -160,53 +162,65 @@ def _normalised(settings: dict) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
-def summarize(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+def _keys(run: layout.GridRun) -> dict:
+    return {
+        "dataset": run.dataset,
+        "model": run.model,
+        "variant": run.variant,
+        "seed": int(run.tag),
+    }
+
+
+def run_row(run: layout.GridRun, meta: dict, epochs: pd.DataFrame, spec: dict, fraction: float):
+    """One training run's row of runs.parquet: its settings, final metrics and provenance."""
+    settings = meta["settings"]
+    return {
+        **_keys(run),
+        "norm": spec["norm"],
+        # on when its rate is > 0 (a swept rate of 0 is dropout off)
+        "dropout": bool(spec["dropout"] and settings["dropout"] > 0),
+        "dropout_rate": settings["dropout"],
+        "family": spec.get("family", run.variant),  # variant before a sweep
+        "batch_size": settings["batch_size"],
+        "lr": meta["lr"],
+        "param_count": meta["param_count"],
+        "status": meta["status"],
+        "diverged_epoch": meta["diverged_epoch"] or math.nan,
+        "epochs": settings["epochs"],
+        **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction),
+        "wall_time_s": meta["wall_time_s"],
+        "git_revision": meta["git_revision"],
+        "device": meta.get("device", "unknown"),
+        "slurm_job_id": meta.get("slurm_job_id"),
+    }
+
+
+def collect_runs(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """runs, epochs and lr_search frames of the config's grid; StaleResultsError if a run on disk
+    disagrees with the config (each one listed) or the runs mix code revisions."""
     config = grid_config(config)  # `select` and `sweep` applied (a no-op on the workflow's grid)
-    results = Path(config["results_dir"])
+    results = config["results_dir"]
     fraction = config["metrics"]["convergence_fraction"]
-    runs, curves, candidates, stale = [], [], [], []
-    for dataset, model in grid_cells(config):
-        for variant, spec in config["variants"].items():
-            cell = results / "lr_search" / dataset / model / variant
-            selected = json.loads((cell / "selected.json").read_text())
-            for c in selected["candidates"]:
-                candidates.append({**c, "selected": c["lr"] == selected["lr"]})
-            for lr in config["lr_search"]["candidates"]:
-                expected = search_config(config, dataset, model, variant, lr).to_dict()
-                meta, _ = load_run(cell / f"lr{lr:g}")
-                if _semantic(meta["settings"]) != _semantic(_normalised(expected)):
-                    stale.append(f"{cell}/lr{lr:g}: {_diff(meta['settings'], expected)}")
-            for seed in config["seeds"]:
-                folder = results / "runs" / dataset / model / variant / f"seed{seed}"
-                meta, epochs = load_run(folder)
-                expected = _normalised(run_config(config, dataset, model, variant, seed).to_dict())
-                if _semantic(meta["settings"]) != _semantic(expected):
-                    stale.append(f"{folder}: {_diff(meta['settings'], expected)}")
-                elif meta["lr"] != selected["lr"]:
-                    stale.append(f"{folder}: lr {meta['lr']} on disk vs {selected['lr']} selected")
-                keys = {"dataset": dataset, "model": model, "variant": variant, "seed": seed}
-                runs.append(
-                    {
-                        **keys,
-                        "norm": spec["norm"],
-                        # on when its rate is > 0 (a swept rate of 0 is dropout off)
-                        "dropout": bool(spec["dropout"] and meta["settings"]["dropout"] > 0),
-                        "dropout_rate": meta["settings"]["dropout"],
-                        "family": spec.get("family", variant),  # variant before a sweep
-                        "batch_size": meta["settings"]["batch_size"],
-                        "lr": meta["lr"],
-                        "param_count": meta["param_count"],
-                        "status": meta["status"],
-                        "diverged_epoch": meta["diverged_epoch"] or math.nan,
-                        "epochs": meta["settings"]["epochs"],
-                        **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction),
-                        "wall_time_s": meta["wall_time_s"],
-                        "git_revision": meta["git_revision"],
-                        "device": meta.get("device", "unknown"),
-                        "slurm_job_id": meta.get("slurm_job_id"),
-                    }
-                )
-                curves.append(epochs.assign(**keys))
+    runs, curves, candidates, stale, chosen = [], [], [], [], {}
+    for run in layout.iter_runs(config):
+        cell = (run.dataset, run.model, run.variant)
+        if cell not in chosen:  # the cell's first run: its search's choice and candidates
+            chosen[cell] = selected = json.loads(
+                Path(layout.selected(results, **run.wildcards)).read_text()
+            )
+            candidates += [
+                {**c, "selected": c["lr"] == selected["lr"]} for c in selected["candidates"]
+            ]
+        folder = Path(layout.run_dir(results, run.kind, **run.wildcards))
+        meta, epochs = load_run(folder)
+        expected = _normalised(run.settings.to_dict())
+        if _semantic(meta["settings"]) != _semantic(expected):
+            stale.append(f"{folder}: {_diff(meta['settings'], expected)}")
+        elif run.kind == "train" and meta["lr"] != chosen[cell]["lr"]:
+            stale.append(f"{folder}: lr {meta['lr']} on disk vs {chosen[cell]['lr']} selected")
+        if run.kind == "train":
+            runs.append(run_row(run, meta, epochs, config["variants"][run.variant], fraction))
+            curves.append(epochs.assign(**_keys(run)))
     if stale:
         raise StaleResultsError(
             f"{len(stale)} result(s) disagree with the current config (delete them, or rerun "
@@ -240,7 +254,7 @@ def main(argv=None) -> int:
     s.add_argument("--data", type=Path, help="prepared dataset (needed with --extend-at-edge)")
     s.add_argument("--scratch", type=Path, help="checkpoints of extra candidates")
     s.add_argument("--device-args", default="", help="device flags passed to the training CLI")
-    a = sub.add_parser("summarize", help="summary parquet files of the whole grid")
+    a = sub.add_parser("collect", help="summary parquet files of the whole grid")
     a.add_argument("--config-json", required=True, help="the merged workflow config as JSON")
     a.add_argument("--out-dir", type=Path, required=True)
     args = p.parse_args(argv)
@@ -256,11 +270,11 @@ def main(argv=None) -> int:
             if choice["at_edge"]:
                 print(edge_warning(choice), file=sys.stderr)
         else:
-            runs, epochs, candidates = summarize(json.loads(args.config_json))
+            runs, epochs, candidates = collect_runs(json.loads(args.config_json))
             atomic_write_parquet(args.out_dir / "runs.parquet", runs)
             atomic_write_parquet(args.out_dir / "epochs.parquet", epochs)
             atomic_write_parquet(args.out_dir / "lr_search.parquet", candidates)
-            print(f"summarized {len(runs)} runs into {args.out_dir}")
+            print(f"collected {len(runs)} runs into {args.out_dir}")
     except (ValueError, StaleResultsError, FileNotFoundError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -38,23 +38,16 @@ import math
 import re
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from normdrop.config import (
-    ConfigError,
-    grid_cells,
-    grid_config,
-    load_config,
-    run_config,
-    search_config,
-)
+from normdrop import layout
+from normdrop.config import ConfigError, load_config
 
 STATES = ("finished", "diverged", "running", "stopped", "failed", "not started")
-KINDS = {"train": ("runs", "train"), "lr_search": ("lr_search", "lr_search")}  # folder, log folder
 LOG_TAIL_BYTES = 256 * 1024  # enough for a long traceback; logs grow with each retry
 EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)\b")
 # The last line of a Python traceback ("RuntimeError: ...", "torch.OutOfMemoryError: ..."), or
@@ -71,8 +64,10 @@ class Run:
     kind: str  # "train" or "lr_search"
     dataset: str
     model: str
-    variant: str
+    variant: str  # as meta.json records it once the run has one, else as its folder names it
     key: str  # "seed42" or "lr0.001", as in the paths
+    name: str  # its path below runs/ or lr_search/: "synthetic/mlp/bn/seed42"
+    paths: dict  # meta, epochs, steps, checkpoint, log (normdrop.layout)
     epochs: int | None = None  # N; None: unknown (no config and no file says)
     state: str = "not started"
     done: float = 0.0  # epochs done, fractional when a checkpoint is mid-epoch
@@ -81,11 +76,7 @@ class Run:
     last_line: str | None = None  # of the log, for failed runs
     last_write_s: float | None = None  # seconds since the checkpoint or log was last written
     active_s: float = 900.0  # a write within this many seconds means the run is alive
-    paths: dict = field(default_factory=dict)
-
-    @property
-    def name(self) -> str:
-        return f"{self.dataset}/{self.model}/{self.variant}/{self.key}"
+    folder_variant: str | None = None  # the folder's variant where meta.json records another
 
     def progress(self) -> str:
         n = "?" if self.epochs is None else self.epochs
@@ -93,25 +84,21 @@ class Run:
 
 
 # --------------------------------------------------------------------------- the grid
-def grid_runs(config: dict) -> list[Run]:
-    """Every search candidate and training run of the config's grid (as workflow/*.smk do):
-    `select` applied and `sweep` expanded, as config.grid_config does for the workflow."""
-    config = grid_config(config)
-    runs = []
-    for dataset, model in grid_cells(config):
-        for variant in config["variants"]:
-            for lr in config["lr_search"]["candidates"]:
-                cfg = search_config(config, dataset, model, variant, lr)
-                runs.append(_run("lr_search", dataset, model, variant, f"lr{lr:g}", cfg))
-            for seed in config["seeds"]:
-                cfg = run_config(config, dataset, model, variant, seed)
-                runs.append(_run("train", dataset, model, variant, f"seed{seed}", cfg))
-    return runs
+def _run(where: layout.GridRun, results: Path) -> Run:
+    names = ("kind", "dataset", "model", "variant", "key", "name")
+    run = Run(**{k: getattr(where, k) for k in names}, paths=where.paths(results))
+    if where.settings is not None:
+        run.epochs = where.settings.epochs
+        run.active_s = _active_s(where.settings.checkpoint_every_s)
+    return run
 
 
-def _run(kind, dataset, model, variant, key, cfg) -> Run:
-    return Run(kind, dataset, model, variant, key, epochs=cfg.epochs,
-               active_s=_active_s(cfg.checkpoint_every_s))  # fmt: skip
+def grid_runs(config: dict, results: Path | None = None) -> list[Run]:
+    """Every search candidate and training run of the config's grid, as the workflow runs it
+    (layout.iter_runs: `select` applied, `sweep` expanded), under `results` (default: the
+    config's results_dir)."""
+    results = Path(config["results_dir"] if results is None else results)
+    return [_run(where, results) for where in layout.iter_runs(config)]
 
 
 def _active_s(checkpoint_every_s: float) -> float:
@@ -120,30 +107,7 @@ def _active_s(checkpoint_every_s: float) -> float:
 
 def discover(results: Path) -> list[Run]:
     """Without a config: every run that has a meta.json, a checkpoint or a log under `results`."""
-    found = set()
-    for kind, (folder, logs) in KINDS.items():
-        patterns = [
-            (results / folder, "*/*/*/*/meta.json", lambda p: p.parent),
-            (results / "scratch" / folder, "*/*/*/*.ckpt", lambda p: p.with_suffix("")),
-            (results / "logs" / logs, "*/*/*/*.log", lambda p: p.with_suffix("")),
-        ]
-        for root, pattern, cell in patterns:
-            for path in root.glob(pattern):
-                parts = cell(path).relative_to(root).parts
-                if parts[-1].startswith("seed" if kind == "train" else "lr"):
-                    found.add((kind, *parts))
-    return [Run(*cell) for cell in sorted(found)]
-
-
-def run_paths(results: Path, run: Run) -> dict[str, Path]:
-    """A run's files, as workflow/train.smk and workflow/lr_search.smk name them."""
-    folder, logs = KINDS[run.kind]
-    return {
-        "meta": results / folder / run.name / "meta.json",
-        "epochs": results / folder / run.name / "epochs.parquet",
-        "checkpoint": results / "scratch" / folder / f"{run.name}.ckpt",
-        "log": results / "logs" / logs / f"{run.name}.log",
-    }
+    return [_run(where, results) for where in layout.discover(results)]
 
 
 # --------------------------------------------------------------------------- one run's files
@@ -202,12 +166,25 @@ def read_log(path: Path) -> dict | None:
     }
 
 
-def inspect(run: Run, results: Path, now: float) -> Run:
+def recorded_variant(meta: dict) -> str | None:
+    """The variant meta.json records; for a run trained by hand without --variant ('custom'),
+    the grid's name of its norm and dropout (layout.variant_name), as a rerun would record."""
+    settings = meta.get("settings") or {}
+    variant = meta.get("variant") or settings.get("variant")
+    if variant in (None, "custom") and "norm" in settings and "dropout" in settings:
+        return layout.variant_name(settings["norm"], settings["dropout"])
+    return variant
+
+
+def inspect(run: Run, now: float) -> Run:
     """Fill in `run`'s state, progress and measured time from its files."""
-    run.paths = paths = run_paths(results, run)
+    paths = run.paths
     meta = _read_json(paths["meta"])
     if meta is not None and meta.get("status") in ("completed", "diverged"):
         settings = meta.get("settings") or {}
+        variant = recorded_variant(meta)
+        if variant and variant != run.variant:  # listed as what it is, its folder noted
+            run.folder_variant, run.variant = run.variant, variant
         run.epochs = run.epochs or settings.get("epochs")
         if meta["status"] == "diverged":
             run.state, run.diverged_epoch = "diverged", meta.get("diverged_epoch")
@@ -302,7 +279,7 @@ def duration(seconds: float | None) -> str:
 
 
 # --------------------------------------------------------------------------- rendering
-def summarize(runs: list[Run]) -> str:
+def cell_summary(runs: list[Run]) -> str:
     """One cell's runs in words: '2/3 done, 1 running (ep 37/100)'."""
     by = {state: [r for r in runs if r.state == state] for state in STATES}
     done = len(by["finished"]) + len(by["diverged"])
@@ -323,7 +300,7 @@ def cell_table(runs: list[Run]) -> str:
     for r in runs:
         rows.setdefault((r.dataset, r.model, r.variant), []).append(r)
     frame = pd.DataFrame(
-        [(*cell, summarize(rs)) for cell, rs in rows.items()],
+        [(*cell, cell_summary(rs)) for cell, rs in rows.items()],
         columns=["dataset", "model", "variant", "runs"],
     )
     return left_aligned(frame)
@@ -350,6 +327,13 @@ def render(runs: list[Run], est: dict, results: Path, source: str, show_all: boo
     edges = edge_picks(results)
     if edges:  # the best rate may lie outside the grid (docs/protocol.md)
         out += ["", f"Learning-rate pick at the grid's edge ({len(edges)}): " + ", ".join(edges)]
+    moved = [r for r in runs if r.folder_variant]
+    if moved:
+        out += [
+            "",
+            f"Recorded in meta.json as another variant than the folder says ({len(moved)}):",
+        ]
+        out += [f"  {r.kind} {r.name}: {r.variant}" for r in moved]
     failed = [r for r in runs if r.state == "failed"]
     if failed:
         out += ["", f"Failed ({len(failed)}), last line of each log:"]
@@ -377,10 +361,9 @@ def edge_picks(results: Path) -> list[str]:
     """'cell (largest, lr 0.003)' for each selected.json whose pick is at the edge of the rates
     tried (its `at_edge`, written by normdrop.aggregate select-lr)."""
     out = []
-    for path in sorted(Path(results).glob("lr_search/*/*/*/selected.json")):
+    for cell, path in layout.selected_files(results):
         choice = json.loads(path.read_text())
         if choice.get("at_edge"):
-            cell = "/".join(path.parent.relative_to(Path(results) / "lr_search").parts)
             out.append(f"{cell} ({choice['at_edge']}, lr {choice['lr']:g})")
     return out
 
@@ -473,20 +456,22 @@ def main(argv=None) -> int:
         except ConfigError as err:
             print(f"{p.prog}: error: invalid config: {err}", file=sys.stderr)
             return 2
-        runs = grid_runs(config)
-        results = args.results or args.directory / config["results_dir"]
         files = " + ".join(str(f) for f in ["config.yaml", *args.configfile])
+        results = args.results or args.directory / config["results_dir"]
+        given = "given by --results" if args.results else f"results_dir of {files}"
         source = f"grid of {files}"
     else:
-        results = args.results
-        runs = discover(results)
-        if not results.is_dir():
-            print(f"{p.prog}: error: results folder {results} does not exist", file=sys.stderr)
-            return 2
+        config, results, given = None, args.results, "given by --results"
         source = "runs found in the folder; without --configfile, runs not started are not known"
+    if not results.is_dir():
+        print(
+            f"{p.prog}: error: results folder {results} does not exist ({given})", file=sys.stderr
+        )
+        return 2
+    runs = discover(results) if config is None else grid_runs(config, results)
 
     now = time.time()
-    runs = [inspect(r, results, now) for r in runs]
+    runs = [inspect(r, now) for r in runs]
     est = estimate(runs, args.resources)
     if args.json:
         rows = [{**asdict(r), "paths": {k: str(v) for k, v in r.paths.items()}} for r in runs]

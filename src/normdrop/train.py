@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from normdrop import provenance
+from normdrop import layout, provenance
 from normdrop.checkpoints import (
     Checkpointer,
     History,
@@ -480,8 +480,11 @@ def _fail(message: str, code: int = 2) -> int:
 
 def main(argv=None) -> int:
     parser = _parser()
+    parser.set_defaults(variant=None)  # no --variant: named from norm and dropout, as the grid
     args = parser.parse_args(argv)
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
+    if settings["variant"] is None:
+        settings["variant"] = layout.variant_name(settings["norm"], settings["dropout"])
     extra = {"lr_source": "--lr"}
     if args.lr_from:
         try:
