@@ -307,12 +307,21 @@ def test_workflow_writes_one_tree_and_turning_it_off_retrains_nothing(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     commands = [line for line in res.stdout.splitlines() if "-m normdrop.train" in line]
     assert len(commands) == 2  # the other candidate and the run: lr0.01 is not retrained
-    assert all(
-        "--no-tensorboard --tensorboard-dir results/demo/tensorboard/" in c for c in commands
-    )
     assert (
         "--tensorboard-dir results/demo/tensorboard/runs/synthetic/mlp/bn/seed42 " in commands[-1]
     )
+    # The switch travels in the environment (NORMDROP_TRACKING), so the jobs run with it off
+    # write no event files, and the finished candidate keeps its own.
+    finished = (tmp_path / "results" / "demo" / "lr_search" / candidate / "meta.json").stat()
+    res = snakemake(tmp_path, "--cores", "1", target, configs=[fast, off])
+    assert res.returncode == 0, res.stderr[-2000:]
+    tensorboard = tmp_path / "results" / "demo" / "tensorboard"
+    assert not (tensorboard / "runs").exists()
+    assert sorted(p.name for p in (tensorboard / "lr_search/synthetic/mlp/bn").iterdir()) == [
+        "lr0.01"
+    ]
+    again = (tmp_path / "results" / "demo" / "lr_search" / candidate / "meta.json").stat()
+    assert again.st_mtime_ns == finished.st_mtime_ns
 
 
 def test_tracking_setting_is_checked_by_the_schema():

@@ -49,10 +49,18 @@ if DeploymentMethod.CONDA not in workflow.deployment_settings.deployment_method:
         [str(Path(sys.executable).parent), os.environ["PATH"]]
     )
 
+# TensorBoard on or off (tracking.tensorboard) reaches the training jobs as an environment
+# variable, not through params or the shell text: Snakemake reruns a finished job whose params or
+# shell command changed, and turning the live view off is no reason to train again.
+os.environ["NORMDROP_TRACKING"] = (
+    "--tensorboard" if config["tracking"]["tensorboard"] else "--no-tensorboard"
+)
+
 
 envvars:
     "PATH",
     "PYTHONPATH",
+    "NORMDROP_TRACKING",
 
 
 # A cluster job reruns Snakemake with the working directory on its command line, quoted there

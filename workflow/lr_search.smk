@@ -2,9 +2,6 @@
 # (dataset, model, variant); the best validation accuracy wins, a diverged candidate loses.
 # TensorBoard event files go to <results>/tensorboard/, a tree that mirrors the run folders.
 # Paths: normdrop.layout.
-# TRACKING (on or off) sits in the shell command, not in params: Snakemake reruns a finished job
-# whose params changed, and turning the live view off is no reason to train again.
-TRACKING = "--tensorboard" if config["tracking"]["tensorboard"] else "--no-tensorboard"
 
 
 rule lr_search:
@@ -28,7 +25,7 @@ rule lr_search:
     shell:
         "OMP_NUM_THREADS={threads:q} python -m normdrop.train --data {input.data:q}"
         " --out {params.out:q} --checkpoint {params.checkpoint:q} {params.settings:q}"
-        " {params.device:q} {TRACKING:q} --tensorboard-dir {params.tensorboard_dir:q}"
+        " {params.device:q} \"$NORMDROP_TRACKING\" --tensorboard-dir {params.tensorboard_dir:q}"
         " >> {log:q} 2>&1"
 
 
