@@ -164,3 +164,36 @@ def test_warmup_ramps_linearly_then_follows_the_papers_multistep_schedule():
     )
     with pytest.raises(ConfigError, match=r"'warmup_epochs' = 8: must lie in \[0, epochs - 1\]"):
         RunConfig(dataset="cifar10", model="cnn", width=64, epochs=8, warmup_epochs=8)
+
+
+def test_table1_lists_the_new_models_with_their_parameter_counts():
+    import pandas as pd
+
+    from normdrop.tables import table1
+
+    rows = [
+        dict(dataset=d, model=m, variant=v, norm=n, dropout=False, seed=42, status="completed",
+             param_count=params(m, shape, 10, w, n))
+        for d, shape in (("mnist", MNIST), ("cifar10", CIFAR))
+        for m, w, variants in (("vit", 128, {"ln": "layer", "rms": "rms"}),
+                               ("lstm", 256, {"none": "none", "bn": "batch"}))
+        for v, n in variants.items()
+    ]  # fmt: skip
+    table, csv = table1(pd.DataFrame(rows), ["mnist", "cifar10"], ["vit", "lstm"])
+    cells = [row[:4] for row in table.rows]
+    assert ["ViT", "ln", "1,002,250", "1,008,266"] in cells
+    assert ["", "rms", "1,000,586", "1,006,602"] in cells
+    assert ["LSTM", "none", "821,770", "891,402"] in cells
+    assert set(csv["model"]) == {"vit", "lstm"} and csv["paper_param_count"].isna().all()
+
+
+def test_group_norm_of_a_narrow_vector_keeps_at_least_four_features_per_group():
+    # At token dim 32, 32 groups would hold one feature each and normalize every token to 0.
+    vit = build_model("vit", CIFAR, 10, 32, "group")
+    assert {m.num_groups for m in vit.modules() if isinstance(m, nn.GroupNorm)} == {8}
+    wide = build_model("vit", CIFAR, 10, 128, "group")
+    assert {m.num_groups for m in wide.modules() if isinstance(m, nn.GroupNorm)} == {32}
+    cnn = build_model("cnn", CIFAR, 10, 8, "group")  # maps keep gcd(32, C) groups
+    assert [m.num_groups for m in cnn.modules() if isinstance(m, nn.GroupNorm)][:2] == [8, 16]
+    x = torch.randn(4, *CIFAR)
+    assert vit.norm(vit.embed(x).flatten(2).transpose(1, 2)).std() > 0.5

@@ -42,7 +42,12 @@ def norm_layer(norm: str, channels: int, spatial: bool) -> nn.Module | None:
         return nn.BatchNorm2d(channels) if spatial else nn.BatchNorm1d(channels)
     if norm == "group":
         # 32 groups as in Wu & He (2018), fewer where the channel count is not a multiple of 32.
-        return nn.GroupNorm(math.gcd(32, channels), channels)
+        groups = math.gcd(32, channels)
+        # A vector's group of one feature normalizes to 0 (no signal left): halve the groups
+        # until each holds at least 4 features (a map's channel has H x W values already).
+        while not spatial and groups > 1 and channels // groups < 4:
+            groups //= 2
+        return nn.GroupNorm(groups, channels)
     if norm == "layer":
         # Over (C, H, W) for maps, i.e. one group; over C for vectors.
         return nn.GroupNorm(1, channels) if spatial else nn.LayerNorm(channels)
