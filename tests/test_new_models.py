@@ -16,7 +16,7 @@ from normdrop.models import (
     build_model,
     count_parameters,
 )
-from normdrop.train import make_scheduler as lr_scheduler
+from normdrop.train import make_scheduler
 
 CIFAR, MNIST = (3, 32, 32), (1, 28, 28)
 
@@ -144,7 +144,7 @@ def lrs(warmup, epochs=8, milestones=(4, 6)):
     cfg = RunConfig(dataset="mnist", model="mlp", width=8, lr=1.0, epochs=epochs,
                     milestones=milestones, gamma=0.1, warmup_epochs=warmup)  # fmt: skip
     opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sched, out = lr_scheduler(opt, cfg), []
+    sched, out = make_scheduler(opt, cfg), []
     for _ in range(epochs):
         out.append(opt.param_groups[0]["lr"])
         opt.step()
