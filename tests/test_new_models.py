@@ -187,8 +187,9 @@ def test_table1_lists_the_new_models_with_their_parameter_counts():
     assert set(csv["model"]) == {"vit", "lstm"} and csv["paper_param_count"].isna().all()
 
 
-def test_group_norm_of_a_narrow_vector_keeps_at_least_four_features_per_group():
+def test_the_vits_group_norm_keeps_at_least_four_features_per_group():
     # At token dim 32, 32 groups would hold one feature each and normalize every token to 0.
+    # The other models keep gcd(32, C) groups (their numbers unchanged).
     vit = build_model("vit", CIFAR, 10, 32, "group")
     assert {m.num_groups for m in vit.modules() if isinstance(m, nn.GroupNorm)} == {8}
     wide = build_model("vit", CIFAR, 10, 128, "group")

@@ -42,12 +42,7 @@ def norm_layer(norm: str, channels: int, spatial: bool) -> nn.Module | None:
         return nn.BatchNorm2d(channels) if spatial else nn.BatchNorm1d(channels)
     if norm == "group":
         # 32 groups as in Wu & He (2018), fewer where the channel count is not a multiple of 32.
-        groups = math.gcd(32, channels)
-        # A vector's group of one feature normalizes to 0 (no signal left): halve the groups
-        # until each holds at least 4 features (a map's channel has H x W values already).
-        while not spatial and groups > 1 and channels // groups < 4:
-            groups //= 2
-        return nn.GroupNorm(groups, channels)
+        return nn.GroupNorm(math.gcd(32, channels), channels)
     if norm == "layer":
         # Over (C, H, W) for maps, i.e. one group; over C for vectors.
         return nn.GroupNorm(1, channels) if spatial else nn.LayerNorm(channels)
@@ -267,6 +262,13 @@ def token_norm(norm: str, dim: int) -> nn.Module:
     """The norm of a transformer's D-dim tokens (N, T, D); `none` is the identity."""
     if norm in ("layer", "rms"):
         return norm_layer(norm, dim, spatial=False)  # over each token's D features
+    if norm == "group":
+        # 32 groups (Wu & He), halved until each holds at least 4 features: a group of one
+        # feature normalizes a token to 0 (at dim 32, gcd(32, 32) = 32 groups would).
+        groups = math.gcd(32, dim)
+        while groups > 1 and dim // groups < 4:
+            groups //= 2
+        return PerToken(nn.GroupNorm(groups, dim))
     layer = norm_layer(norm, dim, spatial=False)
     return PerToken(layer) if layer is not None else nn.Identity()
 
