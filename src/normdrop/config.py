@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from normdrop.data import DATASETS
-from normdrop.models import INITS, MODELS, NORMS
+from normdrop.models import INITS, MODEL_NORMS, MODELS, NORMS, allowed_norms_text, check_input
 
 AUGMENTS = ("none", "crop_flip")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -67,7 +67,8 @@ class RunConfig:
     dataset: str = _setting(help="dataset the --data file holds", allowed=DATASET_NAMES)
     model: str = _setting(help="network architecture", allowed=tuple(MODELS))
     width: int = _setting(
-        help="hidden units per layer (mlp) or channels of the first stage (cnn, resnet*)",
+        help="hidden units per layer (mlp, lstm), channels of the first stage (cnn, resnet*) "
+        "or token dim (vit)",
         allowed=">= 1",
     )
     init: str = _setting(
@@ -83,7 +84,10 @@ class RunConfig:
         allowed="any name",
     )
     norm: str = _setting(
-        "none", help="normalization layer after each hidden layer", allowed=tuple(NORMS)
+        "none",
+        help="normalization layer after each hidden layer (which ones each model takes: "
+        "models.MODEL_NORMS)",
+        allowed=tuple(NORMS),
     )
     dropout: float = _setting(0.0, help="dropout rate; 0 turns dropout off", allowed="[0, 1)")
     seed: int = _setting(
@@ -99,6 +103,12 @@ class RunConfig:
         (50, 75),
         help="epochs after which the learning rate is multiplied by --gamma (none: constant)",
         allowed="strictly increasing epochs in [1, epochs-1]",
+    )
+    warmup_epochs: int = _setting(
+        0,
+        help="linear learning-rate warm-up over these first epochs, then the milestones "
+        "(0: none, the paper's; docs/protocol.md)",
+        allowed="[0, epochs - 1]",
     )
     gamma: float = _setting(
         0.1, help="factor applied to the learning rate at each milestone", allowed="(0, 1]"
@@ -180,6 +190,12 @@ class RunConfig:
         need(self.seed >= 0, "seed")
         need(self.lr > 0, "lr")
         need(self.epochs >= 1, "epochs")
+        need(0 <= self.warmup_epochs < self.epochs, "warmup_epochs")
+        if self.model in MODEL_NORMS and self.norm not in MODEL_NORMS[self.model]:
+            raise ConfigError(
+                f"setting 'norm' = {self.norm!r}: not defined for {self.model}; "
+                f"allowed: {', '.join(MODEL_NORMS[self.model])}"
+            )
         need(self.batch_size >= 1, "batch_size")
         need(self.eval_batch_size >= 1, "eval_batch_size")
         need(0 < self.gamma <= 1, "gamma")
@@ -218,6 +234,8 @@ class RunConfig:
     def settings_hash(self) -> str:
         """Hash of what determines the run's numbers (execution-only settings left out)."""
         d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        if d["warmup_epochs"] == 0:  # added later: left out at its default, so that the runs
+            del d["warmup_epochs"]  # made before it keep their hash
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -387,11 +405,19 @@ def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
             f"config key 'train.lr_milestones': {bad} at or beyond the last epoch "
             f"(train.epochs = {train['epochs']}); allowed: 1 .. {train['epochs'] - 1}"
         )
+    warmup, fits = train["warmup_epochs"], min(train["epochs"], config["lr_search"]["epochs"])
+    if warmup >= fits:
+        raise ConfigError(
+            f"config key 'train.warmup_epochs': {warmup} epochs of warm-up do not fit in the run "
+            f"(train.epochs = {train['epochs']}, lr_search.epochs = "
+            f"{config['lr_search']['epochs']}); allowed: 0 .. {fits - 1}"
+        )
     if config["data"]["augment"] != "none" and "mnist" in config["datasets"]:
         raise ConfigError("config key 'data.augment': crop_flip is for CIFAR-like data, not mnist")
     _check_selection(config)
     grid = grid_config(config)
     _check_study(config, grid)
+    _check_models(config, grid)
     # Every cell of the grid must make a valid RunConfig: catches what the schema cannot.
     for dataset, model in grid_cells(grid):
         for variant in grid["variants"]:
@@ -507,12 +533,44 @@ def _check_study(config: dict, grid: dict) -> None:
     families = {spec["family"] for spec in grid["variants"].values()}
     for i, effect in enumerate(study["effects"]):
         for side in ("plus", "minus"):
-            unknown = [v for v in effect[side] if v not in families]
+            unknown = [v for v in effect[side] if not _is_entry(v, families)]
             if unknown:
                 raise ConfigError(
                     f"config key 'study.effects.{i}.{side}': {unknown[0]!r} is not a selected "
-                    f"variant; allowed: {', '.join(sorted(families))}"
+                    f"variant (or variant@axis value); allowed: {', '.join(sorted(families))}"
                 )
+
+
+def _is_entry(entry: str, families: set) -> bool:
+    """`family` or `family@value` (the family taken at that axis value; normdrop.study)."""
+    name, at, value = entry.partition("@")
+    return name in families and (not at or re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?", value))
+
+
+def input_shape(config: dict, dataset: str) -> tuple[int, int, int]:
+    """(C, H, W) of a dataset's images: fixed for the real ones, from data.synthetic else."""
+    shape = DATASETS[dataset][3]
+    if shape is None:
+        spec = config["data"]["synthetic"]
+        shape = (spec["channels"], spec["size"], spec["size"])
+    return shape
+
+
+def _check_models(config: dict, grid: dict) -> None:
+    """Each selected variant's norm is defined for each model, and each model reads its data."""
+    for dataset, model in grid_cells(grid):
+        for name, spec in grid["variants"].items():
+            if spec["norm"] not in MODEL_NORMS[model]:
+                key = f"variants.{spec.get('family', name)}.norm"  # the name the user wrote
+                raise ConfigError(
+                    f"config key '{key}': {spec['norm']!r} is not defined for {model}; "
+                    f"allowed per model: {allowed_norms_text()}"
+                )
+        try:
+            check_input(model, input_shape(config, dataset))
+        except ValueError as err:
+            key = "data.synthetic.size" if dataset == "synthetic" else "datasets"
+            raise ConfigError(f"config key '{key}': {dataset}/{model}: {err}") from None
 
 
 def load_config(configfiles: list[Path]) -> dict:
@@ -563,6 +621,7 @@ def run_config(
         epochs=t["epochs"],
         batch_size=v.get("batch_size", t["batch_size"]),
         milestones=tuple(t["lr_milestones"]),
+        warmup_epochs=t["warmup_epochs"],
         gamma=t["lr_gamma"],
         betas=tuple(t["adam_betas"]),
         eps=t["adam_eps"],

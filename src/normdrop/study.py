@@ -10,8 +10,10 @@ for a few variant families (a family is a variant before the sweep: `bn` for `bn
 
 An effect at axis value x is sum(mean of each `plus` family at x) − sum(mean of each `minus`
 family at x, or at `minus_at`), over seeds, in the metric's displayed units (accuracy in %, gap
-in points). Two groups: Welch's t-test; four (the H3 interaction, plus [bn_dropout, none] minus
-[bn, dropout]): the Welch-Satterthwaite contrast of `seed_stats.contrast`. 95% CI per value and
+in points); an entry `family@v` is taken at axis value v instead (the interaction per norm of
+studies/transformer.yaml: plus [layernorm, no_norm@0] minus [layernorm@0, no_norm]). Two
+groups: Welch's t-test; four (the H3 interaction, plus [bn_dropout, none] minus [bn, dropout]):
+the Welch-Satterthwaite contrast of `seed_stats.contrast`. 95% CI per value and
 a verdict that only says on which side of 0 the CI lies, since a study asks where an effect
 turns rather than testing one direction.
 
@@ -126,6 +128,12 @@ def family_styles(runs: pd.DataFrame) -> dict:
 # Effects per value
 
 
+def pinned(family: str, x: float) -> tuple[str, float]:
+    """(family, axis value) of an effect's entry: `name` is taken at x, `name@v` at v."""
+    name, _, at = family.partition("@")
+    return name, float(at) if at else float(x)
+
+
 def _verdict(low: float, high: float, problem: str | None) -> str:
     if problem:
         return problem
@@ -145,15 +153,17 @@ def effects(runs: pd.DataFrame, study: dict, confidence: float = CONFIDENCE) -> 
         for effect in study["effects"]:
             metric, ref = effect["metric"], effect.get("minus_at")
             for x in sorted(sub["x"].dropna().unique()):
-                if ref is not None and np.isclose(x, ref):
-                    continue  # the reference value against itself: zero by construction
+                plus_at = [pinned(f, x) for f in effect["plus"]]
+                minus_at = [pinned(f, x if ref is None else ref) for f in effect["minus"]]
+                if sorted(plus_at) == sorted(minus_at):
+                    continue  # the same groups on both sides: zero by construction
 
                 def values(family, at, metric=metric, sub=sub):
                     sel = sub[(sub["family"] == family) & np.isclose(sub["x"], at)]
                     return metric_values(sel, metric)
 
-                plus = [values(f, x) for f in effect["plus"]]
-                minus = [values(f, x if ref is None else ref) for f in effect["minus"]]
+                plus = [values(f, at) for f, at in plus_at]
+                minus = [values(f, at) for f, at in minus_at]
                 groups = plus + minus
                 weights = [1.0] * len(plus) + [-1.0] * len(minus)
                 estimate, low, high, p, problem = contrast(groups, weights, confidence)

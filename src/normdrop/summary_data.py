@@ -105,16 +105,22 @@ DATASET_NAMES = {
     "cifar100": "CIFAR-100",
     "synthetic": "Synthetic",
 }
-MODEL_NAMES = {"mlp": "MLP", "cnn": "CNN", "resnet20": "ResNet-20"}
+MODEL_NAMES = {"mlp": "MLP", "cnn": "CNN", "resnet20": "ResNet-20", "vit": "ViT", "lstm": "LSTM"}
 DATASET_ORDER = ("mnist", "cifar10", "cifar100", "synthetic")
-MODEL_ORDER = ("mlp", "cnn", "resnet20")
+MODEL_ORDER = ("mlp", "cnn", "resnet20", "vit", "lstm")
 
 # The paper's four configurations, identified by (norm, dropout), never by the variant's name.
 PAPER_VARIANTS = ("none", "bn", "dropout", "bn_dropout")
 PAPER_KEY = {("none", False): "none", ("batch", False): "bn", ("none", True): "dropout"}
 PAPER_KEY[("batch", True)] = "bn_dropout"
-NORM_NAMES = {"none": "", "batch": "BN", "group": "GroupNorm", "layer": "LayerNorm"}
-NORM_ORDER = ("none", "batch", "group", "layer")
+NORM_NAMES = {
+    "none": "",
+    "batch": "BN",
+    "group": "GroupNorm",
+    "layer": "LayerNorm",
+    "rms": "RMSNorm",
+}
+NORM_ORDER = ("none", "batch", "group", "layer", "rms")
 
 
 def dataset_name(dataset: str) -> str:

@@ -97,8 +97,18 @@ def make_optimizer(model: torch.nn.Module, cfg: RunConfig, ex: Execution) -> tor
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig):
-    """The learning-rate schedule, stepped once per epoch: x gamma after each milestone."""
-    return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
+    """The learning-rate schedule, stepped once per epoch: x gamma after each milestone
+    (MultiStepLR); with `warmup_epochs` w > 0, the rate of epoch e < w is first scaled by
+    (e + 1) / (w + 1), a linear warm-up (docs/protocol.md)."""
+    if cfg.warmup_epochs == 0:
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
+    w, milestones, gamma = cfg.warmup_epochs, cfg.milestones, cfg.gamma
+
+    def factor(epoch: int) -> float:  # MultiStepLR's decay times the warm-up's ramp
+        decay = gamma ** sum(m <= epoch for m in milestones)
+        return min(1.0, (epoch + 1) / (w + 1)) * decay
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
 @dataclass
