@@ -25,7 +25,7 @@ rule lr_search:
     shell:
         "OMP_NUM_THREADS={threads:q} python -m normdrop.train --data {input.data:q}"
         " --out {params.out:q} --checkpoint {params.checkpoint:q} {params.settings:q}"
-        " {params.device:q} \"$NORMDROP_TRACKING\" --tensorboard-dir {params.tensorboard_dir:q}"
+        ' {params.device:q} "$NORMDROP_TRACKING" --tensorboard-dir {params.tensorboard_dir:q}'
         " >> {log:q} 2>&1"
 
 

@@ -25,5 +25,5 @@ rule train:
     shell:
         "OMP_NUM_THREADS={threads:q} python -m normdrop.train --data {input.data:q}"
         " --out {params.out:q} --lr-from {input.lr:q} --checkpoint {params.checkpoint:q}"
-        " {params.settings:q} {params.device:q} \"$NORMDROP_TRACKING\""
+        ' {params.settings:q} {params.device:q} "$NORMDROP_TRACKING"'
         " --tensorboard-dir {params.tensorboard_dir:q} >> {log:q} 2>&1"
