@@ -11,15 +11,15 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
+# Tests run on CPU, single-threaded per process, so that two processes can run side by side. Set
+# before torch is first imported (below): its OpenMP runtime reads the variable when it loads.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # The faulty workflow grid, built once per session for test_workflow_faults and test_aggregate.
 from fault_grid import grid  # noqa: E402, F401
 
 from normdrop.config import RunConfig  # noqa: E402
 from normdrop.data import SyntheticSpec, download, prepare  # noqa: E402
-
-# Tests run on CPU, single-threaded per process, so that two processes can run side by side.
-os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import re
 import subprocess
+import tomllib
 from pathlib import Path
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -68,3 +71,58 @@ def test_the_protocol_page_is_in_the_repository_and_linked():
         assert f"\n{heading}" in text, heading
     for pointer in ("README.md", "config.yaml", "workflow/report/workflow.rst"):
         assert "docs/protocol.md" in (REPO / pointer).read_text(), pointer
+
+
+# --------------------------------------------------------------------------- the README's layout
+def readme_sections() -> list[tuple[str, list[str]]]:
+    """(heading, body lines) of each `## ` section of README.md, in order."""
+    sections: list[tuple[str, list[str]]] = []
+    for line in (REPO / "README.md").read_text().splitlines():
+        if line.startswith("## "):
+            sections.append((line[3:].strip(), []))
+        elif sections:
+            sections[-1][1].append(line)
+    return sections
+
+
+def test_readme_opens_with_a_quick_start_of_at_most_15_lines_then_the_contents():
+    (first, body), (second, _) = readme_sections()[:2]
+    assert (first, second) == ("Quick start", "Contents")
+    lines = "\n".join(body).strip("\n").splitlines()
+    assert 0 < len(lines) <= 15, f"the quick start has {len(lines)} lines"
+    text = "\n".join(lines)
+    assert "./dev.sh demo" in text and "./dev.sh test" in text and "report.html" in text
+
+
+def test_every_docs_link_in_the_readme_resolves_to_a_file():
+    text = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\((docs/[^)#\s]+)(?:#[^)]*)?\)", text)
+    pages = {"slurm", "gpu", "studies", "faults", "speed", "protocol"}
+    assert {Path(link).stem for link in links} >= pages  # the reference pages are linked
+    missing = sorted({link for link in links if not (REPO / link).is_file()})
+    assert not missing, f"README links to missing files: {missing}"
+    for page in sorted((REPO / "docs").glob("*.md")):  # and the pages' own relative links
+        targets = re.findall(r"\]\(([^)#\s:]+)(?:#[^)]*)?\)", page.read_text())
+        broken = [t for t in targets if not (page.parent / t).exists()]
+        assert not broken, f"docs/{page.name} links to missing files: {broken}"
+
+
+def test_license_file_matches_pyproject():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    license_name = project["license"]["text"]
+    text = (REPO / "LICENSE").read_text()
+    assert text.startswith(f"{license_name} License\n"), text[:40]
+    assert re.search(r"Copyright \(c\) \d{4} normdrop contributors", text)
+
+
+def test_citation_cff_names_normdrop_and_the_study_it_reproduces():
+    cff = yaml.safe_load((REPO / "CITATION.cff").read_text())
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert cff["cff-version"] == "1.2.0" and cff["type"] == "software"
+    assert cff["license"] == project["license"]["text"] and cff["version"] == project["version"]
+    (study,) = cff["references"]
+    # The README quotes the study's title; the citation must name the same article.
+    title = re.search(r'the study "([^"]+)"', (REPO / "README.md").read_text()).group(1)
+    assert study["title"].split() == title.split()
+    assert study["type"] == "article" and study["journal"].startswith("IACSE")
+    assert (study["year"], study["volume"], study["start"], study["end"]) == (2024, 5, 1, 8)

@@ -286,6 +286,7 @@ def test_tensorboard_server_serves_the_scalars_of_a_finished_tree(
             server.wait()
 
 
+@pytest.mark.slow  # a workflow run
 def test_workflow_writes_one_tree_and_turning_it_off_retrains_nothing(tmp_path):
     """The grid's jobs write into <results_dir>/tensorboard, mirroring the run paths; with
     `tracking.tensorboard: false` the jobs still to run write none, and finished ones stay done."""
