@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from normdrop import provenance
-from normdrop.config import RunConfig, grid_cells, grid_config
+from normdrop.config import RunConfig
 from normdrop.data import Prepared, SyntheticSpec, download, load_prepared, prepare, standardization
 from normdrop.execution import resolve_execution
+from normdrop.grid import grid_cells, grid_config
 from normdrop.models import build_model, count_parameters
 from normdrop.train import Inputs, loss_and_accuracy, train
 

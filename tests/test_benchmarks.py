@@ -15,6 +15,7 @@ from conftest import REPO, TRAIN_ENV
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 gpu_check = importlib.import_module("gpu_check")
+graph_steps = importlib.import_module("graph_steps")
 speed = importlib.import_module("speed")
 
 # What a GPU machine has: importing snakemake or jsonschema fails (a None in sys.modules).
@@ -89,31 +90,31 @@ def stale_lr(step, model, optimizer, x_shape, memory_format, device):
 
 
 def test_graph_vs_eager_catches_frozen_dropout_masks(check, monkeypatch):
-    monkeypatch.setattr(gpu_check, "capture", frozen_dropout_masks)
-    row = gpu_check.graph_vs_eager(check, "mlp")[0]
+    monkeypatch.setattr(graph_steps, "capture", frozen_dropout_masks)
+    row = graph_steps.graph_vs_eager(check, "mlp")[0]
     assert row["status"] == "fail" and row["keep off"] == "cuda_graphs"
     # step 1 draws the same masks as eager; step 2 repeats them where eager draws new ones
     assert "first difference at step 2," in row["detail"], row
 
 
 def test_lr_check_catches_a_graph_reading_a_stale_lr(check, monkeypatch):
-    monkeypatch.setattr(gpu_check, "capture", stale_lr)
-    row = gpu_check.lr_reaches_graph(check, "cnn")
+    monkeypatch.setattr(graph_steps, "capture", stale_lr)
+    row = graph_steps.lr_reaches_graph(check, "cnn")
     assert row["status"] == "fail" and "at lr 0 a replay changed" in row["detail"], row
 
 
 def test_first_difference_reports_step_and_tensor_and_tolerance():
     base = [{"w": torch.ones(3), "n": torch.tensor(1)} for _ in range(3)]
     same = [{k: v.clone() for k, v in s.items()} for s in base]
-    same_run = gpu_check.first_difference(base, same)
+    same_run = graph_steps.first_difference(base, same)
     assert same_run == {"bitwise": True, "first difference": None, "ok": True}
     close = [{k: v.clone() for k, v in s.items()} for s in base]
     close[1]["w"][0] += 1e-7  # within GRAPH_TOLERANCE, not bitwise
-    d = gpu_check.first_difference(base, close)
+    d = graph_steps.first_difference(base, close)
     assert d["ok"] and not d["bitwise"] and d["first difference"].startswith("step 2, w")
     counted = [{k: v.clone() for k, v in s.items()} for s in base]
     counted[2]["n"] += 1  # an integer (num_batches_tracked, RNG state) must be equal
-    d = gpu_check.first_difference(base, counted)
+    d = graph_steps.first_difference(base, counted)
     assert not d["ok"] and d["first difference"].startswith("step 3, n")
 
 

@@ -10,15 +10,9 @@ from conftest import REPO
 from fault_grid import GRID
 from workflow_helpers import merged_config, output, run, snakemake_cmd, tail, write_config
 
-from normdrop.config import (
-    ConfigError,
-    RunConfig,
-    run_config,
-    search_config,
-    to_cli_args,
-    validate_workflow_config,
-)
+from normdrop.config import ConfigError, RunConfig, run_config, search_config, to_cli_args
 from normdrop.train import _parser
+from normdrop.workflow_config import validate_workflow_config
 
 BASE = dict(dataset="cifar10", model="resnet20", width=32)
 

@@ -16,10 +16,11 @@ import torch.nn.functional as F
 import yaml
 from conftest import REPO, tiny_config
 
-from normdrop.config import ConfigError, run_config, validate_workflow_config
+from normdrop.config import ConfigError, run_config
 from normdrop.data import load_prepared
 from normdrop.models import build_model
 from normdrop.train import capture_train_step, main, resolve_execution, train
+from normdrop.workflow_config import validate_workflow_config
 
 CPU = torch.device("cpu")
 QUIET = dict(log=lambda s: None)

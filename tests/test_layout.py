@@ -18,7 +18,7 @@ import pytest
 from workflow_helpers import REPO
 
 from normdrop import layout
-from normdrop.config import load_config
+from normdrop.workflow_config import load_config
 
 DEMO = REPO / "workflow" / "demo.yaml"
 
@@ -40,7 +40,7 @@ import json, sys
 from pathlib import Path
 import pandas as pd
 from normdrop import aggregate, layout, status
-from normdrop.config import load_config
+from normdrop.workflow_config import load_config
 
 results, configfile = Path(sys.argv[1]), Path(sys.argv[2])
 config = {**load_config([configfile]), "results_dir": str(results)}

@@ -156,7 +156,7 @@ def test_extension_off_trains_nothing(tmp_path):
 def test_the_schema_offers_extend_at_edge_off_by_default():
     import yaml
 
-    from normdrop.config import SCHEMA
+    from normdrop.workflow_config import SCHEMA
 
     spec = yaml.safe_load(SCHEMA.read_text())["properties"]["lr_search"]["properties"]
     assert spec["extend_at_edge"]["default"] == 0

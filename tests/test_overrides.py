@@ -14,8 +14,8 @@ import yaml
 from snakemake.cli import parse_config
 from workflow_helpers import REPO, deep_merge, snakemake_cmd
 
-from normdrop.config import (
-    ConfigError,
+from normdrop.config import ConfigError
+from normdrop.workflow_config import (
     coerce_workflow_config,
     expand_dotted_keys,
     validate_workflow_config,

@@ -13,7 +13,7 @@ import termios
 
 from conftest import TRAIN_ENV, train_cli
 
-from normdrop.train import _EpochBar, reporters
+from normdrop.cli import _EpochBar, reporters
 
 EPOCHS = 3
 

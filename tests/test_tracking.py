@@ -22,10 +22,11 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from workflow_helpers import FAST, snakemake, write_config
 
-from normdrop.config import ConfigError, load_config, validate_workflow_config
+from normdrop.config import ConfigError
 from normdrop.data import load_prepared
 from normdrop.tracking import FINAL, SCALARS, TensorBoardTracker, hparam_value
 from normdrop.train import main, train
+from normdrop.workflow_config import load_config, validate_workflow_config
 
 CPU = torch.device("cpu")
 QUIET = dict(log=lambda line: None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from normdrop.config import deep_merge  # noqa: F401  (tests import it from here)
+from normdrop.workflow_config import deep_merge  # noqa: F401  (tests import it from here)
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "workflow" / "demo.yaml"

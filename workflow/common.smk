@@ -12,19 +12,14 @@ sys.path.insert(0, SRC)
 
 # Every path of the results and resources folders: normdrop.layout.
 from normdrop import layout  # noqa: E402
-from normdrop.config import (  # noqa: E402
-    check_workflow_config,
-    grid_cells,
-    grid_config,
-    run_config,
-    search_config,
-    to_cli_args,
-)
+from normdrop.config import run_config, search_config, to_cli_args  # noqa: E402
+from normdrop.grid import grid_cells, grid_config  # noqa: E402
+from normdrop.workflow_config import check_workflow_config  # noqa: E402
 
 # --config values typed by the schema, then checked; a bad config: one line, exit status 2.
 check_workflow_config(config)
 
-# The grid as it is run: `select` applied, `sweep` expanded into variants (config.py).
+# The grid as it is run: `select` applied, `sweep` expanded into variants (normdrop.grid).
 GRID = grid_config(config)
 CELLS = grid_cells(GRID)  # (dataset, model) pairs
 STUDY = config.get("study")

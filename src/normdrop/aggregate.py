@@ -22,7 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from normdrop import layout
-from normdrop.config import EXECUTION_FIELDS, grid_config
+from normdrop.config import EXECUTION_FIELDS
+from normdrop.grid import grid_config
 from normdrop.metrics import run_metrics
 from normdrop.storage import atomic_write_json, atomic_write_parquet
 

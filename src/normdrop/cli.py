@@ -1,12 +1,15 @@
 """What normdrop's command lines share: a mistake reported in one line with exit code 2, negative
-numbers taken as values, and an option's help built from a dataclass field's metadata (RunConfig's
-`help` and `allowed`, config.py), so that --help and the checks say the same thing."""
+numbers taken as values, an option's help built from a dataclass field's metadata (RunConfig's
+`help` and `allowed`, config.py), so that --help and the checks say the same thing, and a training
+run's progress in a terminal (a tqdm bar) or in a log file (plain lines)."""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+
+from tqdm import tqdm
 
 from normdrop.config import allowed_text
 
@@ -56,3 +59,35 @@ def setting_help(f: dataclasses.Field) -> str:
     else:
         shown = f"default: {default}"
     return f"{f.metadata['help']} ({shown}; allowed: {allowed_text(f.metadata['allowed'])})"
+
+
+class _EpochBar:
+    """A run's progress in a terminal: a tqdm bar over epochs, log lines written above it."""
+
+    def __init__(self, stream):
+        self.stream, self.bar = stream, None
+
+    def log(self, line: str) -> None:
+        tqdm.write(line, file=self.stream)
+
+    def __call__(self, done: int, epochs: int, row: dict | None) -> None:
+        if self.bar is None:  # `done` > 0 when resumed: the rate counts this session's epochs
+            self.bar = tqdm(total=epochs, initial=done, unit="epoch", file=self.stream)
+            return
+        if row:
+            loss, val = f"{row['train_loss_mean']:.4f}", f"{row['val_acc']:.4f}"
+            self.bar.set_postfix(loss=loss, val=val, refresh=False)
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def reporters(stream) -> tuple:
+    """(log, progress, close) for `train`: a bar when `stream` is a terminal; otherwise (a file
+    or a pipe, as the workflow's logs) one plain flushed line per epoch, no control characters."""
+    if stream.isatty():
+        bar = _EpochBar(stream)
+        return bar.log, bar, bar.close
+    return (lambda line: print(line, file=stream, flush=True)), None, lambda: None

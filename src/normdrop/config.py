@@ -1,30 +1,24 @@
-"""Settings: one frozen dataclass per training run, and the workflow's config file.
+"""Settings: one frozen dataclass per training run.
 
 `RunConfig` holds everything that determines a run. It refuses unknown keys, wrong types and
 out-of-range values with a `ConfigError` whose one-line message names the setting and what is
-allowed. `validate_workflow_config` checks `config.yaml` (the grid) against the JSON schema in
-`workflow/schemas/` plus the cross-field rules a schema cannot express, and `run_config` turns one
-cell of the grid into a `RunConfig`.
+allowed. `run_config` turns one cell of the workflow's grid into a `RunConfig`, and `to_cli_args`
+turns a `RunConfig` into the flags of `python -m normdrop.train`. The workflow's config file is
+loaded and checked in `normdrop.workflow_config`; its grid is enumerated in `normdrop.grid`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 import dataclasses
 import difflib
 import hashlib
-import itertools
 import json
-import re
-import sys
 import types
 import typing
 from dataclasses import dataclass
-from pathlib import Path
 
 from normdrop.data import DATASETS
-from normdrop.models import INITS, MODEL_NORMS, MODELS, NORMS, allowed_norms_text, check_input
+from normdrop.models import INITS, MODEL_NORMS, MODELS, NORMS
 
 AUGMENTS = ("none", "crop_flip")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -60,6 +54,12 @@ def _setting(default=dataclasses.MISSING, *, help: str, allowed: tuple | str = "
 def allowed_text(allowed: tuple | str) -> str:
     """'a, b, c' for choices; a range as written ('> 0', '[0, 1)')."""
     return ", ".join(map(str, allowed)) if isinstance(allowed, tuple) else allowed
+
+
+def did_you_mean(word, allowed) -> str:
+    """ " (did you mean 'epochs'?)" for a near miss of one of `allowed` (difflib), else ""."""
+    close = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 @dataclass(frozen=True)
@@ -261,346 +261,6 @@ def _type_name(hint) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
 
 
-# --------------------------------------------------------------------------- workflow config
-SCHEMA = Path(__file__).resolve().parents[2] / "workflow" / "schemas" / "config.schema.yaml"
-
-
-def _schema(schema_path: Path = SCHEMA) -> dict:
-    import yaml
-
-    return yaml.safe_load(Path(schema_path).read_text())
-
-
-def _did_you_mean(word, allowed) -> str:
-    """ " (did you mean 'epochs'?)" for a near miss of one of `allowed` (difflib), else ""."""
-    close = difflib.get_close_matches(str(word), [str(a) for a in allowed], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
-
-
-def _schema_error(err) -> ConfigError:
-    """One line from a jsonschema error: the user's key, what is wrong, what is allowed."""
-    path = [str(p) for p in err.absolute_path]
-    message = err.message
-    if "propertyNames" in err.absolute_schema_path:  # a key of the mapping is wrong: name it
-        path.append(str(err.instance))
-    if err.validator == "enum":
-        allowed = [str(a) for a in err.validator_value]
-        message = f"{err.instance!r} is not allowed{_did_you_mean(err.instance, allowed)}"
-        message += f"; allowed: {', '.join(allowed)}"
-    elif err.validator == "additionalProperties":
-        allowed = list(err.schema.get("properties", {}))
-        unknown = [k for k in err.instance if k not in allowed][0]
-        path.append(unknown)  # name the user's key, not its parent
-        message = f"unknown key{_did_you_mean(unknown, allowed)}"
-        message += f"; allowed keys: {', '.join(allowed) or 'none'}"
-    return ConfigError(f"config key '{'.'.join(path) or '(top level)'}': {message}")
-
-
-# --------------------------------------------------------------------------- --config overrides
-# Snakemake 9 reads a top-level `--config key=value` as int, float, True/False or else YAML with
-# BaseLoader, which keeps every nested scalar a string: `seeds=[1]` arrives as ['1'] and
-# `train={epochs: 5}` as {'epochs': '5'}. Its CLI also refuses a dot in a key, so the nested-key
-# shorthand is spelled `train__epochs=5` there (`train.epochs` works in a config file).
-KEY_DELIMITER = re.compile(r"\.|__")
-
-
-def expand_dotted_keys(config: dict) -> dict:
-    """`{'train.epochs': 5}` or `{'train__epochs': 5}` -> `{'train': {'epochs': 5}}`, merged over
-    the rest in order. Only top-level keys are split: no top-level key holds a dot or `__`."""
-    out: dict = {}
-    # A flat key wins over the nested one whatever their order: Snakemake puts --config entries
-    # before the keys that only the Snakefile's config.yaml holds (`tracking`, ...).
-    flat_last = sorted(config.items(), key=lambda item: bool(KEY_DELIMITER.search(item[0])))
-    for key, value in flat_last:
-        head, *rest = KEY_DELIMITER.split(key)
-        for part in reversed(rest):
-            value = {part: value}
-        out = deep_merge(out, {head: value})
-    return out
-
-
-def coerce_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
-    """The config with dotted keys expanded and each string read as the type the schema asks
-    for (YAML, as in a config file, plus `1e-4` as a number); a ConfigError where it cannot be."""
-    return _coerce(expand_dotted_keys(config), _schema(schema_path), [])
-
-
-def _wanted_types(schema: dict) -> set[str]:
-    names = {bool: "boolean", int: "integer", float: "number", str: "string"}
-    if "enum" in schema:
-        return {names.get(type(v), "string") for v in schema["enum"]}
-    kind = schema.get("type", "string")
-    return set(kind) if isinstance(kind, list) else {kind}
-
-
-def _coerce(value, schema, path: list[str]):
-    if not isinstance(schema, dict):  # a key the schema does not know: the validator names it
-        return value
-    if isinstance(value, dict):
-        props, extra = schema.get("properties", {}), schema.get("additionalProperties")
-        return {k: _coerce(v, props.get(k, extra), [*path, str(k)]) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_coerce(v, schema.get("items"), [*path, str(i)]) for i, v in enumerate(value)]
-    wanted = _wanted_types(schema)
-    if not isinstance(value, str) or "string" in wanted and value in schema.get("enum", [value]):
-        if type(value) in (int, float) and wanted == {"string"}:
-            return str(value)  # `results_dir=2024` arrives as the int 2024
-        return value
-    import yaml
-
-    try:
-        parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
-        parsed = value
-    if isinstance(parsed, str) and wanted & {"number", "integer"}:
-        with contextlib.suppress(ValueError):  # YAML 1.1 reads 1e-4 (no dot) as a string
-            parsed = float(value) if "number" in wanted else int(value)
-    kinds = {"boolean": bool, "integer": int, "number": int | float, "array": list, "object": dict}
-    numeric = {"integer", "number"}  # a bool is an int to Python, not to the schema
-    if not any(
-        isinstance(parsed, kinds[w]) and not (w in numeric and isinstance(parsed, bool))
-        for w in wanted & set(kinds)
-    ):
-        if "string" in wanted:  # an enum of strings: the validator lists the allowed values
-            return value
-        expected = " or ".join(sorted(wanted))
-        raise ConfigError(f"config key '{'.'.join(path)}': {value!r} is not of type '{expected}'")
-    return _coerce(parsed, schema, path)
-
-
-def check_workflow_config(config: dict) -> None:
-    """For the Snakefile: type the --config overrides in place and validate; on a bad config,
-    print one line and exit with status 2 (a WorkflowError would add a traceback line)."""
-    try:
-        coerced = coerce_workflow_config(config)
-        validate_workflow_config(coerced)
-    except ConfigError as err:
-        print(f"invalid config: {err}", file=sys.stderr)
-        raise SystemExit(2) from None
-    config.clear()  # in place: Snakemake's `config` is the object the rules see
-    config.update(coerced)
-
-
-def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
-    """Check the workflow config; raise ConfigError naming the key and the allowed values."""
-    import jsonschema
-
-    validator = jsonschema.Draft202012Validator(_schema(schema_path))
-    errors = sorted(validator.iter_errors(config), key=lambda e: list(e.absolute_path))
-    if errors:
-        raise _schema_error(jsonschema.exceptions.best_match(errors))
-
-    train = config["train"]
-    seeds = config["seeds"]
-    if len(set(seeds)) != len(seeds):
-        dup = sorted({s for s in seeds if seeds.count(s) > 1})
-        raise ConfigError(f"config key 'seeds': duplicate seed(s) {dup}; each seed once")
-    if train["lr_milestones"] != sorted(train["lr_milestones"]):
-        raise ConfigError(
-            f"config key 'train.lr_milestones': {train['lr_milestones']} must be increasing"
-        )
-    bad = [m for m in train["lr_milestones"] if m >= train["epochs"]]
-    if bad:
-        raise ConfigError(
-            f"config key 'train.lr_milestones': {bad} at or beyond the last epoch "
-            f"(train.epochs = {train['epochs']}); allowed: 1 .. {train['epochs'] - 1}"
-        )
-    warmup, fits = train["warmup_epochs"], min(train["epochs"], config["lr_search"]["epochs"])
-    if warmup >= fits:
-        raise ConfigError(
-            f"config key 'train.warmup_epochs': {warmup} epochs of warm-up do not fit in the run "
-            f"(train.epochs = {train['epochs']}, lr_search.epochs = "
-            f"{config['lr_search']['epochs']}); allowed: 0 .. {fits - 1}"
-        )
-    if config["data"]["augment"] != "none" and "mnist" in config["datasets"]:
-        raise ConfigError("config key 'data.augment': crop_flip is for CIFAR-like data, not mnist")
-    _check_selection(config)
-    grid = grid_config(config)
-    _check_study(config, grid)
-    _check_models(config, grid)
-    # Every cell of the grid must make a valid RunConfig: catches what the schema cannot.
-    for dataset, model in grid_cells(grid):
-        for variant in grid["variants"]:
-            run_config(grid, dataset, model, variant, seeds[0])
-    return config
-
-
-# --------------------------------------------------------------------------- selection, sweeps
-# A --configfile is deep-merged into config.yaml (dicts merge, lists replace), so a study cannot
-# drop a model or variant by leaving it out: `select` names the ones to run (default: all), and
-# `sweep` crosses the selected variants with values of a run setting. `grid_config` applies both;
-# everything that enumerates the grid (the workflow, the aggregate) goes through it.
-
-# setting -> tag in the generated variant's name: bn x batch_size 16 -> "bn_bs16"
-SWEEP_TAGS = {"batch_size": "bs", "dropout_rate": "p"}
-
-
-def model_depth(model: str) -> int | None:
-    """Layer count of a ResNet of the 6n+2 family from its name (resnet32 -> 32), else None."""
-    found = re.fullmatch(r"resnet(\d+)", model)
-    return int(found[1]) if found else None
-
-
-def swept_variants(name: str, spec: dict, sweep: dict) -> dict[str, dict]:
-    """One variant per combination of swept values; a variant without dropout is not swept over
-    the dropout rate (its runs would all be the same). Each keeps its `family` (the base name)."""
-    axes = [s for s in sweep if not (s == "dropout_rate" and not spec["dropout"])]
-    out = {}
-    for values in itertools.product(*(sweep[s] for s in axes)):
-        tags = [f"{SWEEP_TAGS[s]}{v:g}" for s, v in zip(axes, values, strict=True)]
-        out["_".join([name, *tags])] = {
-            **spec,
-            "family": spec.get("family", name),
-            **dict(zip(axes, values, strict=True)),
-        }
-    return out
-
-
-def grid_config(config: dict) -> dict:
-    """The config as it is run: the selected models, the selected variants crossed with the
-    sweep, and the (dataset, model) cells as `select.cells`. Applying it twice changes nothing."""
-    select = config.get("select") or {}
-    sweep = config.get("sweep") or {}
-    models = {m: config["models"][m] for m in select.get("models") or config["models"]}
-    variants: dict[str, dict] = {}
-    for name in select.get("variants") or config["variants"]:
-        for vname, spec in swept_variants(name, config["variants"][name], sweep).items():
-            if vname in variants:
-                raise ConfigError(
-                    f"config key 'sweep': the generated variant '{vname}' is also defined in "
-                    "'variants'; rename that variant or leave it out of select.variants"
-                )
-            variants[vname] = spec
-    cells = select.get("cells") or [f"{d}/{m}" for d in config["datasets"] for m in models]
-    selected = {"models": models, "variants": variants, "select": {"cells": list(cells)}}
-    return {**config, **selected, "sweep": {}}
-
-
-def grid_cells(config: dict) -> list[tuple[str, str]]:
-    """The (dataset, model) pairs that are run."""
-    return [tuple(c.split("/")) for c in grid_config(config)["select"]["cells"]]
-
-
-def _check_selection(config: dict) -> None:
-    select = config.get("select") or {}
-    for key, defined in (("models", config["models"]), ("variants", config["variants"])):
-        unknown = [name for name in select.get(key, []) if name not in defined]
-        if unknown:
-            raise ConfigError(
-                f"config key 'select.{key}': {unknown[0]!r} is not defined in '{key}'"
-                f"{_did_you_mean(unknown[0], defined)}; "
-                f"allowed: {', '.join(defined)}"
-            )
-    models = select.get("models") or list(config["models"])
-    allowed = [f"{d}/{m}" for d in config["datasets"] for m in models]
-    bad = [c for c in select.get("cells", []) if c not in allowed]
-    if bad:
-        raise ConfigError(
-            f"config key 'select.cells': {bad[0]!r} is not a selected dataset/model; "
-            f"allowed: {', '.join(allowed)}"
-        )
-    sweep = config.get("sweep") or {}
-    variants = select.get("variants") or list(config["variants"])
-    if "dropout_rate" in sweep and not any(config["variants"][v]["dropout"] for v in variants):
-        raise ConfigError(
-            "config key 'sweep.dropout_rate': no selected variant has dropout: true; "
-            "select one (e.g. select.variants: [dropout, bn_dropout])"
-        )
-
-
-def _check_study(config: dict, grid: dict) -> None:
-    study = config.get("study")
-    if not study:
-        if len(grid_cells(grid)) != len(config["datasets"]) * len(grid["models"]):
-            raise ConfigError(
-                "config key 'select.cells': a subset of dataset/model cells needs a 'study' "
-                "section (the paper's tables and figures are per full dataset x model grid)"
-            )
-        return
-    axis = study["axis"]
-    if axis == "depth":
-        shallow = [m for m in grid["models"] if model_depth(m) is None]
-        if shallow or len(grid["models"]) < 2:
-            raise ConfigError(
-                f"config key 'study.axis': depth needs two or more ResNets of the 6n+2 family in "
-                f"select.models, got {list(grid['models'])}; allowed: resnet20, resnet32, "
-                "resnet44, resnet56"
-            )
-    elif axis not in (config.get("sweep") or {}):
-        raise ConfigError(
-            f"config key 'study.axis': {axis!r} is not swept; add sweep.{axis}: [values]"
-        )
-    families = {spec["family"] for spec in grid["variants"].values()}
-    for i, effect in enumerate(study["effects"]):
-        for side in ("plus", "minus"):
-            unknown = [v for v in effect[side] if not _is_entry(v, families)]
-            if unknown:
-                raise ConfigError(
-                    f"config key 'study.effects.{i}.{side}': {unknown[0]!r} is not a selected "
-                    f"variant (or variant@axis value); allowed: {', '.join(sorted(families))}"
-                )
-
-
-def _is_entry(entry: str, families: set) -> bool:
-    """`family` or `family@value` (the family taken at that axis value; normdrop.study)."""
-    name, at, value = entry.partition("@")
-    return name in families and (not at or re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?", value))
-
-
-def input_shape(config: dict, dataset: str) -> tuple[int, int, int]:
-    """(C, H, W) of a dataset's images: fixed for the real ones, from data.synthetic else."""
-    shape = DATASETS[dataset][3]
-    if shape is None:
-        spec = config["data"]["synthetic"]
-        shape = (spec["channels"], spec["size"], spec["size"])
-    return shape
-
-
-def _check_models(config: dict, grid: dict) -> None:
-    """Each selected variant's norm is defined for each model, and each model reads its data."""
-    for dataset, model in grid_cells(grid):
-        for name, spec in grid["variants"].items():
-            if spec["norm"] not in MODEL_NORMS[model]:
-                key = f"variants.{spec.get('family', name)}.norm"  # the name the user wrote
-                raise ConfigError(
-                    f"config key '{key}': {spec['norm']!r} is not defined for {model}; "
-                    f"allowed per model: {allowed_norms_text()}"
-                )
-        try:
-            check_input(model, input_shape(config, dataset))
-        except ValueError as err:
-            key = "data.synthetic.size" if dataset == "synthetic" else "datasets"
-            raise ConfigError(f"config key '{key}': {dataset}/{model}: {err}") from None
-
-
-def load_config(configfiles: list[Path]) -> dict:
-    """The repository's config.yaml with each --configfile merged over it, as Snakemake does,
-    validated: the workflow's config for tools that read results without Snakemake."""
-    import yaml
-
-    config = {}
-    for path in [SCHEMA.parents[2] / "config.yaml", *configfiles]:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"config file {path}: {err}") from None
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"config file {path}: not a mapping of keys to values")
-        config = deep_merge(config, loaded)
-    return validate_workflow_config(coerce_workflow_config(config))
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    """Snakemake's merge of a --configfile into the config: dicts recursively, the rest replaced."""
-    out = copy.deepcopy(base)
-    for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict):
-            out[k] = deep_merge(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
 def run_config(
     config: dict, dataset: str, model: str, variant: str, seed: int, lr: float = 1e-3, **overrides
 ) -> RunConfig:
@@ -673,17 +333,8 @@ __all__ = [
     "ConfigError",
     "RunConfig",
     "allowed_text",
-    "check_workflow_config",
-    "coerce_workflow_config",
-    "deep_merge",
-    "expand_dotted_keys",
-    "grid_cells",
-    "grid_config",
-    "load_config",
-    "model_depth",
+    "did_you_mean",
     "run_config",
     "search_config",
-    "swept_variants",
     "to_cli_args",
-    "validate_workflow_config",
 ]

@@ -27,7 +27,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from normdrop.config import RunConfig, grid_cells, grid_config, run_config, search_config
+from normdrop.config import RunConfig, run_config, search_config
+from normdrop.grid import grid_cells, grid_config
 
 # A run's name: its path below its kind's folder (and below scratch/ and logs/).
 CELL = "{dataset}/{model}/{variant}"
@@ -209,7 +210,7 @@ class GridRun:
 
 
 def iter_runs(config: dict) -> Iterator[GridRun]:
-    """Every run of the config's grid (`select` applied, `sweep` expanded: config.grid_config):
+    """Every run of the config's grid (`select` applied, `sweep` expanded: grid.grid_config):
     per (dataset, model) cell and variant, its learning-rate candidates, then its seeds."""
     config = grid_config(config)
     for dataset, model in grid_cells(config):

@@ -45,7 +45,8 @@ import pandas as pd
 import torch
 
 from normdrop import layout
-from normdrop.config import ConfigError, load_config
+from normdrop.config import ConfigError
+from normdrop.workflow_config import load_config
 
 STATES = ("finished", "diverged", "running", "stopped", "failed", "not started")
 LOG_TAIL_BYTES = 256 * 1024  # enough for a long traceback; logs grow with each retry

@@ -42,7 +42,6 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from normdrop.config import model_depth
 from normdrop.figure_style import (
     BAND_ALPHA,
     RC,
@@ -54,6 +53,7 @@ from normdrop.figure_style import (
     save_figure,
     variant_styles,
 )
+from normdrop.grid import model_depth
 from normdrop.render import TABLE_FORMATS, TextTable, fmt_num, fmt_signed, write_table
 from normdrop.seed_stats import CONFIDENCE, contrast
 from normdrop.summary_data import (

@@ -26,7 +26,6 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from normdrop import layout, provenance
 from normdrop.checkpoints import (
@@ -37,7 +36,7 @@ from normdrop.checkpoints import (
     move_aside,
     resume,
 )
-from normdrop.cli import OneLineErrorParser, setting_help
+from normdrop.cli import OneLineErrorParser, reporters, setting_help
 from normdrop.config import ConfigError, RunConfig
 from normdrop.data import (
     DataError,
@@ -202,13 +201,11 @@ def train(
     if cfg.deterministic:
         use_deterministic_algorithms()
     data = data.to(device)
-    scale, shift = standardization(data.mean, data.std)  # (1, C, 1, 1) each, on the device
-    inputs = Inputs(scale, shift, ex.memory_format, ex.bf16)
+    inputs = Inputs(*standardization(data.mean, data.std), ex.memory_format, ex.bf16)
     run, history = _start_or_resume(cfg, data, device, ex, checkpoint, log)
 
-    eager_step = make_train_step(run.forward, run.optimizer, device, ex.bf16)
     x_shape = (cfg.batch_size, *data.in_shape)  # full batches replay one graph, if captured
-    graph_step, captured_lr = _graph_of(eager_step, run, ex, x_shape, device)
+    eager_step, graph_step, captured_lr = _train_steps(run, ex, x_shape, device)
 
     t0 = time.perf_counter() - history.elapsed
     saver = Checkpointer(checkpoint, cfg, device, ex, run, history, t0)
@@ -243,11 +240,9 @@ def train(
             break
         saver.save(epoch + 1, 0, None)
 
-    train_eval_acc = math.nan
+    train_eval_acc = math.nan  # a diverged run is not evaluated
     if diverged_epoch is None:
-        _, train_eval_acc = loss_and_accuracy(
-            run.model, data.train_x, data.train_y, inputs=inputs, batch_size=cfg.eval_batch_size
-        )
+        train_eval_acc = _train_eval_acc(run.model, data, inputs, cfg.eval_batch_size)
     if tracker:
         tracker.finish(cfg.to_dict(), {**history.epoch_rows[-1], "train_eval_acc": train_eval_acc})
     return RunResult(
@@ -263,16 +258,18 @@ def train(
     )
 
 
-def _graph_of(eager_step, run: _Run, ex: Execution, x_shape, device) -> tuple:
-    """(graph_step, the lr tensors it reads) under CUDA graphs; (None, []) when eager. The last,
-    smaller batch of an epoch always runs eagerly."""
+def _train_steps(run: _Run, ex: Execution, x_shape, device) -> tuple:
+    """(eager_step, graph_step, the lr tensors the graph reads): the training step, and under
+    CUDA graphs its capture for full batches of `x_shape`; (eager_step, None, []) when eager. The
+    last, smaller batch of an epoch always runs eagerly."""
+    eager_step = make_train_step(run.forward, run.optimizer, device, ex.bf16)
     if not ex.cuda_graphs:
-        return None, []
+        return eager_step, None, []
     captured_lr = lr_to_device(run.optimizer, device)
     graph_step = capture_train_step(
         eager_step, run.model, run.optimizer, x_shape, ex.memory_format, device
     )
-    return graph_step, captured_lr
+    return eager_step, graph_step, captured_lr
 
 
 def _train_epoch(epoch, run, data, *, inputs, cfg, history, saver, steps) -> tuple:
@@ -315,6 +312,14 @@ def _val_and_test(model, data: Prepared, inputs: Inputs, batch_size: int) -> dic
     val_loss, val_acc = loss_and_accuracy(model, data.val_x, data.val_y, **on)
     test_loss, test_acc = loss_and_accuracy(model, data.test_x, data.test_y, **on)
     return dict(val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
+
+
+def _train_eval_acc(model, data: Prepared, inputs: Inputs, batch_size: int) -> float:
+    """Accuracy on the training split in eval mode, after the last epoch."""
+    _, acc = loss_and_accuracy(
+        model, data.train_x, data.train_y, inputs=inputs, batch_size=batch_size
+    )
+    return acc
 
 
 def _epoch_record(epoch, lr, epoch_losses, train_acc, scores) -> dict:
@@ -386,38 +391,6 @@ def write_outputs(out: Path, cfg: RunConfig, result: RunResult, extra: dict) -> 
 
 
 # --------------------------------------------------------------------------- CLI
-class _EpochBar:
-    """A run's progress in a terminal: a tqdm bar over epochs, log lines written above it."""
-
-    def __init__(self, stream):
-        self.stream, self.bar = stream, None
-
-    def log(self, line: str) -> None:
-        tqdm.write(line, file=self.stream)
-
-    def __call__(self, done: int, epochs: int, row: dict | None) -> None:
-        if self.bar is None:  # `done` > 0 when resumed: the rate counts this session's epochs
-            self.bar = tqdm(total=epochs, initial=done, unit="epoch", file=self.stream)
-            return
-        if row:
-            loss, val = f"{row['train_loss_mean']:.4f}", f"{row['val_acc']:.4f}"
-            self.bar.set_postfix(loss=loss, val=val, refresh=False)
-        self.bar.update(done - self.bar.n)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
-def reporters(stream) -> tuple:
-    """(log, progress, close) for `train`: a bar when `stream` is a terminal; otherwise (a file
-    or a pipe, as the workflow's logs) one plain flushed line per epoch, no control characters."""
-    if stream.isatty():
-        bar = _EpochBar(stream)
-        return bar.log, bar, bar.close
-    return (lambda line: print(line, file=stream, flush=True)), None, lambda: None
-
-
 def _parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
         prog="python -m normdrop.train",

@@ -1,0 +1,184 @@
+"""The grid the workflow runs: the config's datasets, models and variants with `select` and
+`sweep` applied (`grid_config`, `grid_cells`), and the rules of a grid that the schema cannot
+express (`check_grid`, called by `normdrop.workflow_config.validate_workflow_config`).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+from normdrop.config import ConfigError, did_you_mean, run_config
+from normdrop.data import DATASETS
+from normdrop.models import MODEL_NORMS, allowed_norms_text, check_input
+
+# A --configfile is deep-merged into config.yaml (dicts merge, lists replace), so a study cannot
+# drop a model or variant by leaving it out: `select` names the ones to run (default: all), and
+# `sweep` crosses the selected variants with values of a run setting. `grid_config` applies both;
+# everything that enumerates the grid (the workflow, the aggregate) goes through it.
+
+# setting -> tag in the generated variant's name: bn x batch_size 16 -> "bn_bs16"
+SWEEP_TAGS = {"batch_size": "bs", "dropout_rate": "p"}
+
+
+def model_depth(model: str) -> int | None:
+    """Layer count of a ResNet of the 6n+2 family from its name (resnet32 -> 32), else None."""
+    found = re.fullmatch(r"resnet(\d+)", model)
+    return int(found[1]) if found else None
+
+
+def swept_variants(name: str, spec: dict, sweep: dict) -> dict[str, dict]:
+    """One variant per combination of swept values; a variant without dropout is not swept over
+    the dropout rate (its runs would all be the same). Each keeps its `family` (the base name)."""
+    axes = [s for s in sweep if not (s == "dropout_rate" and not spec["dropout"])]
+    out = {}
+    for values in itertools.product(*(sweep[s] for s in axes)):
+        tags = [f"{SWEEP_TAGS[s]}{v:g}" for s, v in zip(axes, values, strict=True)]
+        out["_".join([name, *tags])] = {
+            **spec,
+            "family": spec.get("family", name),
+            **dict(zip(axes, values, strict=True)),
+        }
+    return out
+
+
+def grid_config(config: dict) -> dict:
+    """The config as it is run: the selected models, the selected variants crossed with the
+    sweep, and the (dataset, model) cells as `select.cells`. Applying it twice changes nothing."""
+    select = config.get("select") or {}
+    sweep = config.get("sweep") or {}
+    models = {m: config["models"][m] for m in select.get("models") or config["models"]}
+    variants: dict[str, dict] = {}
+    for name in select.get("variants") or config["variants"]:
+        for vname, spec in swept_variants(name, config["variants"][name], sweep).items():
+            if vname in variants:
+                raise ConfigError(
+                    f"config key 'sweep': the generated variant '{vname}' is also defined in "
+                    "'variants'; rename that variant or leave it out of select.variants"
+                )
+            variants[vname] = spec
+    cells = select.get("cells") or [f"{d}/{m}" for d in config["datasets"] for m in models]
+    selected = {"models": models, "variants": variants, "select": {"cells": list(cells)}}
+    return {**config, **selected, "sweep": {}}
+
+
+def grid_cells(config: dict) -> list[tuple[str, str]]:
+    """The (dataset, model) pairs that are run."""
+    return [tuple(c.split("/")) for c in grid_config(config)["select"]["cells"]]
+
+
+def _check_selection(config: dict) -> None:
+    select = config.get("select") or {}
+    for key, defined in (("models", config["models"]), ("variants", config["variants"])):
+        unknown = [name for name in select.get(key, []) if name not in defined]
+        if unknown:
+            raise ConfigError(
+                f"config key 'select.{key}': {unknown[0]!r} is not defined in '{key}'"
+                f"{did_you_mean(unknown[0], defined)}; "
+                f"allowed: {', '.join(defined)}"
+            )
+    models = select.get("models") or list(config["models"])
+    allowed = [f"{d}/{m}" for d in config["datasets"] for m in models]
+    bad = [c for c in select.get("cells", []) if c not in allowed]
+    if bad:
+        raise ConfigError(
+            f"config key 'select.cells': {bad[0]!r} is not a selected dataset/model; "
+            f"allowed: {', '.join(allowed)}"
+        )
+    sweep = config.get("sweep") or {}
+    variants = select.get("variants") or list(config["variants"])
+    if "dropout_rate" in sweep and not any(config["variants"][v]["dropout"] for v in variants):
+        raise ConfigError(
+            "config key 'sweep.dropout_rate': no selected variant has dropout: true; "
+            "select one (e.g. select.variants: [dropout, bn_dropout])"
+        )
+
+
+def _check_study(config: dict, grid: dict) -> None:
+    study = config.get("study")
+    if not study:
+        if len(grid_cells(grid)) != len(config["datasets"]) * len(grid["models"]):
+            raise ConfigError(
+                "config key 'select.cells': a subset of dataset/model cells needs a 'study' "
+                "section (the paper's tables and figures are per full dataset x model grid)"
+            )
+        return
+    axis = study["axis"]
+    if axis == "depth":
+        shallow = [m for m in grid["models"] if model_depth(m) is None]
+        if shallow or len(grid["models"]) < 2:
+            raise ConfigError(
+                f"config key 'study.axis': depth needs two or more ResNets of the 6n+2 family in "
+                f"select.models, got {list(grid['models'])}; allowed: resnet20, resnet32, "
+                "resnet44, resnet56"
+            )
+    elif axis not in (config.get("sweep") or {}):
+        raise ConfigError(
+            f"config key 'study.axis': {axis!r} is not swept; add sweep.{axis}: [values]"
+        )
+    families = {spec["family"] for spec in grid["variants"].values()}
+    for i, effect in enumerate(study["effects"]):
+        for side in ("plus", "minus"):
+            unknown = [v for v in effect[side] if not _is_entry(v, families)]
+            if unknown:
+                raise ConfigError(
+                    f"config key 'study.effects.{i}.{side}': {unknown[0]!r} is not a selected "
+                    f"variant (or variant@axis value); allowed: {', '.join(sorted(families))}"
+                )
+
+
+def _is_entry(entry: str, families: set) -> bool:
+    """`family` or `family@value` (the family taken at that axis value; normdrop.study)."""
+    name, at, value = entry.partition("@")
+    return name in families and (not at or re.fullmatch(r"-?[0-9.]+(e-?[0-9]+)?", value))
+
+
+def input_shape(config: dict, dataset: str) -> tuple[int, int, int]:
+    """(C, H, W) of a dataset's images: fixed for the real ones, from data.synthetic else."""
+    shape = DATASETS[dataset][3]
+    if shape is None:
+        spec = config["data"]["synthetic"]
+        shape = (spec["channels"], spec["size"], spec["size"])
+    return shape
+
+
+def _check_models(config: dict, grid: dict) -> None:
+    """Each selected variant's norm is defined for each model, and each model reads its data."""
+    for dataset, model in grid_cells(grid):
+        for name, spec in grid["variants"].items():
+            if spec["norm"] not in MODEL_NORMS[model]:
+                key = f"variants.{spec.get('family', name)}.norm"  # the name the user wrote
+                raise ConfigError(
+                    f"config key '{key}': {spec['norm']!r} is not defined for {model}; "
+                    f"allowed per model: {allowed_norms_text()}"
+                )
+        try:
+            check_input(model, input_shape(config, dataset))
+        except ValueError as err:
+            key = "data.synthetic.size" if dataset == "synthetic" else "datasets"
+            raise ConfigError(f"config key '{key}': {dataset}/{model}: {err}") from None
+
+
+def check_grid(config: dict) -> None:
+    """The cross-field rules of the grid: `select` names what is defined, the study's axis is
+    swept (or spans ResNet depths), each variant's norm is defined for each model, each model
+    reads its dataset, and every cell makes a valid RunConfig. A ConfigError names the key."""
+    _check_selection(config)
+    grid = grid_config(config)
+    _check_study(config, grid)
+    _check_models(config, grid)
+    # Every cell of the grid must make a valid RunConfig: catches what the schema cannot.
+    for dataset, model in grid_cells(grid):
+        for variant in grid["variants"]:
+            run_config(grid, dataset, model, variant, config["seeds"][0])
+
+
+__all__ = [
+    "SWEEP_TAGS",
+    "check_grid",
+    "grid_cells",
+    "grid_config",
+    "input_shape",
+    "model_depth",
+    "swept_variants",
+]
