@@ -31,7 +31,7 @@ from normdrop import provenance
 from normdrop.config import RunConfig
 from normdrop.data import Prepared, SyntheticSpec, download, load_prepared, prepare, standardization
 from normdrop.execution import resolve_execution
-from normdrop.grid import grid_cells, grid_config
+from normdrop.layout import iter_runs
 from normdrop.models import build_model, count_parameters
 from normdrop.train import Inputs, loss_and_accuracy, train
 
@@ -283,13 +283,16 @@ def measure(
 # --------------------------------------------------------------------------- projection
 def grid_epochs(config: dict) -> list[dict]:
     """Per (dataset, model) cell of the grid: runs and epochs of the study and of the
-    learning-rate search. The one place that counts runs (layout.iter_runs will do it here)."""
-    grid = grid_config(config)
-    runs = len(grid["variants"]) * len(config["seeds"])
-    search = len(grid["variants"]) * len(config["lr_search"]["candidates"])
-    epochs = runs * config["train"]["epochs"] + search * config["lr_search"]["epochs"]
-    cell = {"runs": runs + search, "epochs": epochs}
-    return [{"dataset": d, "model": m, **cell} for d, m in grid_cells(config)]
+    learning-rate search, from the grid's own runs (layout.iter_runs, each with its epochs)."""
+    cells: dict[tuple[str, str], dict] = {}
+    for run in iter_runs(config):
+        cell = cells.setdefault(
+            (run.dataset, run.model),
+            {"dataset": run.dataset, "model": run.model, "runs": 0, "epochs": 0},
+        )
+        cell["runs"] += 1
+        cell["epochs"] += run.settings.epochs
+    return list(cells.values())
 
 
 def grid_rates(rows: list[dict]) -> dict:

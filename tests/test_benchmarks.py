@@ -148,6 +148,11 @@ def test_grid_epochs_counts_every_run_of_the_grid():
     )
     assert len(cells) == len(config["datasets"]) * len(config["models"])
     assert all(c["runs"] == per_cell for c in cells)
+    epochs = len(config["variants"]) * (
+        len(config["seeds"]) * config["train"]["epochs"]
+        + len(config["lr_search"]["candidates"]) * config["lr_search"]["epochs"]
+    )
+    assert all(c["epochs"] == epochs for c in cells)
     config["select"] = {"models": ["cnn"], "cells": ["cifar10/cnn"]}
     assert [(c["dataset"], c["model"]) for c in speed.grid_epochs(config)] == [("cifar10", "cnn")]
 
