@@ -15,6 +15,8 @@ sys.path.insert(0, str(REPO / "src"))
 # before torch is first imported (below): its OpenMP runtime reads the variable when it loads.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
+import torch  # noqa: E402
+
 # The faulty workflow grid, built once per session for test_workflow_faults and test_aggregate.
 from fault_grid import grid  # noqa: E402, F401
 
@@ -68,3 +70,14 @@ def tiny_config(**overrides) -> RunConfig:
         dataset="synthetic", model="mlp", width=32, epochs=3, milestones=(2,), batch_size=32
     )
     return RunConfig(**{**settings, **overrides})
+
+
+# In-process training runs: on the CPU, without log lines; `curves` drops the timing column, so
+# two runs' epoch records compare exactly.
+CPU = torch.device("cpu")
+QUIET = dict(log=lambda line: None)
+TIMING = ["wall_time_s"]
+
+
+def curves(result):
+    return result.epochs.drop(columns=TIMING)

@@ -19,19 +19,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import TRAIN_ENV, run_cli, tiny_config, train_cli
+from conftest import CPU, QUIET, TIMING, TRAIN_ENV, curves, run_cli, tiny_config, train_cli
 from workflow_helpers import RUN_FILES, kill_group
 
 from normdrop.data import load_prepared
 from normdrop.train import train
-
-CPU = torch.device("cpu")
-QUIET = dict(log=lambda s: None)
-TIMING = ["wall_time_s"]
-
-
-def curves(result):
-    return result.epochs.drop(columns=TIMING)
 
 
 def checkpoint_epoch(path):

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
+from conftest import CPU, QUIET, tiny_config
 
 import normdrop.train as train_module
 from normdrop import gpu_lease
@@ -25,9 +25,7 @@ from normdrop.data import load_prepared
 from normdrop.models import build_model
 from normdrop.train import main, resolve_execution, train
 
-CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
-QUIET = dict(log=lambda s: None)
 
 
 class Interrupt(Exception):

@@ -14,7 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import REPO, tiny_config
+from conftest import CPU, QUIET, REPO, tiny_config
 
 from normdrop.config import ConfigError, run_config
 from normdrop.data import load_prepared
@@ -22,8 +22,6 @@ from normdrop.models import build_model
 from normdrop.train import capture_train_step, main, resolve_execution, train
 from normdrop.workflow_config import validate_workflow_config
 
-CPU = torch.device("cpu")
-QUIET = dict(log=lambda s: None)
 COLS = ["train_loss_mean", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]
 
 

@@ -18,14 +18,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import TRAIN_ENV, tiny_config
+from conftest import CPU, TRAIN_ENV, tiny_config
 from workflow_helpers import REPO
 
 from normdrop.data import load_prepared
 from normdrop.status import main, read_checkpoint
 from normdrop.train import train
 
-CPU = torch.device("cpu")
 DEMO = REPO / "workflow" / "demo.yaml"  # results_dir results/demo, 6 epochs, a 2-epoch search
 SEEDS = {"seeds": [42, 43, 44]}
 

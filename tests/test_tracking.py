@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import TRAIN_ENV, tiny_config, train_cli
+from conftest import CPU, QUIET, TRAIN_ENV, tiny_config, train_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from workflow_helpers import FAST, snakemake, write_config
@@ -27,9 +27,6 @@ from normdrop.data import load_prepared
 from normdrop.tracking import FINAL, SCALARS, TensorBoardTracker, hparam_value
 from normdrop.train import main, train
 from normdrop.workflow_config import load_config, validate_workflow_config
-
-CPU = torch.device("cpu")
-QUIET = dict(log=lambda line: None)
 
 
 def scalars(logdir) -> dict[str, list[tuple[int, float]]]:

@@ -9,18 +9,10 @@ from importlib import metadata
 import pandas as pd
 import pytest
 import torch
-from conftest import run_cli, tiny_config
+from conftest import CPU, QUIET, curves, run_cli, tiny_config
 
 from normdrop.data import load_prepared
 from normdrop.train import train
-
-CPU = torch.device("cpu")
-QUIET = dict(log=lambda s: None)
-TIMING = ["wall_time_s"]
-
-
-def curves(result):
-    return result.epochs.drop(columns=TIMING)
 
 
 def test_same_seed_same_metrics_different_seed_differs(tiny_data):
