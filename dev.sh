@@ -54,7 +54,7 @@ case "${1:-}" in
       shift
       exec "$PY" -m pytest -m "not slow and not slurm" "$@"
     fi
-    # The SLURM tests need a local single-node cluster; root can bring one up (see README).
+    # The SLURM tests need a local single-node cluster; root can bring one up (see docs/slurm.md).
     if [ "$(id -u)" = 0 ] && [ -z "${NORMDROP_NO_SLURM:-}" ]; then
       bash tests/slurm/cluster.sh up
       trap 'bash tests/slurm/cluster.sh down' EXIT

@@ -36,7 +36,7 @@ def planned_jobs(*args: str) -> tuple[int, dict[str, int], str]:
     return res.returncode, counts, out
 
 
-# (train, lr_search, select_lr, download) per study; HANDOFF-models.md / README state the same:
+# (train, lr_search, select_lr, download) per study; docs/studies.md states the same:
 # transformer: 2 datasets x 4 norms x dropout off/on x 3 seeds, x 4 lr candidates per variant;
 # recurrent: 2 datasets x 3 norms x dropout off/on x 3 seeds.
 STUDY_JOBS = {"transformer": (48, 64, 16, 2), "recurrent": (36, 48, 12, 2)}
@@ -53,7 +53,7 @@ def test_each_future_work_study_plans_its_stated_job_count(name):
     train, search, select, download = STUDY_JOBS[name]
     assert (counts["train"], counts["lr_search"], counts["select_lr"]) == (train, search, select)
     assert counts["download"] == download and counts["study"] == 1 and "tables" not in counts
-    # The cost in training epochs, from the merged config (what the README states).
+    # The cost in training epochs, from the merged config (what docs/studies.md states).
     config = validate(deep_merge(PAPER, study(name)))
     epochs = train * config["train"]["epochs"] + search * config["lr_search"]["epochs"]
     assert epochs == STUDY_EPOCHS[name] and epochs < PAPER_EPOCHS / 2

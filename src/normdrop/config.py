@@ -139,7 +139,7 @@ class RunConfig:
     cuda_graphs: str = _setting(
         "auto",
         help="capture the training step as one CUDA graph; auto: off until measured on a GPU "
-        "(README, 'Speed'); on: CUDA only",
+        "(docs/speed.md); on: CUDA only",
         allowed=CUDA_GRAPHS,
     )
     deterministic: bool = _setting(

@@ -96,7 +96,7 @@ def resolve_execution(cfg: RunConfig, device: torch.device) -> Execution:
             and torch.cuda.is_bf16_supported(including_emulation=False)
         ),
         memory_format=torch.channels_last if channels_last else torch.contiguous_format,
-        # auto stays off until a run on a real GPU shows the same metrics, faster (README).
+        # auto stays off until a run on a real GPU shows the same metrics, faster (docs/gpu.md).
         cuda_graphs=cfg.cuda_graphs == "on",
         # CPU has a fused Adam too, but the CPU runs are the reference numbers: kept as they are.
         fused_adam=cuda,
