@@ -128,8 +128,12 @@ def test_extension_trains_the_next_rate_records_it_and_reuses_it(tmp_path, tiny_
         fake_candidate(cell, lr, acc, tiny_data) / "meta.json"
         for lr, acc in ((1e-3, 0.3), (3e-3, 0.9))  # 3e-3 wins: at the largest edge
     ]
-    scratch = tmp_path / "scratch"
-    choice = select_lr_extended(metas, 1, tiny_data, scratch, "--device cpu")
+    scratch, events = tmp_path / "scratch", tmp_path / "tensorboard" / "lr_search" / "cell"
+    run = {"device": "--device cpu", "tensorboard": events, "tracking": "--tensorboard"}
+    choice = select_lr_extended(metas, 1, tiny_data, scratch, run)
+    # Its event files sit beside the other candidates' (the tree mirrors the run folders).
+    assert list((events / "lr0.009").glob("events.out.tfevents.*"))
+    assert not (cell / "lr0.009" / "tensorboard").exists()
     extra = cell / "lr0.009" / "meta.json"
     meta = json.loads(extra.read_text())
     assert meta["lr"] == 0.009 and meta["status"] in ("completed", "diverged")
@@ -142,7 +146,7 @@ def test_extension_trains_the_next_rate_records_it_and_reuses_it(tmp_path, tiny_
     assert choice["lr"] in (3e-3, 0.009)
     # A rerun (say select_lr's job was rerun) reuses the finished extra candidate.
     before = extra.stat().st_mtime_ns
-    again = select_lr_extended(metas, 1, tiny_data, scratch, "--device cpu")
+    again = select_lr_extended(metas, 1, tiny_data, scratch, run)
     assert extra.stat().st_mtime_ns == before and again == choice
 
 

@@ -46,6 +46,7 @@ rule select_lr:
     params:
         extensions=EXTEND_AT_EDGE,
         scratch=layout.checkpoint_dir(RESULTS, "lr_search"),
+        tensorboard=layout.tensorboard_cell_dir(RESULTS, "lr_search"),
         device=device_line,
     localrule: not EXTEND_AT_EDGE
     threads: EXEC["threads"] if EXTEND_AT_EDGE else 1
@@ -56,5 +57,7 @@ rule select_lr:
     shell:
         "OMP_NUM_THREADS={threads:q} python -m normdrop.aggregate select-lr --out {output:q}"
         " --extend-at-edge {params.extensions:q} --data {input.data:q}"
-        " --scratch {params.scratch:q} --device-args={params.device:q} {input.metas:q}"
+        " --scratch {params.scratch:q} --device-args={params.device:q}"
+        ' --tensorboard-dir {params.tensorboard:q} --tracking-args="$NORMDROP_TRACKING"'
+        " {input.metas:q}"
         " > {log:q} 2>&1"

@@ -115,9 +115,12 @@ def next_candidate(choice: dict) -> float:
     return float(f"{lr:.6g}")  # 0.003 x 3 = 0.009, not 0.009000000000000001: a clean folder name
 
 
-def train_candidate(meta_path: Path, lr: float, data: Path, scratch: Path, device: str) -> Path:
+def train_candidate(meta_path: Path, lr: float, data: Path, scratch: Path, run: dict) -> Path:
     """Train the search candidate `lr` beside the one at `meta_path` (same settings, other lr);
-    return its folder. Reuses a finished one of the same settings."""
+    return its folder. Reuses a finished one of the same settings. `run`: how the training CLI
+    runs, as the workflow's candidates do ("device": its device flags; "tensorboard": the cell's
+    TensorBoard folder, None for the CLI's default; "tracking": --tensorboard or
+    --no-tensorboard, "" for the CLI's default)."""
     from normdrop.config import RunConfig, to_cli_args
 
     settings = json.loads(meta_path.read_text())["settings"]
@@ -129,19 +132,23 @@ def train_candidate(meta_path: Path, lr: float, data: Path, scratch: Path, devic
         return folder
     cmd = [sys.executable, "-m", "normdrop.train", "--data", str(data), "--out", str(folder)]
     cmd += ["--checkpoint", str(scratch / f"{key}.ckpt"), *to_cli_args(cfg)]
+    if run.get("tensorboard"):  # beside the other candidates' event files
+        cmd += ["--tensorboard-dir", str(Path(run["tensorboard"]) / key)]
+    cmd += shlex.split(run.get("tracking", "")) + shlex.split(run.get("device", ""))
     print(f"extending the search: training lr {lr:g} into {folder}", flush=True)
-    subprocess.run([*cmd, *shlex.split(device)], check=True)
+    subprocess.run(cmd, check=True)
     return folder
 
 
-def select_lr_extended(metas: list[Path], extend: int, data, scratch, device="") -> dict:
-    """select_lr, then up to `extend` extra candidates while the pick sits at an edge."""
+def select_lr_extended(metas: list[Path], extend: int, data, scratch, run=None) -> dict:
+    """select_lr, then up to `extend` extra candidates while the pick sits at an edge (`run`:
+    how they train, see train_candidate)."""
     folders = [m.parent for m in metas]
     choice = select_lr(folders)
     extensions = 0
     while choice["at_edge"] and extensions < extend:
         lr = next_candidate(choice)
-        folders.append(train_candidate(metas[0], lr, Path(data), Path(scratch), device))
+        folders.append(train_candidate(metas[0], lr, Path(data), Path(scratch), run or {}))
         extensions += 1
         choice = select_lr(folders)
     return {**choice, "extend_at_edge": extend, "extensions": extensions}
@@ -255,6 +262,8 @@ def main(argv=None) -> int:
     s.add_argument("--data", type=Path, help="prepared dataset (needed with --extend-at-edge)")
     s.add_argument("--scratch", type=Path, help="checkpoints of extra candidates")
     s.add_argument("--device-args", default="", help="device flags passed to the training CLI")
+    s.add_argument("--tensorboard-dir", type=Path, help="the cell's TensorBoard folder")
+    s.add_argument("--tracking-args", default="", help="--tensorboard or --no-tensorboard")
     a = sub.add_parser("collect", help="summary parquet files of the whole grid")
     a.add_argument("--config-json", required=True, help="the merged workflow config as JSON")
     a.add_argument("--out-dir", type=Path, required=True)
@@ -263,8 +272,10 @@ def main(argv=None) -> int:
         if args.cmd == "select-lr":
             if args.extend_at_edge and not (args.data and args.scratch):
                 p.error("--extend-at-edge needs --data and --scratch")
+            run = {"device": args.device_args, "tracking": args.tracking_args}
+            run["tensorboard"] = args.tensorboard_dir
             choice = select_lr_extended(
-                args.metas, args.extend_at_edge, args.data, args.scratch, args.device_args
+                args.metas, args.extend_at_edge, args.data, args.scratch, run
             )
             atomic_write_json(args.out, choice)
             print(f"selected lr {choice['lr']:g}")

@@ -107,6 +107,11 @@ def tensorboard_dir(results, kind: str, **keys) -> str:
     return _under(results, TENSORBOARD, folder, fill(template, keys))
 
 
+def tensorboard_cell_dir(results, kind: str, **keys) -> str:
+    """The folder of one cell's TensorBoard runs (select_lr trains extra candidates into it)."""
+    return tensorboard_dir(results, kind, **keys).rsplit("/", 1)[0]
+
+
 def log(results, rule: str, name: str = "", **keys) -> str:
     """A job's log: logs/<rule>/<name>.log, or logs/<rule>.log for a rule run once."""
     if not name:
