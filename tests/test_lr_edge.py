@@ -150,6 +150,13 @@ def test_extension_trains_the_next_rate_records_it_and_reuses_it(tmp_path, tiny_
     assert extra.stat().st_mtime_ns == before and again == choice
 
 
+def test_a_tie_with_another_rate_is_no_edge_and_is_not_extended(tmp_path):
+    metas = [fake_candidate(tmp_path, lr, 0.1) / "meta.json" for lr in (1e-3, 3e-3, 1e-2)]
+    choice = select_lr_extended(metas, 2, None, None)  # would train, were it marked
+    assert choice["lr"] == 1e-3 and choice["at_edge"] is None and choice["extensions"] == 0
+    assert select_lr([m.parent for m in metas[1:]])["at_edge"] is None  # two tied: the same
+
+
 def test_extension_off_trains_nothing(tmp_path):
     metas = [fake_candidate(tmp_path, lr, a) / "meta.json" for lr, a in ((1e-3, 0.3), (3e-3, 0.9))]
     choice = select_lr_extended(metas, 0, None, None)

@@ -73,10 +73,13 @@ def select_lr(candidate_folders: list[Path]) -> dict:
             f"({[r['lr'] for r in rows]}): add smaller values to lr_search.candidates"
         )
     best = max(valid, key=lambda r: r["best_val_acc"])  # max keeps the first (smallest lr) tie
+    # A pick that ties with another rate (every candidate at chance, say) does not point beyond
+    # the grid: the search did not tell them apart, so it is not marked, nor extended.
+    tied = sum(r["best_val_acc"] == best["best_val_acc"] for r in valid) > 1
     return {
         "lr": best["lr"],
         "criterion": "best validation accuracy of the search run",
-        "at_edge": lr_edge([r["lr"] for r in rows], best["lr"]),
+        "at_edge": None if tied else lr_edge([r["lr"] for r in rows], best["lr"]),
         "candidates": rows,
     }
 
