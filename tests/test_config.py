@@ -85,6 +85,10 @@ CONFIG_FAULTS = {
         {"train": {"epochs": 6, "lr_milestones": [4, 6]}}, "train.lr_milestones",
         "[6] at or beyond the last epoch (train.epochs = 6); allowed: 1 .. 5",
     ),
+    "brace_in_results_dir": (
+        {"results_dir": "results/{run}"}, "results_dir",
+        "holds a brace, which Snakemake would read as a wildcard",
+    ),
 }  # fmt: skip
 DRY_RUN_FAULTS = [k for k in CONFIG_FAULTS if k != "unknown_nested_key"]
 

@@ -160,6 +160,12 @@ def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
             f"(train.epochs = {train['epochs']}, lr_search.epochs = "
             f"{config['lr_search']['epochs']}); allowed: 0 .. {fits - 1}"
         )
+    for key in ("results_dir", "resources_dir"):  # Snakemake reads {...} in a path as a wildcard
+        if set(config[key]) & set("{}"):
+            raise ConfigError(
+                f"config key '{key}': {config[key]!r} holds a brace, which Snakemake would read "
+                "as a wildcard; allowed: a folder name without '{' or '}'"
+            )
     if config["data"]["augment"] != "none" and "mnist" in config["datasets"]:
         raise ConfigError("config key 'data.augment': crop_flip is for CIFAR-like data, not mnist")
     check_grid(config)
