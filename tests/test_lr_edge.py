@@ -114,6 +114,18 @@ def test_the_report_names_the_cells_picked_at_the_edge(tmp_path):
     assert text.index("## Table 2") < text.index(note[0]) < text.index("## Parameter counts")
 
 
+def test_the_report_marks_what_select_lr_marks_a_tie_is_no_edge(tmp_path):
+    summary = tmp_path / "summary"
+    make_summary(summary, ("mnist",), ("mlp",))
+    search = pd.read_parquet(summary / "lr_search.parquet")
+    cell = (search["variant"] == "bn") & (search["dataset"] == "mnist")
+    search.loc[cell, "selected"] = search.loc[cell, "lr"] == search.loc[cell, "lr"].min()
+    search.loc[cell, "best_val_acc"] = 0.1  # every rate at chance: nothing told them apart
+    search.to_parquet(summary / "lr_search.parquet")
+    text = rep.build_report(summary, summary / "report.md")
+    assert "picked the largest or smallest" not in text
+
+
 @pytest.mark.parametrize(
     "lr, edge, nxt",
     [(3e-3, "largest", 9e-3), (1e-4, "smallest", 3.33333e-5), (1e-2, "largest", 0.03)],

@@ -61,6 +61,17 @@ def lr_edge(lrs, picked: float) -> str | None:
     return "largest" if picked == lrs[-1] else "smallest" if picked == lrs[0] else None
 
 
+def pick_edge(candidates: list[dict], pick: dict) -> str | None:
+    """lr_edge of a search's pick among its candidate rows (lr, status, best_val_acc), as
+    selected.json and the report both mark it. A pick that ties with another rate (every
+    candidate at chance, say) does not point beyond the grid: the search did not tell them apart,
+    so it is not marked, nor extended."""
+    valid = [c for c in candidates if c["status"] == "completed"]
+    if sum(c["best_val_acc"] == pick["best_val_acc"] for c in valid) > 1:
+        return None
+    return lr_edge([c["lr"] for c in candidates], pick["lr"])
+
+
 def select_lr(candidate_folders: list[Path]) -> dict:
     """The candidate with the best validation accuracy (ties: the smaller rate); diverged lose.
     `at_edge` says whether the pick is the largest or smallest rate tried."""
@@ -73,13 +84,10 @@ def select_lr(candidate_folders: list[Path]) -> dict:
             f"({[r['lr'] for r in rows]}): add smaller values to lr_search.candidates"
         )
     best = max(valid, key=lambda r: r["best_val_acc"])  # max keeps the first (smallest lr) tie
-    # A pick that ties with another rate (every candidate at chance, say) does not point beyond
-    # the grid: the search did not tell them apart, so it is not marked, nor extended.
-    tied = sum(r["best_val_acc"] == best["best_val_acc"] for r in valid) > 1
     return {
         "lr": best["lr"],
         "criterion": "best validation accuracy of the search run",
-        "at_edge": None if tied else lr_edge([r["lr"] for r in rows], best["lr"]),
+        "at_edge": pick_edge(rows, best),
         "candidates": rows,
     }
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from normdrop import hypotheses as hyp
 from normdrop import plots
 from normdrop import tables as tab
-from normdrop.aggregate import lr_edge
+from normdrop.aggregate import pick_edge
 from normdrop.render import to_markdown
 from normdrop.seed_stats import variant_stats
 from normdrop.storage import atomic_write_text
@@ -69,16 +69,17 @@ def _demote(markdown: str, level: int = 3) -> str:
 
 def lr_edge_note(summary_dir: Path, pairs) -> list[str]:
     """A note under Table 2 naming the cells whose learning-rate pick is the largest or smallest
-    rate tried (normdrop.aggregate.lr_edge): their best rate may lie outside the grid."""
+    rate tried (normdrop.aggregate.pick_edge): their best rate may lie outside the grid."""
     if not (Path(summary_dir) / "lr_search.parquet").is_file():
         return []
     search = read_summary(summary_dir, "lr_search")
     cells = []
     for (d, m, v), group in search.groupby(["dataset", "model", "variant"], sort=False):
-        picked = group.loc[group["selected"].astype(bool), "lr"]
-        edge = lr_edge(group["lr"], float(picked.iloc[0])) if len(picked) else None
+        rows = group.to_dict("records")
+        picked = [r for r in rows if r["selected"]]
+        edge = pick_edge(rows, picked[0]) if picked else None  # as select-lr marked it
         if (d, m) in pairs and edge:
-            cells.append(f"{d}/{m}/{v} (lr {picked.iloc[0]:g}, the {edge})")
+            cells.append(f"{d}/{m}/{v} (lr {picked[0]['lr']:g}, the {edge})")
     if not cells:
         return []
     return [
