@@ -13,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from normdrop import curves, figure_style, plots  # noqa: E402
+from normdrop import catalog, curves, figure_style, plots  # noqa: E402
 from normdrop import report as rep  # noqa: E402
 from normdrop.summary_data import read_summary  # noqa: E402
 
@@ -55,7 +55,7 @@ def figures(summary) -> Path:
 
 
 def test_exactly_the_declared_figures(figures):
-    expected = set(plots.figure_paths(figures, DATASETS, MODELS))
+    expected = set(catalog.figure_paths(figures, DATASETS, MODELS))
     assert {p for p in figures.rglob("*") if p.is_file()} == expected
     assert len(expected) == 2 * (1 + len(DATASETS) * len(MODELS) * len(plots.FIGURE_KINDS))
 

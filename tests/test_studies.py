@@ -14,9 +14,9 @@ import yaml
 from test_workflow import job_counts
 from workflow_helpers import FAST, REPO, deep_merge, snakemake, write_config
 
+from normdrop.catalog import study_paths
 from normdrop.config import ConfigError, run_config, search_config
 from normdrop.grid import grid_cells, grid_config
-from normdrop.study import study_paths
 from normdrop.workflow_config import validate_workflow_config
 
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())

@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+from normdrop import catalog  # noqa: E402
 from normdrop import tables as tab  # noqa: E402
 from normdrop.render import fmt_mean_sd, fmt_signed, to_markdown  # noqa: E402
 from normdrop.seed_stats import variant_stats  # noqa: E402
@@ -50,7 +51,7 @@ def cells(row: str) -> list[str]:
 
 
 def test_cli_writes_exactly_the_declared_files(written):
-    expected = set(tab.table_paths(written, DATASETS, MODELS))
+    expected = set(catalog.table_paths(written, DATASETS, MODELS))
     on_disk = {p for p in written.rglob("*") if p.is_file()}
     assert on_disk == expected  # also: no temp files left behind
 

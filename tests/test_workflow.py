@@ -14,9 +14,7 @@ import pandas as pd
 import pytest
 from workflow_helpers import REPO, output, run, snakemake, snakemake_cmd, tail
 
-from normdrop.hypotheses import hypothesis_paths
-from normdrop.plots import figure_paths
-from normdrop.tables import table_paths
+from normdrop.catalog import figure_paths, hypothesis_paths, table_paths
 
 MODELS = ["mlp", "cnn", "resnet20"]
 

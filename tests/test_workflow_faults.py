@@ -24,9 +24,7 @@ from fault_grid import (
 )
 from workflow_helpers import kill_group, output, run, snakemake_cmd, tail
 
-from normdrop.hypotheses import hypothesis_paths
-from normdrop.plots import figure_paths
-from normdrop.tables import table_paths
+from normdrop.catalog import figure_paths, hypothesis_paths, table_paths
 
 
 # --------------------------------------------------------------------------- divergence

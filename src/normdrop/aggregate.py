@@ -207,6 +207,7 @@ def run_row(run: layout.GridRun, meta: dict, epochs: pd.DataFrame, spec: dict, f
         "diverged_epoch": meta["diverged_epoch"] or math.nan,
         "epochs": settings["epochs"],
         **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction),
+        "convergence_fraction": fraction,  # what convergence_epoch means (tables, figures)
         "wall_time_s": meta["wall_time_s"],
         "git_revision": meta["git_revision"],
         "device": meta.get("device", "unknown"),

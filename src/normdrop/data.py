@@ -18,15 +18,9 @@ from pathlib import Path
 
 import torch
 
+from normdrop.catalog import DATASETS, SYNTHETIC
 from normdrop.storage import atomic_write_bytes
 
-# name -> (torchvision class name, sub-folder torchvision creates under root, classes, C, H, W).
-DATASETS = {
-    "mnist": ("MNIST", "MNIST/raw", 10, (1, 28, 28)),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", 10, (3, 32, 32)),
-    "cifar100": ("CIFAR100", "cifar-100-python", 100, (3, 32, 32)),
-    "synthetic": (None, ".", None, None),
-}
 PREPARED_FORMAT = 1
 
 
@@ -43,22 +37,23 @@ def _how_to_obtain(name: str, raw_dir: Path) -> str:
     return (
         f"run `python -m normdrop.data download {name} --raw-dir {raw_dir}` (what the workflow's "
         f"`download` rule does) on a machine with internet access, or copy torchvision's "
-        f"'{DATASETS[name][1]}' folder for {name} into {raw_dir}"
+        f"'{DATASETS[name].folder}' folder for {name} into {raw_dir}"
     )
 
 
 # --------------------------------------------------------------------------- synthetic data
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """An offline stand-in for CIFAR: `num_classes` smooth prototypes + per-image noise."""
+    """An offline stand-in for CIFAR: `num_classes` smooth prototypes + per-image noise.
+    Defaults: catalog.SYNTHETIC (config.yaml's data.synthetic)."""
 
-    n_train: int = 2000
-    n_test: int = 500
-    num_classes: int = 10
-    channels: int = 3
-    size: int = 16
-    noise: float = 0.35  # SD of the per-image noise, relative to the [0, 1] pixel range
-    seed: int = 0
+    n_train: int = SYNTHETIC["n_train"]
+    n_test: int = SYNTHETIC["n_test"]
+    num_classes: int = SYNTHETIC["num_classes"]
+    channels: int = SYNTHETIC["channels"]
+    size: int = SYNTHETIC["size"]
+    noise: float = SYNTHETIC["noise"]  # SD of the per-image noise, relative to [0, 1] pixels
+    seed: int = SYNTHETIC["seed"]
 
 
 def make_synthetic(spec: SyntheticSpec) -> dict[str, torch.Tensor]:
@@ -93,7 +88,7 @@ def download(name: str, raw_dir: Path, synthetic: SyntheticSpec | None = None) -
     else:
         import torchvision.datasets as tvd  # slow import (~2 s): only where needed
 
-        cls = getattr(tvd, DATASETS[name][0])
+        cls = getattr(tvd, DATASETS[name].torchvision)
         for train in (True, False):
             try:
                 # torchvision checks the archive's md5 after downloading and before extracting.
@@ -112,7 +107,7 @@ def _verify_mnist(raw_dir: Path) -> None:
     from torchvision.datasets import MNIST
     from torchvision.datasets.utils import check_integrity
 
-    folder = raw_dir / DATASETS["mnist"][1]
+    folder = raw_dir / DATASETS["mnist"].folder
     for archive, md5 in MNIST.resources:
         gz = folder / archive
         if gz.exists() and not check_integrity(str(gz), md5):
@@ -137,7 +132,8 @@ def load_raw(name: str, raw_dir: Path) -> dict[str, torch.Tensor]:
 
     import torchvision.datasets as tvd
 
-    cls_name, folder, _, shape = DATASETS[name]
+    spec = DATASETS[name]
+    cls_name, folder, shape = spec.torchvision, spec.folder, spec.shape
     if not (raw_dir / folder).is_dir():
         raise DataError(f"{raw_dir / folder} is missing: {_how_to_obtain(name, raw_dir)}")
     if name == "mnist":
@@ -205,7 +201,7 @@ def prepare(name: str, raw_dir: Path, out: Path, val_fraction=0.1, split_seed=0)
     # Per-channel statistics over the whole raw training set: this is how the usual published
     # values (e.g. MNIST 0.1307 / 0.3081) were computed, so real datasets get those values.
     pixels = raw["train_x"].transpose(0, 1).flatten(1).double() / 255
-    num_classes = DATASETS[name][2] or int(raw["train_y"].max()) + 1
+    num_classes = DATASETS[name].classes or int(raw["train_y"].max()) + 1
     payload = {
         "format": PREPARED_FORMAT,
         "name": name,

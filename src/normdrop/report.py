@@ -19,15 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from normdrop import hypotheses as hyp
-from normdrop import plots
 from normdrop import tables as tab
 from normdrop.aggregate import pick_edge
+from normdrop.catalog import figure_paths, load_claims
 from normdrop.render import to_markdown
 from normdrop.seed_stats import variant_stats
 from normdrop.storage import atomic_write_text
 from normdrop.summary_data import (
     SummaryError,
     completed,
+    convergence_fraction,
     order_variants,
     read_selection,
     read_summary,
@@ -103,7 +104,7 @@ def build_report(
     variants = order_variants(runs)
     results = hyp.run_hypothesis_tests(runs, pairs)
     words = hyp.sentences(results)
-    claims = {c["id"]: c for c in hyp.load_claims()}
+    claims = {c["id"]: c for c in load_claims()}
 
     out = ["# BatchNorm and dropout: results against the paper's hypotheses", ""]
     out += [_provenance(runs), "", METHOD, ""]
@@ -111,7 +112,7 @@ def build_report(
     out += ["## Hypotheses", ""]
     for h, lines in words.items():
         claim = claims.get(h, {})
-        out.append(f"### {h}: {hyp.HYPOTHESES[h]}")
+        out.append(f"### {h}: {hyp.wordings()[h]}")
         out.append("")
         if claim:
             out.append(f'> Paper: "{claim["statement"].strip()}"')
@@ -123,14 +124,17 @@ def build_report(
     comparison, _, _ = tab.paper_comparison(stats, runs, ms)
     out.append(_demote(to_markdown(comparison), 2))
     out += ["## Table 2 per dataset and model", ""]
-    out += [_demote(to_markdown(tab.table2(stats, d, m, variants))) for d, m in pairs]
+    out += [
+        _demote(to_markdown(tab.table2(stats, d, m, variants, convergence_fraction(runs))))
+        for d, m in pairs
+    ]
     out += lr_edge_note(summary_dir, pairs)
     table1, _ = tab.table1(runs, ds, ms)
     out += ["## Parameter counts (Table 1)", "", _demote(to_markdown(table1))]
     if figures_dir is not None:
         out += ["## Figures", ""]
         base = Path(out_path).parent
-        paths = [p for p in plots.figure_paths(figures_dir, ds, ms) if p.suffix == ".png"]
+        paths = [p for p in figure_paths(figures_dir, ds, ms) if p.suffix == ".png"]
         for p in paths:
             rel = os.path.relpath(p, base)
             label = " / ".join(Path(p).relative_to(figures_dir).with_suffix("").parts)
