@@ -199,3 +199,38 @@ def test_paper_claims_reference_file():
     assert set(claims) == {"H1", "H2", "H3"}
     assert claims["H1"]["statement"].startswith("Batch Normalization reduces training instability")
     assert tab.load_paper_table("paper_table2")["variant"].tolist() == list(PAPER_VARIANTS)
+
+
+def test_a_new_hypothesis_is_one_entry(monkeypatch, tmp_path):
+    """One `Hypothesis` entry in the registry: its row, verdict column and sentences appear,
+    and the three paper hypotheses' rows stay as they were."""
+    values = {
+        "none": {"gen_gap": HIGH, "final_test_acc": [0.80, 0.81, 0.82]},
+        "bn": {"gen_gap": LOW, "final_test_acc": [0.85, 0.86, 0.87]},
+        "dropout": {"gen_gap": SAME},
+        "bn_dropout": {"gen_gap": SAME},
+    }
+    before = hyp.run_hypothesis_tests(runs_from_values(values))
+    h4 = hyp.Hypothesis(
+        "H4",
+        "BN raises test accuracy",
+        (hyp.HypothesisTest("H4", "final_test_acc", (("bn", 1), ("none", -1)), sign=1),),
+    )
+    monkeypatch.setattr(hyp, "REGISTRY", [*hyp.REGISTRY, h4])
+    after = hyp.run_hypothesis_tests(runs_from_values(values))
+    pd.testing.assert_frame_equal(after.iloc[: len(before)], before)
+    row = after.set_index("test").loc["H4"]
+    assert (row["hypothesis"], row["metric"], row["expected"]) == ("H4", "final_test_acc", "> 0")
+    assert row["comparison"] == "bn − none"
+    assert row["effect"] == pytest.approx(5.0)  # points: 86 − 81
+    assert row["verdict"] == "supported"
+    assert hyp.verdicts(after).loc[0, "H4"] == "supported"
+    [text] = hyp.sentences(after)["H4"]
+    assert text.startswith("CIFAR-10 / CNN: supported. bn − none: test accuracy +5.00 points")
+    out = tmp_path / "tables"
+    summary = tmp_path / "summary"
+    summary.mkdir()
+    runs_from_values(values).to_parquet(summary / "runs.parquet")
+    hyp.write_hypotheses(summary, out)
+    assert "H4: BN raises test accuracy" in (out / "verdicts.md").read_text()
+    assert "**H4: BN raises test accuracy**" in (out / "hypotheses.md").read_text()

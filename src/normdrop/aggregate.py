@@ -22,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from normdrop import layout
+from normdrop.catalog import SUMMARY_FILES
 from normdrop.config import EXECUTION_FIELDS
 from normdrop.grid import grid_config
 from normdrop.metrics import run_metrics
@@ -295,9 +296,8 @@ def main(argv=None) -> int:
                 print(edge_warning(choice), file=sys.stderr)
         else:
             runs, epochs, candidates = collect_runs(json.loads(args.config_json))
-            atomic_write_parquet(args.out_dir / "runs.parquet", runs)
-            atomic_write_parquet(args.out_dir / "epochs.parquet", epochs)
-            atomic_write_parquet(args.out_dir / "lr_search.parquet", candidates)
+            for name, frame in zip(SUMMARY_FILES.values(), (runs, epochs, candidates), strict=True):
+                atomic_write_parquet(args.out_dir / name, frame)
             print(f"collected {len(runs)} runs into {args.out_dir}")
     except (ValueError, StaleResultsError, FileNotFoundError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)

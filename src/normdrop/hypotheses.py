@@ -58,7 +58,7 @@ from normdrop.summary_data import (
     completed,
     metric_values,
     paper_variants,
-    read_summary,
+    read_selection,
     run_report_cli,
     select_pairs,
 )
@@ -399,8 +399,7 @@ def verdict_table(matrix: pd.DataFrame) -> TextTable:
 
 def write_hypotheses(summary_dir, out_dir, datasets=None, models=None) -> list[Path]:
     """Every file of `catalog.hypothesis_paths(out_dir)`, for the selected datasets and models."""
-    runs = read_summary(summary_dir, "runs")
-    pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / "runs.parquet"))
+    runs, pairs, _, _ = read_selection(summary_dir, datasets, models)
     results = run_hypothesis_tests(runs, pairs)
     out = Path(out_dir)
     table = results_table(results)

@@ -42,6 +42,7 @@ from normdrop.catalog import (
     OVERVIEW,
     PAIR_FIGURES,
     PLOTTED_METRICS,
+    SUMMARY_FILES,
     dataset_name,
     model_name,
     percent,
@@ -395,9 +396,10 @@ def write_figures(
     models: Sequence[str] | None = None,
 ) -> list[Path]:
     runs = read_summary(summary_dir, "runs")
+    source = str(Path(summary_dir) / SUMMARY_FILES["runs"])
     epochs = read_summary(summary_dir, "epochs")
     lr_search = read_summary(summary_dir, "lr_search")
-    pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / "runs.parquet"))
+    pairs = select_pairs(runs, datasets, models, source=source)
     styles = variant_styles(runs)
     out = Path(out_dir)
     written: list[Path] = []

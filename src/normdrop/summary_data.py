@@ -225,7 +225,7 @@ def select_pairs(
     runs: pd.DataFrame,
     datasets: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
-    source: str = "runs.parquet",
+    source: str = FILES["runs"],
 ) -> list[tuple[str, str]]:
     """(dataset, model) pairs to report, in display order.
 
@@ -252,7 +252,7 @@ def read_selection(
 ) -> tuple[pd.DataFrame, list[tuple[str, str]], list[str], list[str]]:
     """(runs of the selected datasets and models, pairs, datasets, models), in display order."""
     runs = read_summary(summary_dir, "runs")
-    pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / "runs.parquet"))
+    pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / FILES["runs"]))
     ds = ordered({d for d, _ in pairs}, datasets or DATASET_ORDER)
     ms = ordered({m for _, m in pairs}, models or MODEL_ORDER)
     return runs[runs["dataset"].isin(ds) & runs["model"].isin(ms)], pairs, ds, ms
