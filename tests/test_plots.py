@@ -115,8 +115,13 @@ def test_report_md(summary, figures):
 def test_report_rules_know_every_figure_and_caption():
     # The report items (stem -> caption, name) are declared in common.smk.
     smk = (REPO / "workflow" / "common.smk").read_text()
-    for kind in (*plots.FIGURE_KINDS, "OVERVIEW", "table2", "table1_params", "hypotheses"):
-        assert re.search(rf'^\s+"?{kind}"?: \("', smk, re.M), kind
-    for caption in re.findall(r': \("(\w+)", "', smk):
+    keys = re.findall(r'^\s+(?:"(\w+)"|catalog\.(\w+)): \(', smk, re.M)
+    stems = {quoted or getattr(catalog, name) for quoted, name in keys}
+    for stem in (*catalog.PAIR_FIGURES, catalog.OVERVIEW, catalog.TABLE2, catalog.TABLE1):
+        assert stem in stems, stem
+    for stem in (catalog.COMPARISON, catalog.HYPOTHESES_TABLE, catalog.VERDICTS_TABLE):
+        assert stem in stems, stem
+    assert {catalog.STUDY_TABLE, catalog.STUDY_FIGURE} <= stems
+    for caption in re.findall(r':\s*\(\s*"(\w+)",\s*"', smk):
         assert (REPO / "workflow" / "report" / f"{caption}.rst").is_file(), caption
     assert (REPO / "workflow" / "report" / "workflow.rst").is_file()
