@@ -5,12 +5,16 @@ import os
 import subprocess
 import sys
 
+import pytest
 import yaml
 from conftest import REPO
+from workflow_helpers import merged_config
 
 from normdrop import catalog, figure_style, summary_data
+from normdrop.config import ConfigError
 from normdrop.data import SyntheticSpec
 from normdrop.models import MODELS
+from normdrop.workflow_config import validate_workflow_config
 
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
@@ -100,3 +104,16 @@ def test_planning_imports_no_torch(tmp_path):
     res = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert "summary_report" in res.stdout and "This was a dry-run" in res.stdout
+
+
+def test_augmentations_per_dataset_come_from_the_catalog():
+    assert catalog.DATASETS["mnist"].augments == ("none",)
+    with pytest.raises(
+        ConfigError, match="'data.augment': crop_flip is for CIFAR-like data, not mnist"
+    ):
+        validate_workflow_config(
+            merged_config({"datasets": ["synthetic", "mnist"], "data": {"augment": "crop_flip"}})
+        )
+    validate_workflow_config(
+        merged_config({"datasets": ["cifar10", "synthetic"], "data": {"augment": "crop_flip"}})
+    )

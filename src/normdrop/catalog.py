@@ -26,6 +26,7 @@ class Dataset:
     folder: str  # the sub-folder torchvision creates under its root
     classes: int | None  # None: set by the data (synthetic: data.synthetic.num_classes)
     shape: tuple[int, int, int] | None  # (C, H, W); None: set by the data
+    augments: tuple[str, ...] = ("none", "crop_flip")  # crop_flip: for CIFAR-like images
 
     @property
     def chance_acc(self) -> float | None:
@@ -36,7 +37,7 @@ class Dataset:
 DATASETS = {
     d.name: d
     for d in (
-        Dataset("mnist", "MNIST", "MNIST", "MNIST/raw", 10, (1, 28, 28)),
+        Dataset("mnist", "MNIST", "MNIST", "MNIST/raw", 10, (1, 28, 28), ("none",)),
         Dataset("cifar10", "CIFAR-10", "CIFAR10", "cifar-10-batches-py", 10, (3, 32, 32)),
         Dataset("cifar100", "CIFAR-100", "CIFAR100", "cifar-100-python", 100, (3, 32, 32)),
         Dataset("synthetic", "Synthetic", None, ".", None, None),
@@ -46,8 +47,8 @@ DATASETS = {
 # holds the same values (a test checks). noise: SD of the per-image noise, relative to the
 # [0, 1] pixel range; 1.0 is what the workflow has always generated (0.35 was SyntheticSpec's
 # own default, used only by the benchmarks' speed data, where pixel values do not matter).
+AUGMENTS = ("none", "crop_flip")  # crop_flip: 4-pixel zero padding, random crop, random h-flip
 SYNTHETIC = dict(n_train=2000, n_test=500, num_classes=10, channels=3, size=16, noise=1.0, seed=0)
-AUGMENTS = ("none", "crop_flip")
 
 # --------------------------------------------------------------------------------------------
 # Models, their norms and initializations
