@@ -168,3 +168,18 @@ def test_requested_pair_without_runs_is_exit_2(tmp_path, capsys):
     args = ["--summary-dir", str(tmp_path), "--out-dir", str(tmp_path / "t")]
     assert tab.main(args + ["--datasets", "cifar10", "cifar100"]) == 2
     assert "cifar100/cnn" in capsys.readouterr().err
+
+
+def test_convergence_fraction_comes_from_the_summary(tmp_path):
+    """Table 2's note states the fraction the runs were measured with (runs.parquet records
+    metrics.convergence_fraction); a summary without the column: the catalog's default."""
+    summary = tmp_path / "summary"
+    make_summary(summary, ("cifar10",), ("mlp",))
+    tab.write_tables(summary, tmp_path / "default")
+    note = "first epoch whose validation accuracy reaches {} of the final one"
+    assert note.format("95%") in (tmp_path / "default" / "cifar10/mlp/table2.md").read_text()
+    runs = pd.read_parquet(summary / "runs.parquet").assign(convergence_fraction=0.9)
+    runs.to_parquet(summary / "runs.parquet")
+    tab.write_tables(summary, tmp_path / "ninety")
+    text = (tmp_path / "ninety" / "cifar10/mlp/table2.md").read_text()
+    assert note.format("90%") in text and "95%" not in text
