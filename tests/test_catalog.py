@@ -77,6 +77,8 @@ def test_modules_tables_have_the_catalogs_keys():
     for metric in catalog.METRICS.values():
         assert metric.better in ("higher", "lower")
         assert metric.unit in catalog.UNIT_ABBREVIATIONS
+    for column in catalog.PLOTTED_METRICS:  # a panel of the metrics figure: title and y label
+        assert catalog.METRICS[column].title and catalog.METRICS[column].axis, column
     assert catalog.DATASETS["cifar100"].chance_acc == 0.01
     assert catalog.DATASETS["synthetic"].chance_acc is None
 

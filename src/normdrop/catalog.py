@@ -132,76 +132,29 @@ class Metric:
     axis: str = ""  # y label there; {fraction}: metrics.convergence_fraction in percent
 
 
-METRICS = {
-    m.column: m
-    for m in (
-        Metric(
-            "loss_sd",
-            "Loss SD",
-            "loss SD",
-            "",
-            1.0,
-            4,
-            "loss_sd",
-            "lower",
-            "Training stability",
-            "loss SD (mean within-epoch SD)",
-        ),  # fmt: skip
-        Metric(
-            "loss_sd_late",
-            "Loss SD ep. 2+",
-            "loss SD, epochs 2+",
-            "",
-            1.0,
-            4,
-            "loss_sd_late",
-            "lower",
-        ),  # fmt: skip
-        Metric(
-            "convergence_epoch",
-            "Conv. epoch",
-            "convergence epoch",
-            "epochs",
-            1.0,
-            1,
-            "convergence_epoch",
-            "lower",
-        ),  # fmt: skip
-        Metric(
-            "final_test_acc",
-            "Test acc. (%)",
-            "test accuracy",
-            "points",
-            100.0,
-            2,
-            "final_test_acc_pct",
-            "higher",
-        ),  # fmt: skip
-        Metric(
-            "gen_gap",
-            "Gen. gap (pts)",
-            "generalization gap",
-            "points",
-            1.0,
-            2,
-            "gen_gap_pts",
-            "lower",
-        ),  # fmt: skip
-        Metric(
-            "es_test_acc",
-            "ES test acc. (%)",
-            "early-stopping test accuracy",
-            "points",
-            100.0,
-            2,
-            "es_test_acc_pct",
-            "higher",
-        ),  # fmt: skip
-        Metric(
-            "es_epoch", "ES epoch", "early-stopping epoch", "epochs", 1.0, 1, "es_epoch", "lower"
-        ),  # fmt: skip
-    )
-}
+def _metric(column, label, quantity, unit, decimals, csv_name, better, scale=1.0, **plot):
+    return Metric(column, label, quantity, unit, scale, decimals, csv_name, better, **plot)
+
+
+# fmt: off
+METRICS = {m.column: m for m in (
+    _metric("loss_sd", "Loss SD", "loss SD", "", 4, "loss_sd", "lower",
+            title="Training stability", axis="loss SD (mean within-epoch SD)"),
+    _metric("loss_sd_late", "Loss SD ep. 2+", "loss SD, epochs 2+", "", 4, "loss_sd_late",
+            "lower"),
+    _metric("convergence_epoch", "Conv. epoch", "convergence epoch", "epochs", 1,
+            "convergence_epoch", "lower",
+            title="Convergence speed", axis="epoch reaching {fraction} of final val. acc."),
+    _metric("final_test_acc", "Test acc. (%)", "test accuracy", "points", 2,
+            "final_test_acc_pct", "higher", scale=100.0,
+            title="Final test accuracy", axis="test accuracy (%), axis zoomed"),
+    _metric("gen_gap", "Gen. gap (pts)", "generalization gap", "points", 2, "gen_gap_pts",
+            "lower", title="Generalization gap", axis="train − test accuracy (points)"),
+    _metric("es_test_acc", "ES test acc. (%)", "early-stopping test accuracy", "points", 2,
+            "es_test_acc_pct", "higher", scale=100.0),
+    _metric("es_epoch", "ES epoch", "early-stopping epoch", "epochs", 1, "es_epoch", "lower"),
+)}
+# fmt: on
 PLOTTED_METRICS = ("loss_sd", "convergence_epoch", "final_test_acc", "gen_gap")  # metrics figure
 STUDY_METRICS = ("final_test_acc", "gen_gap", "loss_sd", "convergence_epoch")  # study panels
 UNIT_ABBREVIATIONS = {"points": "pts", "epochs": "ep", "": ""}
