@@ -78,9 +78,13 @@ def write_report(out: Path, report: dict) -> None:
         md[-1] += f"({budget['basis']}): " + ", ".join(
             f"{k} {v}" for k, v in budget["plan"].items()
         )
-    for name, why in report.get("skipped", {}).items():
-        md += ["", f"## {name}: skipped for time ({why})"]
-    for name, s in report["sections"].items():
+    skipped = report.get("skipped", {})
+    for name in (budget or {}).get("plan", report["sections"]):  # in the order they run
+        if name in skipped:
+            md += ["", f"## {name}: skipped for time ({skipped[name]})"]
+        if name not in report["sections"]:
+            continue
+        s = report["sections"][name]
         projected = f", projected {s['projected_s']} s" if s.get("projected_s") else ""
         md += ["", f"## {name}: {s['status']} ({s['seconds']} s{projected})", "", s["summary"], ""]
         md += [s["note"], ""] if s.get("note") else []

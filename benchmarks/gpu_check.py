@@ -79,11 +79,11 @@ GRAPH_MODELS = ("mlp", "cnn", "resnet20", "vit", "lstm")
 # that would end past the budget is skipped; the sums fit the default budget.
 PROJECTED_S = {
     "graphs": (110, 25),
-    "smoke": (30, 20),
-    "resume": (80, 95),
+    "smoke": (30, 45),
+    "resume": (80, 100),
     "leases": (10, 2),
-    "precision": (30, 5),
-    "speed": (140, 40),
+    "precision": (30, 10),
+    "speed": (140, 75),
     "fusion": (20, 50),
 }
 BUDGET_S = 420  # one command of a 15-minute GPU loan, leaving time for start-up and a rerun

@@ -332,15 +332,15 @@ def measure(
         others.append(textbook["other_cores"])
     for name, overrides in settings.items():
         r[name] = None
+        if overrides is None:
+            continue
         try:
-            ours = overrides is not None and ours_images_per_s(
-                replace(cfg, **overrides), data, device
-            )
+            ours = ours_images_per_s(replace(cfg, **overrides), data, device)
         except Exception as err:  # this setting's FAIL; the model's other figures still come
             failed[name] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
             continue
-        r[name] = ours and ours["images_per_s"]
-        others.append(ours and ours["other_cores"])
+        r[name] = ours["images_per_s"]
+        others.append(ours["other_cores"])
     measured = [k for k in settings if r[k]]
     r["best"] = max(measured, key=r.get) if measured else None
     if "textbook" in r and r["best"]:

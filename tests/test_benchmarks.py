@@ -333,3 +333,14 @@ def test_gpu_check_tiny_runs_every_section_that_cpu_can(tmp_path):
     assert mlp["1 proc."] > 0 and mlp["2 proc."] > 0  # over one shared window
     assert sections["speed"]["grid_hours"] > 0
     assert sections["fusion"]["rows"][0]["fused images/s"] > 0
+
+
+def test_a_speed_setting_that_crashes_fails_alone(tmp_path):
+    # cuda_graphs on a CPU raises: that setting gets no figure and its error; eager still runs
+    cfg = speed.bench_config("mlp", 16, 0.5, batch_size=32)
+    settings = {"eager": {}, "cuda graphs": {"cuda_graphs": "on"}, "compile": None}
+    r = speed.measure(cfg, "cifar", 2, torch.device("cpu"), tmp_path, settings, None)
+    assert r["eager"] > 0 and r["best"] == "eager"
+    assert r["cuda graphs"] is None and r["compile"] is None
+    assert list(r["failed"]) == ["cuda graphs"]
+    assert r["failed"]["cuda graphs"].startswith("ConfigError: setting 'cuda_graphs' = 'on'")
