@@ -344,3 +344,15 @@ def test_a_speed_setting_that_crashes_fails_alone(tmp_path):
     assert r["cuda graphs"] is None and r["compile"] is None
     assert list(r["failed"]) == ["cuda graphs"]
     assert r["failed"]["cuda graphs"].startswith("ConfigError: setting 'cuda_graphs' = 'on'")
+
+
+def test_speed_row_fails_naming_the_setting_that_crashed(check, monkeypatch):
+    def measure(cfg, *args, **kwargs):
+        return {"model": cfg.model, "eager": 100.0, "cuda graphs": None, "best": "eager",
+                "failed": {"cuda graphs": "RuntimeError: capture failed"}}  # fmt: skip
+
+    monkeypatch.setattr(speed, "measure", measure)
+    r = gpu_check.speed_model(check, "cnn")
+    assert r["status"] == "fail" and r["keep off"] == "cuda_graphs"
+    assert r["detail"] == "cuda graphs: RuntimeError: capture failed" and r["eager"] == 100.0
+    assert "failed" not in r
