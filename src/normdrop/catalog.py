@@ -131,6 +131,16 @@ class Metric:
     title: str = ""  # title of its panel in the metrics figure (normdrop.plots)
     axis: str = ""  # y label there; {fraction}: metrics.convergence_fraction in percent
 
+    @property
+    def value_unit(self) -> str:
+        """The unit of a displayed value, short: '%' for accuracies, else 'pts', 'ep' or ''."""
+        return "%" if self.scale == 100.0 else UNIT_ABBREVIATIONS[self.unit]
+
+    @property
+    def panel_title(self) -> str:
+        """'Final test accuracy (%)': a panel's title with the unit of its values."""
+        return f"{self.title} ({self.value_unit})" if self.value_unit else self.title
+
 
 def _metric(column, label, quantity, unit, decimals, csv_name, better, scale=1.0, **plot):
     return Metric(column, label, quantity, unit, scale, decimals, csv_name, better, **plot)

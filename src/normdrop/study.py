@@ -78,7 +78,7 @@ AXIS_LABELS = {
     "dropout_rate": "Dropout rate",
     "depth": "ResNet depth (layers)",
 }
-PANELS = tuple((c, METRICS[c].label) for c in STUDY_METRICS)  # (runs column, panel title)
+PANELS = tuple((c, METRICS[c].panel_title) for c in STUDY_METRICS)  # (runs column, title)
 EFFECT_UNITS = {c: UNIT_ABBREVIATIONS[METRICS[c].unit] for c in STUDY_METRICS}
 POSITIVE, NEGATIVE, UNCLEAR = "> 0 (CI above 0)", "< 0 (CI below 0)", "inconclusive (CI has 0)"
 
