@@ -244,3 +244,19 @@ def test_study_figure_has_a_row_of_panels_per_cell_and_a_line_per_family(name, r
         assert axes[0].get_xscale() == "log" and axes[0].get_xlabel() == "Batch size"
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "mean ± SD over seeds" in labels and len(labels) == len(expected) + 1
+
+
+def test_a_study_effect_on_convergence_of_runs_that_did_not_learn_says_so():
+    from normdrop.study import effects
+
+    runs = constructed_runs("batch_size").assign(learned=True)
+    flat = runs["family"].eq("none") & runs["batch_size"].eq(16)  # no norm at 16 stayed at chance
+    runs.loc[flat, ["convergence_epoch", "learned"]] = [np.nan, False]
+    spec = {**study("batch_size")["study"]}
+    spec["effects"] = [
+        {"name": "BN − no norm", "metric": "convergence_epoch", "plus": ["bn"], "minus": ["none"]}
+    ]
+    res = effects(runs, spec).set_index("value")
+    assert res.loc[16, "verdict"] == "inconclusive (did not learn)"  # not "BN converges slower"
+    assert np.isnan(res.loc[16, "estimate"])
+    assert res.drop(16)["estimate"].notna().all()  # the other batch sizes compare as before

@@ -23,6 +23,7 @@ import pandas as pd
 
 from normdrop import layout
 from normdrop.config import EXECUTION_FIELDS
+from normdrop.data import DATASETS, synthetic_settings
 from normdrop.grid import grid_config
 from normdrop.metrics import run_metrics
 from normdrop.storage import atomic_write_json, atomic_write_parquet
@@ -190,8 +191,9 @@ def _keys(run: layout.GridRun) -> dict:
     }
 
 
-def run_row(run: layout.GridRun, meta: dict, epochs: pd.DataFrame, spec: dict, fraction: float):
-    """One training run's row of runs.parquet: its settings, final metrics and provenance."""
+def run_row(run: layout.GridRun, meta: dict, epochs, spec: dict, fraction: float, classes=None):
+    """One training run's row of runs.parquet: its settings, final metrics and provenance;
+    `classes` (the dataset's) tells a run that did not learn (metrics.learned)."""
     settings = meta["settings"]
     return {
         **_keys(run),
@@ -206,7 +208,7 @@ def run_row(run: layout.GridRun, meta: dict, epochs: pd.DataFrame, spec: dict, f
         "status": meta["status"],
         "diverged_epoch": meta["diverged_epoch"] or math.nan,
         "epochs": settings["epochs"],
-        **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction),
+        **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction, classes),
         "wall_time_s": meta["wall_time_s"],
         "git_revision": meta["git_revision"],
         "device": meta.get("device", "unknown"),
@@ -255,7 +257,10 @@ def collect_runs(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
         elif run.kind == "train" and meta["lr"] != chosen[cell]["lr"]:
             stale.append(f"{folder}: lr {meta['lr']} on disk vs {chosen[cell]['lr']} selected")
         if run.kind == "train":
-            runs.append(run_row(run, meta, epochs, config["variants"][run.variant], fraction))
+            spec = config["variants"][run.variant]
+            synthetic = synthetic_settings(config["data"].get("synthetic"))["num_classes"]
+            classes = DATASETS[run.dataset][2] or synthetic
+            runs.append(run_row(run, meta, epochs, spec, fraction, classes))
             curves.append(epochs.assign(**_keys(run)))
     if stale:
         raise StaleResultsError(
