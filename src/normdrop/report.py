@@ -121,7 +121,10 @@ def build_report(
         out += [f"- {s}" for s in lines]
         out.append("")
     comparison, _, _ = tab.paper_comparison(stats, runs, ms)
-    out.append(_demote(to_markdown(comparison), 2))
+    if comparison.header == ["Comparison"]:  # no run on the paper's dataset: its one sentence
+        out += [f"## {comparison.title}", "", comparison.rows[0][0], ""]
+    else:
+        out.append(_demote(to_markdown(comparison), 2))
     out += ["## Table 2 per dataset and model", ""]
     out += [_demote(to_markdown(tab.table2(stats, d, m, variants))) for d, m in pairs]
     out += lr_edge_note(summary_dir, pairs)

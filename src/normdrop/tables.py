@@ -320,10 +320,16 @@ def paper_comparison(stats: pd.DataFrame, runs: pd.DataFrame, models: Sequence[s
         f"Paper: Table 2 of the paper ({dataset_name(dataset)}; it does not say which model). "
         "Ours: mean ± SD over seeds on the same dataset, per model; Δ = ours − paper."
     ]
-    if not rows:
-        notes.append(f"No runs on {dataset_name(dataset)}: nothing to compare.")
+    title = f"Paper's Table 2 ({dataset_name(dataset)}) beside ours"
+    if not rows:  # one sentence, not an empty table
+        why = (
+            f"Nothing to compare: this grid has no runs on {dataset_name(dataset)}, the dataset of "
+            "the paper's Table 2."
+        )
+        table = TextTable(title=title, header=["Comparison"], rows=[[why]], align="l")
+        return table, pd.DataFrame({"note": [why]}), []
     table = TextTable(
-        title=f"Paper's Table 2 ({dataset_name(dataset)}) beside ours",
+        title=title,
         header=header,
         rows=rows,
         align="ll" + "rrr" * len(COMPARED),
