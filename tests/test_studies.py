@@ -111,6 +111,16 @@ def test_sweeps_make_variants_whose_settings_differ_and_are_hashed():
                     "effects": [{"name": "e", "metric": "gen_gap", "plus": ["bn"],
                                  "minus": ["none"]}]}},
          r"config key 'study.axis': 'batch_size' is not swept"),
+        # A pin off the sweep: refused when the config loads, not "n/a (variant missing)" later.
+        ({**study("dropout_rate"), "study": {**study("dropout_rate")["study"], "effects": [
+            {"name": "e", "metric": "gen_gap", "plus": ["dropout"], "minus": ["dropout@0.03"]}]}},
+         r"config key 'study.effects.0.minus': 'dropout@0.03' pins a value that is not on the "
+         r"axis; allowed: dropout_rate on the sweep: 0, 0.1, 0.2, 0.3, 0.5$"),
+        ({**study("dropout_rate"), "study": {**study("dropout_rate")["study"], "effects": [
+            {"name": "e", "metric": "gen_gap", "plus": ["bn_dropout"], "minus": ["bn_dropout"],
+             "minus_at": 0.25}]}},
+         r"config key 'study.effects.0.minus_at': 0.25 is not on the axis; allowed: "
+         r"dropout_rate on the sweep: 0, 0.1, 0.2, 0.3, 0.5$"),
     ],
 )  # fmt: skip
 def test_bad_study_keys_stop_with_one_line_naming_the_key(override, message):
