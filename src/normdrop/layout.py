@@ -26,6 +26,7 @@ command all go through it, and `iter_runs` is the loop over the grid that they s
 from __future__ import annotations
 
 import re
+from base64 import urlsafe_b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,6 +193,17 @@ def data_files(config: dict, dataset: str) -> dict[str, str]:
         "prepared": prepared(resources, key),
         "digest": prepared_digest(resources, key),
     }
+
+
+def snakemake_incomplete(workdir, output: str) -> bool:
+    """Whether Snakemake marks `output` (the path as the rule names it) incomplete: it marks each
+    output of a job when the job starts and unmarks it when the job ends, in
+    <workdir>/.snakemake/incomplete/<urlsafe base64 of the path, split at NAME_MAX>, and reruns a
+    marked job (one killed after it wrote its outputs) on the next run."""
+    b64 = urlsafe_b64encode(output.encode()).decode()
+    parts = [b64[i : i + 254] for i in range(0, len(b64), 254)]
+    marker = Path(workdir, ".snakemake", "incomplete", *["@" + p for p in parts[:-1]], parts[-1])
+    return marker.exists()
 
 
 # --------------------------------------------------------------------------- the grid's runs
