@@ -44,6 +44,14 @@ METHOD = (
 )
 
 
+# A search of two rates has no inside: each pick is the largest or smallest rate (docs/protocol.md).
+TWO_RATES = (
+    "Note: the learning-rate search tried two rates per cell, so every pick is at the edge of the "
+    "rates tried and the edge says nothing here; give lr_search.candidates three or more rates "
+    "to learn whether the best rate lies beyond them."
+)
+
+
 def _provenance(runs) -> str:
     n = len(runs)
     n_done = int(completed(runs).sum())
@@ -73,6 +81,8 @@ def lr_edge_note(summary_dir: Path, pairs) -> list[str]:
     if not (Path(summary_dir) / "lr_search.parquet").is_file():
         return []
     search = read_summary(summary_dir, "lr_search")
+    if search.groupby(["dataset", "model", "variant"]).size().le(2).all():
+        return [TWO_RATES, ""]  # every pick is at an edge: one line, not one per cell
     cells = []
     for (d, m, v), group in search.groupby(["dataset", "model", "variant"], sort=False):
         rows = group.to_dict("records")

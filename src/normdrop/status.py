@@ -337,7 +337,10 @@ def render(runs: list[Run], est: dict, results: Path, source: str, show_all: boo
     for title, group in (("Learning-rate search", search), ("Training runs", train)):
         out += ["", f"{title}:", cell_table(group) if group else "  (none)"]
     edges = edge_picks(results)
-    if edges:  # the best rate may lie outside the grid (docs/protocol.md)
+    if edges and two_rate_searches(results):  # no rate lies inside: one line, not one per cell
+        out += ["", f"Learning-rate pick at the grid's edge: {len(edges)}, as every search tried "
+                "two rates; give lr_search.candidates three or more to tell"]  # fmt: skip
+    elif edges:  # the best rate may lie outside the grid (docs/protocol.md)
         out += ["", f"Learning-rate pick at the grid's edge ({len(edges)}): " + ", ".join(edges)]
     moved = [r for r in runs if r.folder_variant]
     if moved:
@@ -378,6 +381,14 @@ def edge_picks(results: Path) -> list[str]:
         if choice.get("at_edge"):
             out.append(f"{cell} ({choice['at_edge']}, lr {choice['lr']:g})")
     return out
+
+
+def two_rate_searches(results: Path) -> bool:
+    """Every search tried two rates: each pick is at an edge, which then says nothing."""
+    sizes = {
+        len(json.loads(p.read_text())["candidates"]) for _, p in layout.selected_files(results)
+    }
+    return sizes == {2}
 
 
 def time_left_line(est: dict, grid: bool = True) -> str:
