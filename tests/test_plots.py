@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -185,3 +186,17 @@ def test_the_reports_opening_text_describes_the_grid_that_ran(extra, says):
     html = publish_parts(text, writer="html")["html_body"]
     shown = unescape(re.sub(r"<[^>]+>", "", html))
     assert " ".join(says.split()) in " ".join(shown.split())
+
+
+def test_a_variant_that_did_not_learn_is_named_in_the_convergence_panel():
+    try:
+        from ._synthetic_summary import runs_from_values
+    except ImportError:
+        from _synthetic_summary import runs_from_values
+
+    flat = {"convergence_epoch": [math.nan] * 3, "learned": [False] * 3}
+    runs = runs_from_values({"none": flat, "bn": {"convergence_epoch": [3.0, 4.0, 5.0]}})
+    fig = plots.plot_metrics(runs, "cifar10", "cnn", figure_style.variant_styles(runs))
+    texts = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
+    assert "did not learn" in " ".join(texts["Convergence speed"])
+    assert "did not learn" not in " ".join(texts["Final test accuracy"])  # accuracy stays

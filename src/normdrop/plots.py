@@ -58,6 +58,7 @@ from normdrop.summary_data import (
     PAPER_VARIANTS,
     add_selection_args,
     dataset_name,
+    did_not_learn,
     metric_values,
     model_name,
     order_variants,
@@ -147,7 +148,9 @@ def _bars(ax, runs, variants, styles, column, zoom: bool) -> None:
         vals = metric_values(sub, column)
         st = styles[v]
         if len(vals) == 0:
-            _no_bar(ax, x, "diverged" if len(sub) else "not run", 0.02)
+            flat = column == "convergence_epoch" and did_not_learn(sub).any()  # metrics.learned
+            why = "did not learn" if flat else None
+            _no_bar(ax, x, why or ("diverged" if len(sub) else "not run"), 0.02)
             continue
         mean, yerr = _mean_and_whisker(vals, accuracy)
         ax.bar(x, mean, width=0.7, color=st.color, alpha=0.85, edgecolor=st.color)

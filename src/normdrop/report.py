@@ -39,7 +39,9 @@ METHOD = (
     "entirely on the predicted side of zero, *reversed* when it lies entirely on the other "
     "side, and *inconclusive* when it contains zero or cannot be formed (fewer than two "
     "finished seeds, or no spread at all). H1 needs both of its parts (loss SD and "
-    "convergence epoch). Diverged runs are left out of every mean and counted. The full rule "
+    "convergence epoch). Diverged runs are left out of every mean and counted; a run that did "
+    "not learn (final validation accuracy at most 1.5 x chance) has no convergence epoch and is "
+    "counted as such. The full rule "
     "is in `normdrop/hypotheses.py`."
 )
 
