@@ -198,3 +198,16 @@ def test_paper_claims_reference_file():
     assert set(claims) == {"H1", "H2", "H3"}
     assert claims["H1"]["statement"].startswith("Batch Normalization reduces training instability")
     assert tab.load_paper_table("paper_table2")["variant"].tolist() == list(PAPER_VARIANTS)
+
+
+def test_runs_that_did_not_learn_have_no_convergence_epoch_and_are_counted():
+    flat = {"convergence_epoch": [np.nan] * 3, "learned": [False] * 3, "final_val_acc": [0.1] * 3}
+    runs = runs_from_values({"none": flat, "bn": {"convergence_epoch": [3.0, 4.0, 5.0]}})
+    r = {row["test"]: row for _, row in hyp.run_hypothesis_tests(runs).iterrows()}
+    # Not "BN converges slower/faster": there is nothing to compare with.
+    assert r["H1b"]["verdict"] == "inconclusive (did not learn)"
+    assert "none: 3/3 seeds did not learn" in r["H1b"]["diverged_note"]
+    table = tab.table2(tab.variant_stats(runs), "cifar10", "cnn", ["none", "bn"])
+    none = dict(zip(table.header, table.rows[0], strict=True))
+    assert none["Conv. epoch"] == "did not learn (3/3 seeds)"
+    assert none["Seeds"] == "3/3; did not learn (3/3 seeds)"

@@ -184,3 +184,29 @@ def test_the_schema_offers_extend_at_edge_off_by_default():
     spec = yaml.safe_load(SCHEMA.read_text())["properties"]["lr_search"]["properties"]
     assert spec["extend_at_edge"]["default"] == 0
     assert yaml.safe_load((REPO / "config.yaml").read_text())["lr_search"]["extend_at_edge"] == 0
+
+
+def test_a_two_rate_search_is_all_edge_said_once(tmp_path):
+    # The demo's search: two rates per cell, so every pick is the largest or the smallest.
+    summary = tmp_path / "summary"
+    make_summary(summary, ("mnist",), ("mlp",))
+    search = pd.read_parquet(summary / "lr_search.parquet")
+    two = search[search["lr"].isin(sorted(search["lr"].unique())[:2])].copy()
+    two["best_val_acc"] = two["lr"] * 100  # distinct, so each pick is a marked edge
+    two["selected"] = two.groupby("variant")["lr"].transform("max") == two["lr"]
+    two.to_parquet(summary / "lr_search.parquet")
+    text = rep.build_report(summary, summary / "report.md")
+    assert text.count(rep.TWO_RATES) == 1 and "picked the largest or smallest" not in text
+    # The status view: one line for the whole grid, not one entry per cell.
+    for variant in ("none", "bn"):
+        cell = tmp_path / "lr_search" / "synthetic" / "mlp" / variant
+        folders = [fake_candidate(cell, lr, acc) for lr, acc in ((1e-4, 0.7), (3e-4, 0.5))]
+        argv = ["--out", str(cell / "selected.json"), *(str(f / "meta.json") for f in folders)]
+        assert aggregate.main(["select-lr", *argv]) == 0
+    assert len(status.edge_picks(tmp_path)) == 2 and status.two_rate_searches(tmp_path)
+    shown = status.render([], status.estimate([], None), tmp_path, "test", False)
+    lines = [line for line in shown.splitlines() if "grid's edge" in line]
+    assert lines == [
+        "Learning-rate pick at the grid's edge: 2, as every search tried two rates; give "
+        "lr_search.candidates three or more to tell"
+    ]

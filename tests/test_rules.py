@@ -18,6 +18,7 @@ from conftest import TRAIN_ENV
 from workflow_helpers import FAST, REPO, snakemake, write_config
 
 from normdrop import layout
+from normdrop.data import data_sha256, prepared_key, raw_source
 
 RULE_FILES = sorted((REPO / "workflow").glob("*.smk")) + [REPO / "Snakefile"]
 # The developers' guide: input, output, log, params, resources in that order; threads sits
@@ -101,11 +102,14 @@ def test_the_demos_first_jobs_run_under_a_folder_with_a_space_a_quote_and_a_doll
     assert res.returncode == 0, res.stderr[-4000:]
     meta = json.loads(Path(target).read_text())
     assert meta["status"] == "completed" and meta["variant"] == "bn"
-    assert meta["data_file"] == layout.prepared(resources, "synthetic")
+    spec = FAST["data"]["synthetic"]
+    key = prepared_key("synthetic", 0.1, 0, spec)  # config.yaml's split
+    assert meta["data_file"] == layout.prepared(resources, key)
+    assert meta["data_sha256"] == data_sha256(meta["data_file"])
     selected = json.loads(Path(layout.selected(results, **cell)).read_text())
     assert len(selected["candidates"]) == 2
-    for rule in ("download", "prepare"):
-        assert Path(layout.log(results, rule, "{dataset}", dataset="synthetic")).is_file()
+    assert Path(layout.log(results, "download", raw_source("synthetic", spec))).is_file()
+    assert Path(layout.log(results, "prepare", key)).is_file()
     train_log = Path(layout.run_log(results, "train", seed=42, **cell)).read_text()
     assert "completed: wrote" in train_log and str(results) in train_log
     # Nothing ran that the path spelled: no `pwned` anywhere, no folder named after $HOME's value.

@@ -221,8 +221,34 @@ def test_time_left_is_unknown_without_any_timing_and_zero_when_done(tmp_path):
     done = tmp_path / "done"
     write_run(done / "runs/synthetic/mlp/none/seed42", "completed", [1.0] * 6)
     text = status("--results", done, cwd=tmp_path).stdout
-    assert "Time left: 0 s (every run is done)" in text
-    assert text.strip().splitlines()[-1].endswith("; 0 s left")
+    # Without a config the grid is not known: nothing claims that every run is done.
+    assert "every run is done" not in text
+    assert "Time left: 0 s for the runs found (without --configfile runs not started" in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("Total: 1/1 training runs found done;") and last.endswith("; 0 s left")
+    assert status_json("--results", done, cwd=tmp_path)["grid_known"] is False
+
+
+def test_config_values_as_snakemake_takes_them(tree):
+    # `--config` is its own option (not an abbreviation of --configfile), KEY=VALUE as Snakemake.
+    one = status_json("--configfile", DEMO, "--config", "seeds=[42]", "-d", tree, cwd=REPO)
+    assert len([r for r in one["runs"] if r["kind"] == "train"]) == 3 * 4  # one seed per cell
+    assert one["grid_known"] is True
+    res = status("--config", "seeds", "-d", tree, cwd=REPO)
+    assert res.returncode == 2 and "--config 'seeds': give KEY=VALUE" in res.stderr
+
+
+def test_a_finished_run_that_snakemake_marks_incomplete_is_not_done(tree):
+    # Killed after writing its outputs: Snakemake reruns it, so status must not count it done.
+    from base64 import urlsafe_b64encode
+
+    meta = "results/demo/runs/synthetic/mlp/none/seed42/meta.json"  # as the rule names it
+    marker = tree / ".snakemake" / "incomplete" / urlsafe_b64encode(meta.encode()).decode()
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    report = status_json("--configfile", DEMO, tree / "seeds.yaml", "-d", tree, cwd=REPO)
+    assert states(report)["train mlp/none/seed42"] == "stopped"
+    assert states(report)["lr_search mlp/none/lr0.003"] == "finished"  # not marked
 
 
 def test_a_failed_run_that_was_rerun_counts_as_running(tree):

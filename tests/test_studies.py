@@ -111,6 +111,16 @@ def test_sweeps_make_variants_whose_settings_differ_and_are_hashed():
                     "effects": [{"name": "e", "metric": "gen_gap", "plus": ["bn"],
                                  "minus": ["none"]}]}},
          r"config key 'study.axis': 'batch_size' is not swept"),
+        # A pin off the sweep: refused when the config loads, not "n/a (variant missing)" later.
+        ({**study("dropout_rate"), "study": {**study("dropout_rate")["study"], "effects": [
+            {"name": "e", "metric": "gen_gap", "plus": ["dropout"], "minus": ["dropout@0.03"]}]}},
+         r"config key 'study.effects.0.minus': 'dropout@0.03' pins a value that is not on the "
+         r"axis; allowed: dropout_rate on the sweep: 0, 0.1, 0.2, 0.3, 0.5$"),
+        ({**study("dropout_rate"), "study": {**study("dropout_rate")["study"], "effects": [
+            {"name": "e", "metric": "gen_gap", "plus": ["bn_dropout"], "minus": ["bn_dropout"],
+             "minus_at": 0.25}]}},
+         r"config key 'study.effects.0.minus_at': 0.25 is not on the axis; allowed: "
+         r"dropout_rate on the sweep: 0, 0.1, 0.2, 0.3, 0.5$"),
     ],
 )  # fmt: skip
 def test_bad_study_keys_stop_with_one_line_naming_the_key(override, message):
@@ -244,3 +254,19 @@ def test_study_figure_has_a_row_of_panels_per_cell_and_a_line_per_family(name, r
         assert axes[0].get_xscale() == "log" and axes[0].get_xlabel() == "Batch size"
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "mean ± SD over seeds" in labels and len(labels) == len(expected) + 1
+
+
+def test_a_study_effect_on_convergence_of_runs_that_did_not_learn_says_so():
+    from normdrop.study import effects
+
+    runs = constructed_runs("batch_size").assign(learned=True)
+    flat = runs["family"].eq("none") & runs["batch_size"].eq(16)  # no norm at 16 stayed at chance
+    runs.loc[flat, ["convergence_epoch", "learned"]] = [np.nan, False]
+    spec = {**study("batch_size")["study"]}
+    spec["effects"] = [
+        {"name": "BN − no norm", "metric": "convergence_epoch", "plus": ["bn"], "minus": ["none"]}
+    ]
+    res = effects(runs, spec).set_index("value")
+    assert res.loc[16, "verdict"] == "inconclusive (did not learn)"  # not "BN converges slower"
+    assert np.isnan(res.loc[16, "estimate"])
+    assert res.drop(16)["estimate"].notna().all()  # the other batch sizes compare as before
