@@ -8,10 +8,12 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TRAIN_ENV
+
+REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 gpu_check = importlib.import_module("gpu_check")
@@ -24,20 +26,26 @@ WITHOUT_WORKFLOW_PACKAGES = (
 )
 
 
-def run_gpu_check(out, *args):
-    code = (
-        f"{WITHOUT_WORKFLOW_PACKAGES}; import runpy; sys.path.insert(0, 'benchmarks'); "
-        "sys.argv = ['gpu_check.py', *sys.argv[1:]]; "
-        "runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')"
-    )
-    cmd = [sys.executable, "-c", code, "--device", "cpu", "--tiny", "--out", str(out), *args]
-    res = subprocess.run(cmd, cwd=REPO, env=TRAIN_ENV, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    report = json.loads((out / "gpu_check.json").read_text())
-    first_line = (out / "gpu_check.md").read_text().splitlines()[0]
-    assert first_line == f"# GPU check: {report['verdict']}"
-    assert res.stdout.strip().splitlines()[-1] == f"gpu-check: {report['verdict']}"
-    return report
+@pytest.fixture(scope="module")
+def run_gpu_check(train_env):
+    def run_gpu_check(out, *args):
+        code = (
+            f"{WITHOUT_WORKFLOW_PACKAGES}; import runpy; sys.path.insert(0, 'benchmarks'); "
+            "sys.argv = ['gpu_check.py', *sys.argv[1:]]; "
+            "runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')"
+        )
+        cmd = [sys.executable, "-c", code, "--device", "cpu", "--tiny", "--out", str(out), *args]
+        res = subprocess.run(
+            cmd, cwd=REPO, env=train_env, capture_output=True, text=True, timeout=900
+        )
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+        report = json.loads((out / "gpu_check.json").read_text())
+        first_line = (out / "gpu_check.md").read_text().splitlines()[0]
+        assert first_line == f"# GPU check: {report['verdict']}"
+        assert res.stdout.strip().splitlines()[-1] == f"gpu-check: {report['verdict']}"
+        return report
+
+    return run_gpu_check
 
 
 @pytest.fixture
@@ -45,7 +53,7 @@ def check(tmp_path):
     return gpu_check.Check(argparse.Namespace(device="cpu", tiny=True, out=tmp_path / "out"))
 
 
-def test_graphs_section_runs_the_comparison_on_cpu(tmp_path):
+def test_graphs_section_runs_the_comparison_on_cpu(tmp_path, run_gpu_check):
     report = run_gpu_check(tmp_path / "out", "--sections", "graphs")
     assert report["verdict"].startswith("PASS on cpu (tiny")
     rows = {r["check"]: r for r in report["sections"]["graphs"]["rows"]}
@@ -158,9 +166,9 @@ def test_grid_epochs_counts_every_run_of_the_grid():
 
 
 @pytest.mark.slow  # a minute or more on a loaded 2-core machine
-def test_bench_tiny_runs_and_prints_every_model():
+def test_bench_tiny_runs_and_prints_every_model(train_env):
     cmd = [sys.executable, "benchmarks/bench_train.py", "--device", "cpu", "--tiny"]
-    res = subprocess.run(cmd, cwd=REPO, env=TRAIN_ENV, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=REPO, env=train_env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ")]
     for model in ("mlp", "cnn", "resnet20"):
@@ -172,7 +180,7 @@ def test_bench_tiny_runs_and_prints_every_model():
 
 
 @pytest.mark.slow  # a few minutes on a loaded 2-core machine
-def test_gpu_check_tiny_runs_every_section_that_cpu_can(tmp_path):
+def test_gpu_check_tiny_runs_every_section_that_cpu_can(tmp_path, run_gpu_check):
     report = run_gpu_check(tmp_path / "out")
     assert report["verdict"].startswith("PASS on cpu (tiny: figures mean nothing)")
     sections = report["sections"]

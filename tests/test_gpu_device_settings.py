@@ -13,7 +13,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_config
 
 import normdrop.train as train_module
 from normdrop import gpu_lease
@@ -141,7 +140,7 @@ def test_device_cuda_n_beyond_the_gpus_is_refused_in_one_line(tiny_data, fake_gp
 
 # --------------------------------------------------------------------------- 5: precision auto
 @pytest.mark.parametrize(("major", "bf16"), [(7, False), (8, True), (9, True)])
-def test_precision_auto_is_bf16_only_on_gpus_with_bf16(monkeypatch, major, bf16):
+def test_precision_auto_is_bf16_only_on_gpus_with_bf16(monkeypatch, major, bf16, tiny_config):
     # A GPU of compute capability `major`; before 8 (V100, T4) bf16 is only emulated, which
     # torch.cuda.is_bf16_supported() counts as supported unless told not to.
     props = type("Props", (), {"major": major, "minor": 0, "name": f"sm_{major}0"})()
@@ -154,7 +153,7 @@ def test_precision_auto_is_bf16_only_on_gpus_with_bf16(monkeypatch, major, bf16)
 
 
 # --------------------------------------------------------------------------- 3: torch version
-def test_cuda_graphs_on_is_refused_below_the_oldest_tested_torch(monkeypatch):
+def test_cuda_graphs_on_is_refused_below_the_oldest_tested_torch(monkeypatch, tiny_config):
     monkeypatch.setattr(torch, "__version__", "2.3.1+cu121")
     with pytest.raises(ConfigError, match=r"'cuda_graphs' = 'on' is tested from torch 2\.14"):
         resolve_execution(tiny_config(cuda_graphs="on"), CUDA)

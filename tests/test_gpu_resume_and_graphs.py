@@ -11,7 +11,6 @@ import importlib
 import pandas as pd
 import pytest
 import torch
-from conftest import CPU, QUIET, tiny_config
 
 import normdrop.train as train_module
 from normdrop.data import load_prepared
@@ -100,7 +99,9 @@ def graphs_execution(monkeypatch, graphs=True):
     monkeypatch.setattr(train_module, "resolve_execution", resolve)
 
 
-def test_lr_reaches_the_graph_when_the_scheduler_replaces_the_tensor(tiny_data, monkeypatch):
+def test_lr_reaches_the_graph_when_the_scheduler_replaces_the_tensor(
+    tiny_data, monkeypatch, tiny_config, cpu, quiet
+):
     # Torch before 2.14 assigned a new lr tensor to group["lr"] at a milestone instead of
     # filling the old one: emulated here. After the milestone the lr is 1e-33: an Adam step of
     # at most ~1e-33 leaves fp32 weights of magnitude >= 1e-6 as they are, so the model (MLP, no
@@ -112,7 +113,7 @@ def test_lr_reaches_the_graph_when_the_scheduler_replaces_the_tensor(tiny_data, 
     graphs_execution(monkeypatch)
     fake = EmulatedGraphs(monkeypatch)
     cfg = tiny_config(epochs=3, milestones=(1,), gamma=1e-30, batch_size=30)  # 9 full batches
-    result = train(cfg, load_prepared(tiny_data), CPU, **QUIET)
+    result = train(cfg, load_prepared(tiny_data), cpu, **quiet)
     assert fake.captures == 1 and result.execution["cuda_graphs"] is True
     e = result.epochs
     assert e["lr"].tolist() == pytest.approx([1e-3, 1e-33, 1e-33], rel=1e-6)
@@ -121,22 +122,28 @@ def test_lr_reaches_the_graph_when_the_scheduler_replaces_the_tensor(tiny_data, 
 
 
 # --------------------------------------------------------------------------- 2: resumes
-def interrupted_checkpoint(data, cfg, path, prefix="epoch 2/"):
-    """A checkpoint as a killed eager CPU run leaves it (after epoch 1)."""
-    path.unlink(missing_ok=True)
-    with pytest.raises(Interrupt):
-        train(cfg, data, CPU, checkpoint=path, log=stop_at(prefix))
-    return torch.load(path, weights_only=True)
+@pytest.fixture(scope="module")
+def interrupted_checkpoint(cpu):
+    def interrupted_checkpoint(data, cfg, path, prefix="epoch 2/"):
+        """A checkpoint as a killed eager CPU run leaves it (after epoch 1)."""
+        path.unlink(missing_ok=True)
+        with pytest.raises(Interrupt):
+            train(cfg, data, cpu, checkpoint=path, log=stop_at(prefix))
+        return torch.load(path, weights_only=True)
+
+    return interrupted_checkpoint
 
 
-def test_eager_checkpoint_resumes_under_cuda_graphs(tiny_data, tmp_path, monkeypatch):
+def test_eager_checkpoint_resumes_under_cuda_graphs(
+    tiny_data, tmp_path, monkeypatch, tiny_config, cpu, interrupted_checkpoint
+):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
     cfg = tiny_config(epochs=3, batch_size=30)
     interrupted_checkpoint(data, cfg, ckpt)
     graphs_execution(monkeypatch)
     fake = EmulatedGraphs(monkeypatch)
     lines = []
-    resumed = train(cfg, data, CPU, checkpoint=ckpt, log=lines.append)  # no capture error
+    resumed = train(cfg, data, cpu, checkpoint=ckpt, log=lines.append)  # no capture error
     assert fake.captures == 1 and len(resumed.epochs) == 3 and resumed.status == "completed"
     (entry,) = resumed.resumes
     assert entry["bitwise"] is False and entry["before"]["cuda_graphs"] is False
@@ -159,12 +166,14 @@ def cuda_checkpoint(ckpt: dict) -> dict:
     }
 
 
-def test_cuda_checkpoint_resumes_on_cpu_marked_not_bitwise(tiny_data, tmp_path):
+def test_cuda_checkpoint_resumes_on_cpu_marked_not_bitwise(
+    tiny_data, tmp_path, tiny_config, cpu, quiet, interrupted_checkpoint
+):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
     cfg = tiny_config(model="cnn", width=4, norm="batch", dropout=0.3, epochs=3)
     torch.save(cuda_checkpoint(interrupted_checkpoint(data, cfg, ckpt)), ckpt)
     lines = []
-    first = train(cfg, data, CPU, checkpoint=ckpt, log=lines.append)
+    first = train(cfg, data, cpu, checkpoint=ckpt, log=lines.append)
     assert first.status == "completed" and len(first.epochs) == 3
     (entry,) = first.resumes
     assert entry["epoch"] == 1 and entry["bitwise"] is False
@@ -176,7 +185,7 @@ def test_cuda_checkpoint_resumes_on_cpu_marked_not_bitwise(tiny_data, tmp_path):
     assert saved["ran_as"]["device"] == "cpu"
     # Deterministic: the same checkpoint resumes to the same numbers.
     torch.save(cuda_checkpoint(interrupted_checkpoint(data, cfg, ckpt)), ckpt)
-    again = train(cfg, data, CPU, checkpoint=ckpt, **QUIET)
+    again = train(cfg, data, cpu, checkpoint=ckpt, **quiet)
     cols = ["train_loss_mean", "val_loss", "test_acc"]
     pd.testing.assert_frame_equal(first.epochs[cols], again.epochs[cols])
 
@@ -227,7 +236,9 @@ def test_cpu_rng_states_map_onto_cuda_deterministically(monkeypatch):
     assert restore_rng(cuda_state, CUDA, gen) is True and torch.equal(gen.get_state(), first[1])
 
 
-def test_checkpoint_that_cannot_be_resumed_is_moved_aside_once(tiny_data, tmp_path):
+def test_checkpoint_that_cannot_be_resumed_is_moved_aside_once(
+    tiny_data, tmp_path, tiny_config, cpu, quiet, interrupted_checkpoint
+):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
     cfg = tiny_config(epochs=2, milestones=())
     broken = interrupted_checkpoint(data, cfg, ckpt)
@@ -235,20 +246,22 @@ def test_checkpoint_that_cannot_be_resumed_is_moved_aside_once(tiny_data, tmp_pa
     broken["model"][name] = torch.zeros(3)  # a tensor of the wrong shape: load_state_dict fails
     torch.save(broken, ckpt)
     lines = []
-    r = train(cfg, data, CPU, checkpoint=ckpt, log=lines.append)
+    r = train(cfg, data, cpu, checkpoint=ckpt, log=lines.append)
     assert r.status == "completed" and r.resumes == [] and len(r.epochs) == 2  # started over
     aside = list(tmp_path.glob("run.ckpt.stale-*"))
     assert len(aside) == 1
     assert lines[0].startswith(f"checkpoint {ckpt} cannot be resumed (RuntimeError: ")
     assert lines[0].endswith(f"moved aside to {aside[0]}; starting from epoch 1")
-    fresh = train(cfg, data, CPU, **QUIET)
+    fresh = train(cfg, data, cpu, **quiet)
     pd.testing.assert_frame_equal(r.steps, fresh.steps)  # as a run that never had a checkpoint
 
 
-def test_resume_under_another_torch_version_is_marked_not_bitwise(tiny_data, tmp_path, monkeypatch):
+def test_resume_under_another_torch_version_is_marked_not_bitwise(
+    tiny_data, tmp_path, monkeypatch, tiny_config, cpu, quiet, interrupted_checkpoint
+):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
     cfg = tiny_config(epochs=3)
     interrupted_checkpoint(data, cfg, ckpt)
     monkeypatch.setattr(torch, "__version__", "2.99.0")  # kernels may differ between versions
-    (entry,) = train(cfg, data, CPU, checkpoint=ckpt, **QUIET).resumes
+    (entry,) = train(cfg, data, cpu, checkpoint=ckpt, **quiet).resumes
     assert entry["bitwise"] is False and entry["before"]["torch"] != "2.99.0"
