@@ -7,7 +7,8 @@
 #   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
 #   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py; --tiny: a check)
 #   ./dev.sh status  where a grid stands: runs per state, failures, time left (normdrop.status)
-#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny] [--sections ...]  GPU path right? how fast?
+#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny] [--sections ...] [--budget-s S]
+#                    GPU path right? how fast? (installs nothing; docs/gpu.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${NORMDROP_VENV:-.venv}
@@ -82,18 +83,14 @@ case "${1:-}" in
     ;;
   gpu-check)
     shift
-    # A GPU machine may come with its own CUDA build of torch and no package index: without a
-    # .venv the system python3 runs it (torch, torchvision, pandas, pyarrow, pyyaml suffice).
-    if [ -d "$VENV" ]; then
-      setup
-      py=$PY
-    else
-      py=python3
-    fi
+    # Installs nothing: a GPU machine may come with its own CUDA build of torch (2.11 on) and no
+    # package index. The .venv's python if there is one, else python3 (docs/gpu.md).
+    py=python3
+    [ -x "$PY" ] && py=$PY
     PYTHONPATH=src "$py" benchmarks/gpu_check.py "$@"
     ;;
   *)
-    sed -n 2,9p "$0"
+    sed -n 2,11p "$0"
     exit 2
     ;;
 esac

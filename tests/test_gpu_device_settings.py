@@ -155,7 +155,7 @@ def test_precision_auto_is_bf16_only_on_gpus_with_bf16(monkeypatch, major, bf16,
 # --------------------------------------------------------------------------- 3: torch version
 def test_cuda_graphs_on_is_refused_below_the_oldest_tested_torch(monkeypatch, tiny_config):
     monkeypatch.setattr(torch, "__version__", "2.3.1+cu121")
-    with pytest.raises(ConfigError, match=r"'cuda_graphs' = 'on' is tested from torch 2\.14"):
+    with pytest.raises(ConfigError, match=r"'cuda_graphs' = 'on' is tested from torch 2\.11"):
         resolve_execution(tiny_config(cuda_graphs="on"), CUDA)
     resolve_execution(tiny_config(cuda_graphs="off"), CUDA)  # eager runs stay allowed
 
