@@ -18,17 +18,12 @@ from normdrop import curves, figure_style, plots  # noqa: E402
 from normdrop import report as rep  # noqa: E402
 from normdrop.summary_data import read_summary  # noqa: E402
 
-try:
-    from ._synthetic_summary import make_summary
-except ImportError:
-    from _synthetic_summary import make_summary
-
 DATASETS = ("mnist", "cifar10")
 MODELS = ("mlp", "resnet20")
 
 
 @pytest.fixture(scope="module")
-def summary(tmp_path_factory) -> Path:
+def summary(tmp_path_factory, make_summary) -> Path:
     """2 datasets x 2 models x (4 paper variants + group norm) x 3 seeds, 5 epochs, milestones
     after epochs 3 and 4; on CIFAR-10/MLP one seed of `none` and every seed of `bn_dropout`
     diverge."""
