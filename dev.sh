@@ -40,11 +40,23 @@ case "${1:-}" in
   demo)
     setup
     shift
+    # Config files, --config values and --resources checked before Snakemake reads them (one
+    # line naming the file and line, or the key); the extra arguments reach both calls below.
+    results=$(PYTHONPATH=src "$PY" -m normdrop.workflow_config \
+      --configfile workflow/demo.yaml "$@") || exit 2
     "$VENV/bin/snakemake" --cores all --configfile workflow/demo.yaml "$@"
-    "$VENV/bin/snakemake" --cores 1 --configfile workflow/demo.yaml \
-      --report results/demo/report.html
-    echo "demo done: tables in results/demo/tables, figures in results/demo/figures," \
-      "report in results/demo/report.html"
+    for arg in "$@"; do
+      case "$arg" in
+        -n | --dry-run | --dryrun | -[!-]*n*)
+          echo "dry run: no report built"
+          exit 0
+          ;;
+      esac
+    done
+    "$VENV/bin/snakemake" --cores 1 --configfile workflow/demo.yaml "$@" \
+      --report "$results/report.html"
+    echo "demo done: tables in $results/tables, figures in $results/figures," \
+      "report in $results/report.html"
     ;;
   test)
     setup

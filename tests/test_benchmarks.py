@@ -11,10 +11,12 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TRAIN_ENV
+
+REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 gpu_check = importlib.import_module("gpu_check")
@@ -25,7 +27,13 @@ check_rows = importlib.import_module("check_rows")
 # What the loaned GPU machine has: snakemake and jsonschema cannot be imported, in the check's
 # process and in every process it starts (a sitecustomize first on PYTHONPATH blocks them).
 BLOCKER = REPO / "tests" / "no_workflow_packages"
-GPU_MACHINE_ENV = {**TRAIN_ENV, "PYTHONPATH": f"{BLOCKER}{os.pathsep}{REPO / 'src'}"}
+
+
+@pytest.fixture(scope="module")
+def gpu_machine_env(train_env) -> dict[str, str]:
+    return {**train_env, "PYTHONPATH": f"{BLOCKER}{os.pathsep}{REPO / 'src'}"}
+
+
 # The documented command, with --device cpu --tiny: PYTHONPATH=src python3 benchmarks/gpu_check.py
 GPU_CHECK = [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny"]
 MAX_FILES = 6  # what may come back from a loaned machine: at most 8 files; the check keeps to 6
@@ -35,21 +43,25 @@ def files_under(out) -> list:
     return [p for p in out.rglob("*") if p.is_file()]
 
 
-def run_gpu_check(out, *args):
-    cmd = [*GPU_CHECK, "--out", str(out), *args]
-    res = subprocess.run(
-        cmd, cwd=REPO, env=GPU_MACHINE_ENV, capture_output=True, text=True, timeout=1500
-    )
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
-    report = json.loads((out / "gpu_check.json").read_text())
-    first_line = (out / "gpu_check.md").read_text().splitlines()[0]
-    assert first_line == f"# GPU check: {report['verdict']}"
-    assert res.stdout.strip().splitlines()[-1] == f"gpu-check: {report['verdict']}"
-    assert len(files_under(out)) <= MAX_FILES, files_under(out)
-    return report
+@pytest.fixture(scope="module")
+def run_gpu_check(gpu_machine_env):
+    def run_gpu_check(out, *args):
+        cmd = [*GPU_CHECK, "--out", str(out), *args]
+        res = subprocess.run(
+            cmd, cwd=REPO, env=gpu_machine_env, capture_output=True, text=True, timeout=1500
+        )
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+        report = json.loads((out / "gpu_check.json").read_text())
+        first_line = (out / "gpu_check.md").read_text().splitlines()[0]
+        assert first_line == f"# GPU check: {report['verdict']}"
+        assert res.stdout.strip().splitlines()[-1] == f"gpu-check: {report['verdict']}"
+        assert len(files_under(out)) <= MAX_FILES, files_under(out)
+        return report
+
+    return run_gpu_check
 
 
-def test_everything_the_check_imports_imports_without_snakemake_and_jsonschema():
+def test_everything_the_check_imports_imports_without_snakemake_and_jsonschema(gpu_machine_env):
     # the check, its libraries, and what its subprocesses run (the training CLI, the lease
     # holder, the speed workers); the blocker itself must work, or this proves nothing
     modules = ["gpu_check", "graph_steps", "check_rows", "speed", "fusion_prototype"]
@@ -63,17 +75,19 @@ def test_everything_the_check_imports_imports_without_snakemake_and_jsonschema()
         "print(sorted(m for m in sys.modules if m.startswith(('snakemake', 'jsonschema'))))"
     )
     res = subprocess.run(
-        [sys.executable, "-c", code], cwd=REPO, env=GPU_MACHINE_ENV, capture_output=True,
+        [sys.executable, "-c", code], cwd=REPO, env=gpu_machine_env, capture_output=True,
         text=True, timeout=300,
     )  # fmt: skip
     assert res.returncode == 0, res.stdout + res.stderr
     assert res.stdout.strip() == "[]"
 
 
-def test_killed_after_its_first_section_the_check_leaves_that_sections_report(tmp_path):
+def test_killed_after_its_first_section_the_check_leaves_that_sections_report(
+    tmp_path, gpu_machine_env
+):
     out = tmp_path / "out"
     cmd = [*GPU_CHECK, "--out", str(out), "--sections", "leases", "precision"]
-    proc = subprocess.Popen(cmd, cwd=REPO, env=GPU_MACHINE_ENV, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=gpu_machine_env, stdout=subprocess.PIPE, text=True)
     try:
         for line in proc.stdout:  # printed once the report holds the section
             if line.startswith("leases: "):
@@ -181,7 +195,7 @@ def check(tmp_path):
     return gpu_check.Check(argparse.Namespace(device="cpu", tiny=True, out=tmp_path / "out"))
 
 
-def test_graphs_section_runs_the_comparison_on_cpu(tmp_path):
+def test_graphs_section_runs_the_comparison_on_cpu(tmp_path, run_gpu_check):
     report = run_gpu_check(tmp_path / "out", "--sections", "graphs")
     assert report["verdict"].startswith("PASS on cpu (tiny")
     rows = {r["check"]: r for r in report["sections"]["graphs"]["rows"]}
@@ -296,9 +310,9 @@ def test_grid_epochs_counts_every_run_of_the_grid():
 
 
 @pytest.mark.slow  # a minute or more on a loaded 2-core machine
-def test_bench_tiny_runs_and_prints_every_model():
+def test_bench_tiny_runs_and_prints_every_model(train_env):
     cmd = [sys.executable, "benchmarks/bench_train.py", "--device", "cpu", "--tiny"]
-    res = subprocess.run(cmd, cwd=REPO, env=TRAIN_ENV, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=REPO, env=train_env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ")]
     for model in ("mlp", "cnn", "resnet20"):
@@ -310,7 +324,7 @@ def test_bench_tiny_runs_and_prints_every_model():
 
 
 @pytest.mark.slow  # a few minutes on a loaded 2-core machine
-def test_gpu_check_tiny_runs_every_section_that_cpu_can(tmp_path):
+def test_gpu_check_tiny_runs_every_section_that_cpu_can(tmp_path, run_gpu_check):
     report = run_gpu_check(tmp_path / "out", "--budget-s", "3600")  # a loaded machine
     assert report["verdict"].startswith("PASS on cpu (tiny: figures mean nothing)")
     assert report["skipped"] == {}

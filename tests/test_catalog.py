@@ -4,11 +4,10 @@ and the modules' own tables agree with it, and planning the workflow imports no 
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-from workflow_helpers import merged_config
 
 from normdrop import catalog, figure_style, summary_data
 from normdrop.config import ConfigError
@@ -16,6 +15,7 @@ from normdrop.data import SyntheticSpec
 from normdrop.models import MODELS
 from normdrop.workflow_config import validate_workflow_config
 
+REPO = Path(__file__).resolve().parents[1]
 SCHEMA = yaml.safe_load((REPO / "workflow" / "schemas" / "config.schema.yaml").read_text())
 CONFIG = yaml.safe_load((REPO / "config.yaml").read_text())
 # A meta-path finder that refuses the heavy libraries, installed by a sitecustomize module first
@@ -108,7 +108,7 @@ def test_planning_imports_no_torch(tmp_path):
     assert "summary_report" in res.stdout and "This was a dry-run" in res.stdout
 
 
-def test_augmentations_per_dataset_come_from_the_catalog():
+def test_augmentations_per_dataset_come_from_the_catalog(merged_config):
     assert catalog.DATASETS["mnist"].augments == ("none",)
     with pytest.raises(
         ConfigError, match="'data.augment': crop_flip is for CIFAR-like data, not mnist"

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import CPU, tiny_config
-from test_gpu_defects import CUDA, EmulatedGraphs, Interrupt, graphs_execution, stop_at
+from test_gpu_resume_and_graphs import CUDA, EmulatedGraphs, Interrupt, graphs_execution, stop_at
 
 import normdrop.train as train_module
 from normdrop.config import ConfigError
@@ -20,7 +19,7 @@ from normdrop.models import build_model
 
 # --------------------------------------------------------------------------- the gate, the lr
 @pytest.mark.parametrize(("version", "allowed"), [("2.10.1+cu128", False), ("2.11.0+cu130", True)])
-def test_cuda_graphs_gate_is_torch_2_11(monkeypatch, version, allowed):
+def test_cuda_graphs_gate_is_torch_2_11(monkeypatch, version, allowed, tiny_config):
     monkeypatch.setattr(torch, "__version__", version)
     cfg = tiny_config(cuda_graphs="on", precision="fp32")
     if allowed:
@@ -63,32 +62,36 @@ class RecordingGraphs(EmulatedGraphs):
 
 
 @pytest.mark.parametrize("kind", ["new tensor", "float"])
-def test_captured_lr_follows_the_milestones_under_older_schedulers(tiny_data, monkeypatch, kind):
+def test_captured_lr_follows_the_milestones_under_older_schedulers(
+    tiny_data, monkeypatch, kind, tiny_config, cpu
+):
     older_scheduler(monkeypatch, kind)
     graphs_execution(monkeypatch)
     cfg = tiny_config(epochs=3, milestones=(1, 2), gamma=0.1, batch_size=32)  # 8 full + 1 short
     data = load_prepared(tiny_data)
     fake = RecordingGraphs(monkeypatch)
-    result = train_module.train(cfg, data, CPU, log=lambda line: None)
+    result = train_module.train(cfg, data, cpu, log=lambda line: None)
     assert fake.captures == 1 and result.epochs["lr"].tolist() == pytest.approx([1e-3, 1e-4, 1e-5])
     assert fake.replay_lrs == pytest.approx([1e-3] * 8 + [1e-4] * 8 + [1e-5] * 8, rel=1e-6)
     # the emulation is real: without copy_lr_into every replay reads the first rate
     monkeypatch.setattr(train_module, "copy_lr_into", lambda captured, optimizer: None)
-    train_module.train(cfg, data, CPU, log=lambda line: None)
+    train_module.train(cfg, data, cpu, log=lambda line: None)
     assert fake.replay_lrs == pytest.approx([1e-3] * 24)
 
 
 # --------------------------------------------------------------------------- Adam state strides
-def test_restored_adam_state_is_laid_out_as_channels_last_params(tiny_data, tmp_path):
+def test_restored_adam_state_is_laid_out_as_channels_last_params(
+    tiny_data, tmp_path, tiny_config, cpu
+):
     # A contiguous CPU run's checkpoint resumed with channels_last weights (as on CUDA): CUDA's
     # fused Adam needs every moment in its param's layout, CPU's does not check.
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
     cfg = tiny_config(model="cnn", width=4, norm="batch", dropout=0.3, epochs=3, batch_size=30)
     with pytest.raises(Interrupt):
-        train_module.train(cfg, data, CPU, checkpoint=ckpt, log=stop_at("epoch 2/"))
+        train_module.train(cfg, data, cpu, checkpoint=ckpt, log=stop_at("epoch 2/"))
     cfg_cl = tiny_config(**{**cfg.to_dict(), "memory_format": "channels_last"})
-    ex = resolve_execution(cfg_cl, CPU)
-    run, history = train_module._start_or_resume(cfg_cl, data, CPU, ex, ckpt, print)
+    ex = resolve_execution(cfg_cl, cpu)
+    run, history = train_module._start_or_resume(cfg_cl, data, cpu, ex, ckpt, print)
     assert history.resumes, "the checkpoint was not resumed"
     state = run.optimizer.state
     conv = [p for p in state if p.dim() == 4]
@@ -105,7 +108,7 @@ def test_restored_adam_state_is_laid_out_as_channels_last_params(tiny_data, tmp_
     ("norm", "dropout", "refused"),
     [("none", 0.3, True), ("none", 0.0, False), ("layer", 0.3, False), ("batch", 0.3, False)],
 )
-def test_cuda_graphs_refuse_nn_lstm_with_dropout(norm, dropout, refused):
+def test_cuda_graphs_refuse_nn_lstm_with_dropout(norm, dropout, refused, tiny_config):
     cfg = tiny_config(model="lstm", norm=norm, dropout=dropout, cuda_graphs="on", precision="fp32")
     if not refused:
         assert resolve_execution(cfg, CUDA).cuda_graphs is True

@@ -9,6 +9,8 @@ the same choices as enums, and a test (tests/test_catalog.py) checks that they a
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -47,8 +49,53 @@ DATASETS = {
 # holds the same values (a test checks). noise: SD of the per-image noise, relative to the
 # [0, 1] pixel range; 1.0 is what the workflow has always generated (0.35 was SyntheticSpec's
 # own default, used only by the benchmarks' speed data, where pixel values do not matter).
+PREPARED_FORMAT = 1  # version of the prepared file's layout (normdrop.data.prepare)
 AUGMENTS = ("none", "crop_flip")  # crop_flip: 4-pixel zero padding, random crop, random h-flip
 SYNTHETIC = dict(n_train=2000, n_test=500, num_classes=10, channels=3, size=16, noise=1.0, seed=0)
+
+
+# --------------------------------------------------------------------------- content keys
+def synthetic_settings(synthetic: dict | None = None) -> dict:
+    """The synthetic spec as a plain dict: catalog.SYNTHETIC overridden by `synthetic`,
+    each value of its field's type (a YAML `noise: 1` and `noise: 1.0` are one setting)."""
+    spec = dict(SYNTHETIC)  # data.SyntheticSpec's defaults
+    spec.update({k: type(spec[k])(v) for k, v in (synthetic or {}).items() if k in spec})
+    return spec
+
+
+def short_hash(settings: dict) -> str:
+    """10 hex digits of the SHA-256 of `settings` as sorted JSON: a file name's content key."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def raw_source(name: str, synthetic: dict | None = None) -> str:
+    """The raw data's folder name: the dataset itself (torchvision's files have no settings), or
+    for `synthetic` the dataset plus a short hash of its spec, since the spec shapes the data."""
+    if name != "synthetic":
+        return name
+    return f"{name}-{short_hash(synthetic_settings(synthetic))}"
+
+
+def prepared_settings(name, val_fraction, split_seed, synthetic: dict | None = None) -> dict:
+    """Every setting that shapes a prepared file's content: the format version, the dataset, the
+    validation split and (synthetic only) the generator's spec."""
+    settings = {
+        "format": PREPARED_FORMAT,
+        "dataset": name,
+        "val_fraction": float(val_fraction),
+        "split_seed": int(split_seed),
+    }
+    if name == "synthetic":
+        settings["synthetic"] = synthetic_settings(synthetic)
+    return settings
+
+
+def prepared_key(name, val_fraction, split_seed, synthetic: dict | None = None) -> str:
+    """The prepared file's name without its suffix: 'synthetic-1a2b3c4d5e'. Different settings
+    give different names, so their files live side by side and never overwrite each other."""
+    return f"{name}-{short_hash(prepared_settings(name, val_fraction, split_seed, synthetic))}"
+
 
 # --------------------------------------------------------------------------------------------
 # Models, their norms and initializations

@@ -11,17 +11,19 @@ seed, so that the demo and the tests run offline.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from normdrop.catalog import DATASETS, SYNTHETIC
-from normdrop.storage import atomic_write_bytes
-
-PREPARED_FORMAT = 1
+# The prepared files' content keys (prepared_key, raw_source) are torch-free, in the catalog:
+# the workflow plans with them.
+from normdrop.catalog import DATASETS, PREPARED_FORMAT, SYNTHETIC
+from normdrop.storage import atomic_write_bytes, atomic_write_json
 
 
 class DataError(RuntimeError):
@@ -73,6 +75,32 @@ def make_synthetic(spec: SyntheticSpec) -> dict[str, torch.Tensor]:
     train_x, train_y = draw(spec.n_train)
     test_x, test_y = draw(spec.n_test)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+
+
+def digest_path(prepared: Path) -> Path:
+    """The sidecar beside a prepared file that records its SHA-256 (written by `prepare`)."""
+    return Path(prepared).with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_sha256(prepared: Path) -> str:
+    """The prepared file's SHA-256, as `prepare` recorded it beside the file (computed once);
+    hashed here only for a file prepared without its sidecar (by an older version, by hand)."""
+    sidecar = digest_path(prepared)
+    try:
+        recorded = json.loads(sidecar.read_text())
+        if recorded["bytes"] == Path(prepared).stat().st_size:
+            return recorded["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return file_sha256(prepared)
 
 
 # --------------------------------------------------------------------------- download
@@ -219,7 +247,11 @@ def prepare(name: str, raw_dir: Path, out: Path, val_fraction=0.1, split_seed=0)
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write_bytes(Path(out), buf.getvalue())
+    content = buf.getvalue()
+    atomic_write_bytes(Path(out), content)
+    # The SHA-256 once, here: every run records it (meta.json's data_sha256).
+    digest = {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+    atomic_write_json(digest_path(out), {**digest, "dataset": name, **payload["split"]})
     return Path(out)
 
 

@@ -51,11 +51,12 @@ from normdrop.render import (
     to_markdown,
     write_table,
 )
-from normdrop.seed_stats import CONFIDENCE, MISSING, TOO_FEW, contrast
+from normdrop.seed_stats import CONFIDENCE, MISSING, NOT_LEARNED, TOO_FEW, contrast
 from normdrop.storage import atomic_write_text
 from normdrop.summary_data import (
     add_selection_args,
     completed,
+    did_not_learn,
     metric_values,
     paper_variants,
     read_selection,
@@ -64,6 +65,7 @@ from normdrop.summary_data import (
 )
 
 SUPPORTED = "supported"
+NEEDS_LEARNING = ("convergence_epoch",)  # undefined for a run that did not learn
 REVERSED = "reversed"
 INCONCLUSIVE = "inconclusive"
 PARTLY = "partly supported"
@@ -178,17 +180,22 @@ def combine(*parts: str) -> str:
 
 
 def _seed_note(runs: pd.DataFrame, variant: str) -> str:
+    """Seeds left out: diverged (out of every test), did not learn (out of H1b: no convergence
+    epoch, metrics.learned)."""
     sub = runs[runs["variant"] == variant]
-    n_div = int((~completed(sub)).sum())
-    return f"{variant}: {n_div}/{len(sub)} seeds diverged" if n_div else ""
+    n_div, n_flat = int((~completed(sub)).sum()), int(did_not_learn(sub).sum())
+    notes = [f"{n_div}/{len(sub)} seeds diverged"] if n_div else []
+    notes += [f"{n_flat}/{len(sub)} seeds did not learn"] if n_flat else []
+    return f"{variant}: {', '.join(notes)}" if notes else ""
 
 
 def _mean(values: np.ndarray) -> float:
     return float(np.mean(values)) if len(values) else math.nan
 
 
-def _test_row(test: HypothesisTest, values, names: dict[str, str], confidence: float) -> dict:
-    """The columns of one test's row that depend on the data: which variants, n, means, effect."""
+def _test_row(test: HypothesisTest, values, names: dict, flat, confidence: float) -> dict:
+    """The columns of one test's row that depend on the data: which variants, n, means, effect.
+    `flat(key)`: some seeds of that configuration did not learn."""
     pick = max if METRICS[test.metric].better == "higher" else min
     keys = []
     for key, _ in test.terms:  # a tuple of keys: the best of them by mean
@@ -198,6 +205,8 @@ def _test_row(test: HypothesisTest, values, names: dict[str, str], confidence: f
         keys.append(key)
     groups = [values(k) for k in keys]
     estimate, low, high, p, problem = contrast(groups, [w for _, w in test.terms], confidence)
+    if problem == MISSING and test.metric in NEEDS_LEARNING and any(map(flat, keys)):
+        problem = NOT_LEARNED  # seeds ran, but no convergence epoch to compare
     if len(keys) == 2:
         a, b = (names.get(k, k) for k in keys)
         n_a, n_b, mean_a, mean_b = len(groups[0]), len(groups[1]), *map(_mean, groups)
@@ -215,26 +224,24 @@ def pair_tests(runs: pd.DataFrame, dataset: str, model: str, confidence=CONFIDEN
     sub = runs[(runs["dataset"] == dataset) & (runs["model"] == model)]
     names = paper_variants(sub)
 
+    def flat(key: str) -> bool:
+        return key in names and bool(did_not_learn(sub[sub["variant"] == names[key]]).any())
+
     def values(key: str, metric: str) -> np.ndarray:
         if key not in names:
             return np.array([])
         return metric_values(sub[sub["variant"] == names[key]], metric)
 
     notes = "; ".join(filter(None, (_seed_note(sub, v) for v in names.values())))
+    # fmt: off
     return [
-        dict(
-            dataset=dataset,
-            model=model,
-            hypothesis=h.name,
-            test=t.test,
-            metric=t.metric,
-            quantity=t.words,
-            unit=METRICS[t.metric].unit,
-            **_test_row(t, lambda k, m=t.metric: values(k, m), names, confidence),
-            diverged_note=notes,
-        )  # fmt: skip
+        dict(dataset=dataset, model=model, hypothesis=h.name, test=t.test, metric=t.metric,
+             quantity=t.words, unit=METRICS[t.metric].unit,
+             **_test_row(t, lambda k, m=t.metric: values(k, m), names, flat, confidence),
+             diverged_note=notes)
         for h, t in tests().values()
     ]
+    # fmt: on
 
 
 def run_hypothesis_tests(runs: pd.DataFrame, pairs=None, confidence=CONFIDENCE) -> pd.DataFrame:
@@ -354,17 +361,8 @@ def results_table(results: pd.DataFrame) -> TextTable:
         rows.append([*where, fmt_signed(r["effect"], d), ci, fmt_p(r["p_value"]), r["verdict"]])
     return TextTable(
         title="Hypothesis tests: effect = difference of means over seeds",
-        header=[
-            "Dataset",
-            "Model",
-            "Test",
-            "Effect of",
-            "Seeds",
-            "Effect",
-            "95% CI",
-            "p",
-            "Verdict",
-        ],
+        header=["Dataset", "Model", "Test", "Effect of", "Seeds"]
+        + ["Effect", "95% CI", "p", "Verdict"],
         rows=rows,
         align="lllllrrrl",
         notes=[

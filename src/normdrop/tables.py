@@ -56,6 +56,7 @@ from normdrop.summary_data import (
     PAPER_VARIANTS,
     add_selection_args,
     convergence_fraction,
+    did_not_learn_text,
     order_variants,
     paper_key,
     paper_variants,
@@ -76,9 +77,10 @@ def seed_note(fraction: float = CONVERGENCE_FRACTION) -> str:
     """Table 2's note; `fraction`: metrics.convergence_fraction of the runs."""
     return (
         "Mean ± SD over seeds (SD with ddof=1). Diverged runs are left out of the means and "
-        f"counted in the Seeds column. Conv. epoch: {convergence_text(fraction)}. Gen. gap: "
-        "train accuracy (eval mode) minus test accuracy, in percentage points. ES: early "
-        "stopping at the epoch of best validation accuracy."
+        f"counted in the Seeds column. Conv. epoch: {convergence_text(fraction)}; none for a "
+        "run that did not learn (final validation accuracy at most 1.5 x chance), counted in "
+        "the Seeds column. Gen. gap: train accuracy (eval mode) minus test accuracy, in "
+        "percentage points. ES: early stopping at the epoch of best validation accuracy."
     )
 
 
@@ -100,10 +102,14 @@ def table2(
             if s.diverged_epochs:
                 plural = "s" if "," in s.diverged_epochs else ""
                 seeds += f" at epoch{plural} {s.diverged_epochs}"
+        if s.n_not_learned:
+            seeds += f"; {did_not_learn_text(s.n_not_learned, s.n_runs)}"
         cells = [variant, s.configuration, seeds]
         for m in METRICS:
             if s.n_completed == 0:
                 cells.append(diverged_text(s.n_diverged, s.n_runs))
+            elif s[f"{m.csv_name}_n"] == 0 and s.n_not_learned:
+                cells.append(did_not_learn_text(s.n_not_learned, s.n_runs))
             else:
                 cells.append(
                     fmt_mean_sd(
@@ -238,6 +244,8 @@ def _ours(stats_row: pd.Series | None, metric) -> tuple[float, float, int, str]:
     text = fmt_mean_sd(mean, sd, n, metric.decimals)
     if n == 0 and s.n_diverged:
         text = diverged_text(s.n_diverged, s.n_runs)
+    elif n == 0 and s.get("n_not_learned", 0):
+        text = did_not_learn_text(s.n_not_learned, s.n_runs)
     return mean, sd, n, text
 
 
@@ -328,10 +336,16 @@ def paper_comparison(stats: pd.DataFrame, runs: pd.DataFrame, models: Sequence[s
         f"Paper: Table 2 of the paper ({dataset_name(dataset)}; it does not say which model). "
         "Ours: mean ± SD over seeds on the same dataset, per model; Δ = ours − paper."
     ]
-    if not rows:
-        notes.append(f"No runs on {dataset_name(dataset)}: nothing to compare.")
+    title = f"Paper's Table 2 ({dataset_name(dataset)}) beside ours"
+    if not rows:  # one sentence, not an empty table
+        why = (
+            f"Nothing to compare: this grid has no runs on {dataset_name(dataset)}, the dataset of "
+            "the paper's Table 2."
+        )
+        table = TextTable(title=title, header=["Comparison"], rows=[[why]], align="l")
+        return table, pd.DataFrame({"note": [why]}), []
     table = TextTable(
-        title=f"Paper's Table 2 ({dataset_name(dataset)}) beside ours",
+        title=title,
         header=header,
         rows=rows,
         align="ll" + "rrr" * len(COMPARED),
