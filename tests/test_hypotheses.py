@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+from normdrop import catalog  # noqa: E402
 from normdrop import hypotheses as hyp  # noqa: E402
 from normdrop import tables as tab  # noqa: E402
 from normdrop.seed_stats import contrast  # noqa: E402
@@ -72,13 +73,13 @@ def test_h1_without_the_first_epoch_is_shown_but_does_not_decide(runs_from_value
     assert any("H1a2: loss SD, epochs 2+" in row[2] for row in hyp.results_table(results).rows)
 
 
-def test_combine_h1_rule():
-    assert hyp.combine_h1("supported", "supported") == "supported"
-    assert hyp.combine_h1("reversed", "reversed") == "reversed"
-    assert hyp.combine_h1("supported", "reversed") == "not supported"
-    assert hyp.combine_h1("inconclusive", "reversed") == "not supported"
-    assert hyp.combine_h1("supported", "inconclusive") == "partly supported"
-    assert hyp.combine_h1("inconclusive", hyp.TOO_FEW) == "inconclusive"
+def test_combine_rule():
+    assert hyp.combine("supported", "supported") == "supported"
+    assert hyp.combine("reversed", "reversed") == "reversed"
+    assert hyp.combine("supported", "reversed") == "not supported"
+    assert hyp.combine("inconclusive", "reversed") == "not supported"
+    assert hyp.combine("supported", "inconclusive") == "partly supported"
+    assert hyp.combine("inconclusive", hyp.TOO_FEW) == "inconclusive"
 
 
 @pytest.mark.parametrize(
@@ -176,10 +177,10 @@ def test_cli_writes_tables_and_sentences(tmp_path, make_summary):
     make_summary(tmp_path / "summary", ("mnist", "cifar10"), ("mlp", "resnet20"))
     out = tmp_path / "tables"
     assert hyp.main(["--summary-dir", str(tmp_path / "summary"), "--out-dir", str(out)]) == 0
-    assert {p for p in out.rglob("*") if p.is_file()} == set(hyp.hypothesis_paths(out))
+    assert {p for p in out.rglob("*") if p.is_file()} == set(catalog.hypothesis_paths(out))
     md = (out / "hypotheses.md").read_text()
     body = [line for line in md.splitlines() if line.startswith("|")][2:]
-    assert len(body) == 2 * 2 * len(hyp.HYPOTHESIS_TESTS)
+    assert len(body) == 2 * 2 * len(hyp.tests())
     assert md.count("\n- ") == 2 * 2 * 3  # one sentence per hypothesis per dataset/model
     verdicts = pd.read_csv(out / "verdicts.csv")
     assert list(verdicts.columns) == ["dataset", "model", "H1", "H2", "H3"] and len(verdicts) == 4
@@ -193,10 +194,45 @@ def test_cli_bad_input_is_exit_2(tmp_path, capsys):
 
 
 def test_paper_claims_reference_file():
-    claims = {c["id"]: c for c in hyp.load_claims()}
+    claims = {c["id"]: c for c in catalog.load_claims()}
     assert set(claims) == {"H1", "H2", "H3"}
     assert claims["H1"]["statement"].startswith("Batch Normalization reduces training instability")
     assert tab.load_paper_table("paper_table2")["variant"].tolist() == list(PAPER_VARIANTS)
+
+
+def test_a_new_hypothesis_is_one_entry(monkeypatch, tmp_path, runs_from_values):
+    """One `Hypothesis` entry in the registry: its row, verdict column and sentences appear,
+    and the three paper hypotheses' rows stay as they were."""
+    values = {
+        "none": {"gen_gap": HIGH, "final_test_acc": [0.80, 0.81, 0.82]},
+        "bn": {"gen_gap": LOW, "final_test_acc": [0.85, 0.86, 0.87]},
+        "dropout": {"gen_gap": SAME},
+        "bn_dropout": {"gen_gap": SAME},
+    }
+    before = hyp.run_hypothesis_tests(runs_from_values(values))
+    h4 = hyp.Hypothesis(
+        "H4",
+        "BN raises test accuracy",
+        (hyp.HypothesisTest("H4", "final_test_acc", (("bn", 1), ("none", -1)), sign=1),),
+    )
+    monkeypatch.setattr(hyp, "REGISTRY", [*hyp.REGISTRY, h4])
+    after = hyp.run_hypothesis_tests(runs_from_values(values))
+    pd.testing.assert_frame_equal(after.iloc[: len(before)], before)
+    row = after.set_index("test").loc["H4"]
+    assert (row["hypothesis"], row["metric"], row["expected"]) == ("H4", "final_test_acc", "> 0")
+    assert row["comparison"] == "bn − none"
+    assert row["effect"] == pytest.approx(5.0)  # points: 86 − 81
+    assert row["verdict"] == "supported"
+    assert hyp.verdicts(after).loc[0, "H4"] == "supported"
+    [text] = hyp.sentences(after)["H4"]
+    assert text.startswith("CIFAR-10 / CNN: supported. bn − none: test accuracy +5.00 points")
+    out = tmp_path / "tables"
+    summary = tmp_path / "summary"
+    summary.mkdir()
+    runs_from_values(values).to_parquet(summary / "runs.parquet")
+    hyp.write_hypotheses(summary, out)
+    assert "H4: BN raises test accuracy" in (out / "verdicts.md").read_text()
+    assert "**H4: BN raises test accuracy**" in (out / "hypotheses.md").read_text()
 
 
 def test_runs_that_did_not_learn_have_no_convergence_epoch_and_are_counted(runs_from_values):

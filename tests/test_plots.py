@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
     sys.path.insert(0, str(REPO / "src"))
 
-from normdrop import curves, figure_style, plots  # noqa: E402
+from normdrop import catalog, curves, figure_style, plots  # noqa: E402
 from normdrop import report as rep  # noqa: E402
 from normdrop.summary_data import read_summary  # noqa: E402
 
@@ -51,7 +51,7 @@ def figures(summary) -> Path:
 
 
 def test_exactly_the_declared_figures(figures):
-    expected = set(plots.figure_paths(figures, DATASETS, MODELS))
+    expected = set(catalog.figure_paths(figures, DATASETS, MODELS))
     assert {p for p in figures.rglob("*") if p.is_file()} == expected
     assert len(expected) == 2 * (1 + len(DATASETS) * len(MODELS) * len(plots.FIGURE_KINDS))
 
@@ -111,9 +111,14 @@ def test_report_md(summary, figures):
 def test_report_rules_know_every_figure_and_caption():
     # The report items (stem -> caption, name) are declared in common.smk.
     smk = (REPO / "workflow" / "common.smk").read_text()
-    for kind in (*plots.FIGURE_KINDS, "OVERVIEW", "table2", "table1_params", "hypotheses"):
-        assert re.search(rf'^\s+"?{kind}"?: \("', smk, re.M), kind
-    for caption in re.findall(r': \("(\w+)", "', smk):
+    keys = re.findall(r'^\s+(?:"(\w+)"|catalog\.(\w+)): \(', smk, re.M)
+    stems = {quoted or getattr(catalog, name) for quoted, name in keys}
+    for stem in (*catalog.PAIR_FIGURES, catalog.OVERVIEW, catalog.TABLE2, catalog.TABLE1):
+        assert stem in stems, stem
+    for stem in (catalog.COMPARISON, catalog.HYPOTHESES_TABLE, catalog.VERDICTS_TABLE):
+        assert stem in stems, stem
+    assert {catalog.STUDY_TABLE, catalog.STUDY_FIGURE} <= stems
+    for caption in re.findall(r':\s*\(\s*"(\w+)",\s*"', smk):
         assert (REPO / "workflow" / "report" / f"{caption}.rst").is_file(), caption
     assert (REPO / "workflow" / "report" / "workflow.rst").is_file()
 

@@ -11,7 +11,8 @@ import pytest
 
 from normdrop import layout
 from normdrop.aggregate import StaleResultsError, check_one_dataset_file
-from normdrop.data import data_sha256, file_sha256, prepared_key, raw_source
+from normdrop.catalog import prepared_key, raw_source
+from normdrop.data import data_sha256, file_sha256
 
 
 def test_every_setting_that_shapes_the_file_changes_its_name_and_nothing_else_does():

@@ -20,8 +20,8 @@ if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
 from normdrop import tables  # noqa: E402
+from normdrop.catalog import TABLE_FORMATS  # noqa: E402
 from normdrop.render import (  # noqa: E402
-    TABLE_FORMATS,
     TextTable,
     latex_text,
     to_html,

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from normdrop import layout
-from normdrop.data import data_sha256, prepared_key, raw_source
+from normdrop.catalog import prepared_key, raw_source
+from normdrop.data import data_sha256
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from normdrop.catalog import study_paths
 from normdrop.config import ConfigError, run_config, search_config
 from normdrop.grid import grid_cells, grid_config
-from normdrop.study import study_paths
 from normdrop.workflow_config import deep_merge, validate_workflow_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from normdrop.catalog import study_paths
 from normdrop.config import ConfigError
 from normdrop.grid import grid_cells, grid_config
-from normdrop.study import study_paths
 from normdrop.workflow_config import deep_merge
 from normdrop.workflow_config import validate_workflow_config as validate
 

@@ -14,6 +14,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 if str(SRC) not in sys.path:
     sys.path.insert(0, str(SRC))
 
+from normdrop import catalog  # noqa: E402
 from normdrop import tables as tab  # noqa: E402
 from normdrop.render import fmt_mean_sd, fmt_signed, to_markdown  # noqa: E402
 from normdrop.seed_stats import variant_stats  # noqa: E402
@@ -45,7 +46,7 @@ def cells(row: str) -> list[str]:
 
 
 def test_cli_writes_exactly_the_declared_files(written):
-    expected = set(tab.table_paths(written, DATASETS, MODELS))
+    expected = set(catalog.table_paths(written, DATASETS, MODELS))
     on_disk = {p for p in written.rglob("*") if p.is_file()}
     assert on_disk == expected  # also: no temp files left behind
 
@@ -162,3 +163,18 @@ def test_requested_pair_without_runs_is_exit_2(tmp_path, capsys, runs_from_value
     args = ["--summary-dir", str(tmp_path), "--out-dir", str(tmp_path / "t")]
     assert tab.main(args + ["--datasets", "cifar10", "cifar100"]) == 2
     assert "cifar100/cnn" in capsys.readouterr().err
+
+
+def test_convergence_fraction_comes_from_the_summary(tmp_path, make_summary):
+    """Table 2's note states the fraction the runs were measured with (runs.parquet records
+    metrics.convergence_fraction); a summary without the column: the catalog's default."""
+    summary = tmp_path / "summary"
+    make_summary(summary, ("cifar10",), ("mlp",))
+    tab.write_tables(summary, tmp_path / "default")
+    note = "first epoch whose validation accuracy reaches {} of the final one"
+    assert note.format("95%") in (tmp_path / "default" / "cifar10/mlp/table2.md").read_text()
+    runs = pd.read_parquet(summary / "runs.parquet").assign(convergence_fraction=0.9)
+    runs.to_parquet(summary / "runs.parquet")
+    tab.write_tables(summary, tmp_path / "ninety")
+    text = (tmp_path / "ninety" / "cifar10/mlp/table2.md").read_text()
+    assert note.format("90%") in text and "95%" not in text

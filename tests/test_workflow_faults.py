@@ -12,9 +12,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from normdrop.hypotheses import hypothesis_paths
-from normdrop.plots import figure_paths
-from normdrop.tables import table_paths
+from normdrop.catalog import figure_paths, hypothesis_paths, table_paths
 
 
 # --------------------------------------------------------------------------- divergence

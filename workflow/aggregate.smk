@@ -6,9 +6,7 @@ rule aggregate:
         runs=all_run_metas(),
         lrs=all_selected_lrs(),
     output:
-        runs=f"{SUMMARY}/runs.parquet",
-        epochs=f"{SUMMARY}/epochs.parquet",
-        lr_search=f"{SUMMARY}/lr_search.parquet",
+        **SUMMARY_FILES,
     log:
         layout.log(RESULTS, "aggregate"),
     params:

@@ -178,37 +178,41 @@ def input_dir(wildcards, input):
     return str(Path(input[0]).parent)
 
 
-# ---- report.smk: outputs of tables, hypotheses, figures, summary_report. The file layout comes
-# from the package (one source of truth); the HTML tables and the PNG figures are flagged for
+# ---- aggregate.smk and report.smk: the summary, tables, hypotheses, figures. Every file name
+# comes from normdrop.catalog (torch-free: planning the DAG imports no torch, scipy or
+# matplotlib); the HTML tables and the PNG figures are flagged for
 # `snakemake --report report.html`, grouped by dataset and model.
-from normdrop.hypotheses import hypothesis_paths
-from normdrop.plots import OVERVIEW, figure_paths
-from normdrop.study import FIGURE_STEM, TABLE_STEM, study_paths
-from normdrop.summary_data import dataset_name, model_name
-from normdrop.tables import table_paths
+from normdrop import catalog
 
 SUMMARY = layout.summary_dir(RESULTS)
 TABLES = layout.tables_dir(RESULTS)
 FIGURES = layout.figures_dir(RESULTS)
-SUMMARY_FILES = [
-    f"{SUMMARY}/{name}.parquet" for name in ("runs", "epochs", "lr_search")
-]
+# name ("runs", "epochs", "lr_search") -> its parquet file under SUMMARY
+SUMMARY_FILES = {n: f"{SUMMARY}/{f}" for n, f in catalog.SUMMARY_FILES.items()}
+RUNS = SUMMARY_FILES["runs"]
+REPORT_MD = f"{SUMMARY}/{catalog.REPORT_FILE}"
 OVERALL = "All datasets and models"  # report category of the cross-cutting results
 # stem -> (caption file in workflow/report/, name shown in the report)
 REPORT_ITEMS = {
-    "table2": ("table2", "Table 2: metrics per variant"),
-    "table1_params": ("table1", "Table 1: parameter counts"),
-    "paper_comparison": ("paper_comparison", "Paper's Table 2 beside ours"),
-    "hypotheses": ("hypotheses", "Hypothesis tests H1-H3"),
-    "verdicts": ("verdicts", "Verdicts H1-H3"),
+    catalog.TABLE2: ("table2", "Table 2: metrics per variant"),
+    catalog.TABLE1: ("table1", "Table 1: parameter counts"),
+    catalog.COMPARISON: ("paper_comparison", "Paper's Table 2 beside ours"),
+    catalog.HYPOTHESES_TABLE: ("hypotheses", "Hypothesis tests H1-H3"),
+    catalog.VERDICTS_TABLE: ("verdicts", "Verdicts H1-H3"),
     "curves": ("curves", "Learning curves"),
     "loss_sd": ("loss_sd", "Training-loss SD per epoch"),
     "metrics": ("metrics", "Metrics per variant"),
     "interaction": ("interaction", "BN x dropout interaction (H3)"),
     "lr_search": ("lr_search", "Learning-rate search"),
-    OVERVIEW: ("overview_test_acc", "Final test accuracy, all datasets and models"),
-    TABLE_STEM: ("study_effects", "Study: effect per value of the swept setting"),
-    FIGURE_STEM: ("study_metrics", "Study: metrics against the swept setting"),
+    catalog.OVERVIEW: (
+        "overview_test_acc",
+        "Final test accuracy, all datasets and models",
+    ),
+    catalog.STUDY_TABLE: (
+        "study_effects",
+        "Study: effect per value of the swept setting",
+    ),
+    catalog.STUDY_FIGURE: ("study_metrics", "Study: metrics against the swept setting"),
 }
 
 
@@ -220,7 +224,8 @@ def _for_report(path, root, kind, shown=(".html", ".png")):
     caption, name = REPORT_ITEMS[path.stem]
     parts = path.relative_to(root).parts
     if len(parts) == 3:  # {dataset}/{model}/{stem}.{ext}
-        category, subcategory = dataset_name(parts[0]), model_name(parts[1])
+        category = catalog.dataset_name(parts[0])
+        subcategory = catalog.model_name(parts[1])
     elif STUDY:
         category, subcategory = f"Study: {STUDY['name']}", "Figures and tables"
     else:
@@ -236,23 +241,24 @@ def _for_report(path, root, kind, shown=(".html", ".png")):
 
 def table_outputs():
     return [
-        _for_report(p, TABLES, "table") for p in table_paths(TABLES, DATASETS, MODELS)
+        _for_report(p, TABLES, "table")
+        for p in catalog.table_paths(TABLES, DATASETS, MODELS)
     ]
 
 
 def hypothesis_outputs():
-    return [_for_report(p, TABLES, "table") for p in hypothesis_paths(TABLES)]
+    return [_for_report(p, TABLES, "table") for p in catalog.hypothesis_paths(TABLES)]
 
 
 def figure_outputs():
     return [
         _for_report(p, FIGURES, "figure")
-        for p in figure_paths(FIGURES, DATASETS, MODELS)
+        for p in catalog.figure_paths(FIGURES, DATASETS, MODELS)
     ]
 
 
 def study_outputs():
-    tables, figures = study_paths(TABLES, FIGURES)
+    tables, figures = catalog.study_paths(TABLES, FIGURES)
     return [_for_report(p, TABLES, "table") for p in tables] + [
         _for_report(p, FIGURES, "figure") for p in figures
     ]

@@ -5,7 +5,7 @@
 
 rule tables:
     input:
-        runs=f"{SUMMARY}/runs.parquet",
+        runs=RUNS,
     output:
         table_outputs(),
     log:
@@ -26,7 +26,7 @@ rule tables:
 
 rule hypotheses:
     input:
-        runs=f"{SUMMARY}/runs.parquet",
+        runs=RUNS,
     output:
         hypothesis_outputs(),
     log:
@@ -47,7 +47,7 @@ rule hypotheses:
 
 rule figures:
     input:
-        SUMMARY_FILES,
+        **SUMMARY_FILES,
     output:
         figure_outputs(),
     log:
@@ -72,9 +72,9 @@ rule figures:
 
 rule summary_report:
     input:
-        runs=f"{SUMMARY}/runs.parquet",
+        runs=RUNS,
     output:
-        f"{SUMMARY}/report.md",
+        REPORT_MD,
     log:
         layout.log(RESULTS, "summary_report"),
     params:
@@ -94,7 +94,7 @@ rule summary_report:
 
 rule study:
     input:
-        runs=f"{SUMMARY}/runs.parquet",
+        runs=RUNS,
     output:
         study_outputs(),
     log:

@@ -22,8 +22,8 @@ from pathlib import Path
 import pandas as pd
 
 from normdrop import layout
+from normdrop.catalog import DATASETS, SUMMARY_FILES, synthetic_settings
 from normdrop.config import EXECUTION_FIELDS
-from normdrop.data import DATASETS, synthetic_settings
 from normdrop.grid import grid_config
 from normdrop.metrics import run_metrics
 from normdrop.storage import atomic_write_json, atomic_write_parquet
@@ -209,6 +209,7 @@ def run_row(run: layout.GridRun, meta: dict, epochs, spec: dict, fraction: float
         "diverged_epoch": meta["diverged_epoch"] or math.nan,
         "epochs": settings["epochs"],
         **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction, classes),
+        "convergence_fraction": fraction,  # what convergence_epoch means (tables, figures)
         "wall_time_s": meta["wall_time_s"],
         "git_revision": meta["git_revision"],
         "device": meta.get("device", "unknown"),
@@ -259,7 +260,7 @@ def collect_runs(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
         if run.kind == "train":
             spec = config["variants"][run.variant]
             synthetic = synthetic_settings(config["data"].get("synthetic"))["num_classes"]
-            classes = DATASETS[run.dataset][2] or synthetic
+            classes = DATASETS[run.dataset].classes or synthetic
             runs.append(run_row(run, meta, epochs, spec, fraction, classes))
             curves.append(epochs.assign(**_keys(run)))
     if stale:
@@ -317,9 +318,8 @@ def main(argv=None) -> int:
                 print(edge_warning(choice), file=sys.stderr)
         else:
             runs, epochs, candidates = collect_runs(json.loads(args.config_json))
-            atomic_write_parquet(args.out_dir / "runs.parquet", runs)
-            atomic_write_parquet(args.out_dir / "epochs.parquet", epochs)
-            atomic_write_parquet(args.out_dir / "lr_search.parquet", candidates)
+            for name, frame in zip(SUMMARY_FILES.values(), (runs, epochs, candidates), strict=True):
+                atomic_write_parquet(args.out_dir / name, frame)
             print(f"collected {len(runs)} runs into {args.out_dir}")
     except (ValueError, StaleResultsError, FileNotFoundError, subprocess.CalledProcessError) as err:
         print(f"error: {err}", file=sys.stderr)

@@ -17,13 +17,18 @@ import types
 import typing
 from dataclasses import dataclass
 
-from normdrop.data import DATASETS
-from normdrop.models import INITS, MODEL_NORMS, MODELS, NORMS
+from normdrop.catalog import (
+    AUGMENTS,
+    CUDA_GRAPHS,
+    DATASETS,
+    INITS,
+    MEMORY_FORMATS,
+    MODEL_NORMS,
+    MODELS,
+    NORMS,
+    PRECISIONS,
+)
 
-AUGMENTS = ("none", "crop_flip")
-PRECISIONS = ("auto", "fp32", "bf16")
-MEMORY_FORMATS = ("auto", "channels_last", "contiguous")
-CUDA_GRAPHS = ("auto", "on", "off")
 DATASET_NAMES = tuple(DATASETS)
 
 # Settings that change how fast a run goes or where it runs, not what it computes (up to float
@@ -65,7 +70,7 @@ def did_you_mean(word, allowed) -> str:
 @dataclass(frozen=True)
 class RunConfig:
     dataset: str = _setting(help="dataset the --data file holds", allowed=DATASET_NAMES)
-    model: str = _setting(help="network architecture", allowed=tuple(MODELS))
+    model: str = _setting(help="network architecture", allowed=MODELS)
     width: int = _setting(
         help="hidden units per layer (mlp, lstm), channels of the first stage (cnn, resnet*) "
         "or token dim (vit)",
@@ -75,7 +80,7 @@ class RunConfig:
         "stable",
         help="weight initialization: stable (every variant starts from a stable network, "
         "docs/protocol.md) or he (plain He init)",
-        allowed=tuple(INITS),
+        allowed=INITS,
     )
     variant: str = _setting(
         "custom",
@@ -86,8 +91,8 @@ class RunConfig:
     norm: str = _setting(
         "none",
         help="normalization layer after each hidden layer (which ones each model takes: "
-        "models.MODEL_NORMS)",
-        allowed=tuple(NORMS),
+        "catalog.MODEL_NORMS)",
+        allowed=NORMS,
     )
     dropout: float = _setting(0.0, help="dropout rate; 0 turns dropout off", allowed="[0, 1)")
     seed: int = _setting(

@@ -15,21 +15,15 @@ import hashlib
 import io
 import json
 import shlex
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+# The prepared files' content keys (prepared_key, raw_source) are torch-free, in the catalog:
+# the workflow plans with them.
+from normdrop.catalog import DATASETS, PREPARED_FORMAT, SYNTHETIC
 from normdrop.storage import atomic_write_bytes, atomic_write_json
-
-# name -> (torchvision class name, sub-folder torchvision creates under root, classes, C, H, W).
-DATASETS = {
-    "mnist": ("MNIST", "MNIST/raw", 10, (1, 28, 28)),
-    "cifar10": ("CIFAR10", "cifar-10-batches-py", 10, (3, 32, 32)),
-    "cifar100": ("CIFAR100", "cifar-100-python", 100, (3, 32, 32)),
-    "synthetic": (None, ".", None, None),
-}
-PREPARED_FORMAT = 1
 
 
 class DataError(RuntimeError):
@@ -45,22 +39,23 @@ def _how_to_obtain(name: str, raw_dir: Path) -> str:
     return (
         f"run `python -m normdrop.data download {name} --raw-dir {raw_dir}` (what the workflow's "
         f"`download` rule does) on a machine with internet access, or copy torchvision's "
-        f"'{DATASETS[name][1]}' folder for {name} into {raw_dir}"
+        f"'{DATASETS[name].folder}' folder for {name} into {raw_dir}"
     )
 
 
 # --------------------------------------------------------------------------- synthetic data
 @dataclass(frozen=True)
 class SyntheticSpec:
-    """An offline stand-in for CIFAR: `num_classes` smooth prototypes + per-image noise."""
+    """An offline stand-in for CIFAR: `num_classes` smooth prototypes + per-image noise.
+    Defaults: catalog.SYNTHETIC (config.yaml's data.synthetic)."""
 
-    n_train: int = 2000
-    n_test: int = 500
-    num_classes: int = 10
-    channels: int = 3
-    size: int = 16
-    noise: float = 0.35  # SD of the per-image noise, relative to the [0, 1] pixel range
-    seed: int = 0
+    n_train: int = SYNTHETIC["n_train"]
+    n_test: int = SYNTHETIC["n_test"]
+    num_classes: int = SYNTHETIC["num_classes"]
+    channels: int = SYNTHETIC["channels"]
+    size: int = SYNTHETIC["size"]
+    noise: float = SYNTHETIC["noise"]  # SD of the per-image noise, relative to [0, 1] pixels
+    seed: int = SYNTHETIC["seed"]
 
 
 def make_synthetic(spec: SyntheticSpec) -> dict[str, torch.Tensor]:
@@ -80,49 +75,6 @@ def make_synthetic(spec: SyntheticSpec) -> dict[str, torch.Tensor]:
     train_x, train_y = draw(spec.n_train)
     test_x, test_y = draw(spec.n_test)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
-
-
-# --------------------------------------------------------------------------- content keys
-def synthetic_settings(synthetic: dict | None = None) -> dict:
-    """The synthetic spec as a plain dict: SyntheticSpec's defaults overridden by `synthetic`,
-    each value of its field's type (a YAML `noise: 1` and `noise: 1.0` are one setting)."""
-    spec = asdict(SyntheticSpec())
-    spec.update({k: type(spec[k])(v) for k, v in (synthetic or {}).items() if k in spec})
-    return spec
-
-
-def short_hash(settings: dict) -> str:
-    """10 hex digits of the SHA-256 of `settings` as sorted JSON: a file name's content key."""
-    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:10]
-
-
-def raw_source(name: str, synthetic: dict | None = None) -> str:
-    """The raw data's folder name: the dataset itself (torchvision's files have no settings), or
-    for `synthetic` the dataset plus a short hash of its spec, since the spec shapes the data."""
-    if name != "synthetic":
-        return name
-    return f"{name}-{short_hash(synthetic_settings(synthetic))}"
-
-
-def prepared_settings(name, val_fraction, split_seed, synthetic: dict | None = None) -> dict:
-    """Every setting that shapes a prepared file's content: the format version, the dataset, the
-    validation split and (synthetic only) the generator's spec."""
-    settings = {
-        "format": PREPARED_FORMAT,
-        "dataset": name,
-        "val_fraction": float(val_fraction),
-        "split_seed": int(split_seed),
-    }
-    if name == "synthetic":
-        settings["synthetic"] = synthetic_settings(synthetic)
-    return settings
-
-
-def prepared_key(name, val_fraction, split_seed, synthetic: dict | None = None) -> str:
-    """The prepared file's name without its suffix: 'synthetic-1a2b3c4d5e'. Different settings
-    give different names, so their files live side by side and never overwrite each other."""
-    return f"{name}-{short_hash(prepared_settings(name, val_fraction, split_seed, synthetic))}"
 
 
 def digest_path(prepared: Path) -> Path:
@@ -164,7 +116,7 @@ def download(name: str, raw_dir: Path, synthetic: SyntheticSpec | None = None) -
     else:
         import torchvision.datasets as tvd  # slow import (~2 s): only where needed
 
-        cls = getattr(tvd, DATASETS[name][0])
+        cls = getattr(tvd, DATASETS[name].torchvision)
         for train in (True, False):
             try:
                 # torchvision checks the archive's md5 after downloading and before extracting.
@@ -183,7 +135,7 @@ def _verify_mnist(raw_dir: Path) -> None:
     from torchvision.datasets import MNIST
     from torchvision.datasets.utils import check_integrity
 
-    folder = raw_dir / DATASETS["mnist"][1]
+    folder = raw_dir / DATASETS["mnist"].folder
     for archive, md5 in MNIST.resources:
         gz = folder / archive
         if gz.exists() and not check_integrity(str(gz), md5):
@@ -208,7 +160,8 @@ def load_raw(name: str, raw_dir: Path) -> dict[str, torch.Tensor]:
 
     import torchvision.datasets as tvd
 
-    cls_name, folder, _, shape = DATASETS[name]
+    spec = DATASETS[name]
+    cls_name, folder, shape = spec.torchvision, spec.folder, spec.shape
     if not (raw_dir / folder).is_dir():
         raise DataError(f"{raw_dir / folder} is missing: {_how_to_obtain(name, raw_dir)}")
     if name == "mnist":
@@ -276,7 +229,7 @@ def prepare(name: str, raw_dir: Path, out: Path, val_fraction=0.1, split_seed=0)
     # Per-channel statistics over the whole raw training set: this is how the usual published
     # values (e.g. MNIST 0.1307 / 0.3081) were computed, so real datasets get those values.
     pixels = raw["train_x"].transpose(0, 1).flatten(1).double() / 255
-    num_classes = DATASETS[name][2] or int(raw["train_y"].max()) + 1
+    num_classes = DATASETS[name].classes or int(raw["train_y"].max()) + 1
     payload = {
         "format": PREPARED_FORMAT,
         "name": name,

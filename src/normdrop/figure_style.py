@@ -27,8 +27,9 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from normdrop.catalog import FIGURE_FORMATS, dataset_name, model_name
 from normdrop.storage import atomic_write
-from normdrop.summary_data import dataset_name, describe_variant, model_name, variant_table
+from normdrop.summary_data import describe_variant, variant_table
 
 DPI = 150
 FIG_SIZES = {  # inches (width, height); a PNG is round(width * DPI) x round(height * DPI) px
@@ -38,7 +39,7 @@ FIG_SIZES = {  # inches (width, height); a PNG is round(width * DPI) x round(hei
     "interaction": (6.5, 5.0),
     "lr_search": (7.5, 5.0),
 }
-FORMATS = ("png", "pdf")
+FORMATS = FIGURE_FORMATS
 RC = {
     "font.size": 10,
     "axes.titlesize": 11,

@@ -9,9 +9,8 @@ import itertools
 import math
 import re
 
+from normdrop.catalog import DATASETS, MODEL_NORMS, allowed_norms_text, check_input
 from normdrop.config import ConfigError, did_you_mean, run_config
-from normdrop.data import DATASETS
-from normdrop.models import MODEL_NORMS, allowed_norms_text, check_input
 
 # A --configfile is deep-merged into config.yaml (dicts merge, lists replace), so a study cannot
 # drop a model or variant by leaving it out: `select` names the ones to run (default: all), and
@@ -154,7 +153,7 @@ def _is_entry(entry: str, families: set) -> bool:
 
 def input_shape(config: dict, dataset: str) -> tuple[int, int, int]:
     """(C, H, W) of a dataset's images: fixed for the real ones, from data.synthetic else."""
-    shape = DATASETS[dataset][3]
+    shape = DATASETS[dataset].shape
     if shape is None:
         spec = config["data"]["synthetic"]
         shape = (spec["channels"], spec["size"], spec["size"])

@@ -15,7 +15,7 @@ Under the results folder (config key `results_dir`):
 and under `resources_dir`: raw/{source}/ (with a .downloaded flag; the source is the dataset, or
 for `synthetic` the dataset plus a hash of its spec) and prepared/{dataset}-{key}.pt with its
 SHA-256 in prepared/{dataset}-{key}.json, the key a hash of every setting that shapes the file
-(normdrop.data.prepared_key), so that different settings never share, nor overwrite, a file.
+(normdrop.catalog.prepared_key), so that different settings never share, nor overwrite, a file.
 
 This module alone spells these paths. The templates hold Snakemake's wildcards ({dataset}, ...):
 a function called without keys returns the template under a root, for a rule's input and output;
@@ -31,8 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from normdrop.catalog import prepared_key, raw_source
 from normdrop.config import RunConfig, run_config, search_config
-from normdrop.data import prepared_key, raw_source
 from normdrop.grid import grid_cells, grid_config
 
 # A run's name: its path below its kind's folder (and below scratch/ and logs/).
@@ -163,7 +163,7 @@ def figures_dir(results) -> str:
 
 # --------------------------------------------------------------------------- resources folder
 def raw_dir(resources, source: str = "{source}") -> str:
-    """A dataset's raw files: raw/mnist, raw/synthetic-<spec hash> (data.raw_source)."""
+    """A dataset's raw files: raw/mnist, raw/synthetic-<spec hash> (catalog.raw_source)."""
     return _under(resources, "raw", source)
 
 

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-NORMS = ("none", "batch", "group", "layer", "rms")
-INITS = ("stable", "he")
+# The names (models, norms per model, inits) and the input checks are facts of the catalog.
+from normdrop.catalog import INITS, MODEL_NORMS, NORMS, PATCH, check_input
 
 
 def norm_layer(norm: str, channels: int, spatial: bool) -> nn.Module | None:
@@ -242,8 +242,6 @@ class ResNet(nn.Module):
 
 # --------------------------------------------------------------------------------------------
 # The paper's future work: a transformer and a recurrent network, with the same constructor.
-
-PATCH = 4  # ViT patch side in pixels: 28x28 -> 7x7 = 49 tokens, 32x32 -> 8x8 = 64 tokens
 
 
 class PerToken(nn.Module):
@@ -488,8 +486,7 @@ def resnet56(in_shape, num_classes, width=32, norm="none", dropout=0.0, init="st
     return ResNet(in_shape, num_classes, width, norm, dropout, init, depth=56)
 
 
-# resnet20 is the paper's model; the deeper members of the 6n+2 family are for the depth study;
-# vit and lstm answer the paper's future work (transformers and recurrent networks).
+# The constructor of each of catalog.MODELS (a test checks that the names agree).
 MODELS = {
     "mlp": MLP,
     "cnn": CNN,
@@ -500,34 +497,6 @@ MODELS = {
     "vit": ViT,
     "lstm": LSTMClassifier,
 }
-# The norms each model accepts. RMSNorm (nn.RMSNorm) normalizes a feature vector: it fits the
-# MLP's hidden layers and the transformer's tokens; for conv maps torch has no channel-wise
-# RMSNorm (it would be hand-written), and the LSTM takes the two norms of its literature.
-_CONV_NORMS = ("none", "batch", "group", "layer")
-MODEL_NORMS = {
-    "mlp": (*_CONV_NORMS, "rms"),
-    "cnn": _CONV_NORMS,
-    **{f"resnet{d}": _CONV_NORMS for d in (20, 32, 44, 56)},
-    "vit": NORMS,
-    "lstm": ("none", "layer", "batch"),
-}
-
-
-def allowed_norms_text() -> str:
-    """One line naming the norms each model accepts, for error messages and docs."""
-    return "; ".join(f"{m}: {', '.join(n)}" for m, n in MODEL_NORMS.items())
-
-
-def check_input(name: str, in_shape) -> None:
-    """Raise ValueError when model `name` cannot read images of `in_shape` (C, H, W)."""
-    _, height, wide = in_shape
-    if name == "vit" and (height % PATCH or wide % PATCH):
-        raise ValueError(
-            f"vit cuts images into {PATCH}x{PATCH} patches: height and width must be multiples "
-            f"of {PATCH}, got {height}x{wide}"
-        )
-    if name == "cnn" and min(height, wide) < 16:
-        raise ValueError(f"cnn needs images of at least 16x16 pixels, got {height}x{wide}")
 
 
 def build_model(

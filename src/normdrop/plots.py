@@ -21,7 +21,7 @@ size is known in advance. Legends sit below the axes, never over data.
 CLI: python -m normdrop.plots --summary-dir D --out-dir F [--milestones 50 75]
                               [--datasets ...] [--models ...]
 Without --milestones the epochs where the logged learning rate drops are used.
-Output paths: `figure_paths(F, datasets, models)`.
+Output paths: `catalog.figure_paths(F, datasets, models)`.
 """
 
 from __future__ import annotations
@@ -37,11 +37,20 @@ import pandas as pd
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
+from normdrop.catalog import (
+    METRICS,
+    OVERVIEW,
+    PAIR_FIGURES,
+    PLOTTED_METRICS,
+    SUMMARY_FILES,
+    dataset_name,
+    model_name,
+    percent,
+)
 from normdrop.curves import lr_milestones, plot_curves, plot_loss_sd
 from normdrop.figure_style import (
     DPI,
     FIG_SIZES,
-    FORMATS,
     RC,
     Style,
     accuracy_axis,
@@ -57,10 +66,9 @@ from normdrop.figure_style import (
 from normdrop.summary_data import (
     PAPER_VARIANTS,
     add_selection_args,
-    dataset_name,
+    convergence_fraction,
     did_not_learn,
     metric_values,
-    model_name,
     order_variants,
     paper_variants,
     read_summary,
@@ -68,8 +76,7 @@ from normdrop.summary_data import (
     select_pairs,
 )
 
-FIGURE_KINDS = tuple(FIG_SIZES)
-OVERVIEW = "overview_test_acc"
+FIGURE_KINDS = PAIR_FIGURES  # figure_style.FIG_SIZES has one size per kind
 
 
 def overview_size(n_datasets: int, n_models: int) -> tuple[float, float]:
@@ -81,16 +88,6 @@ def png_size_px(kind: str, n_datasets: int = 1, n_models: int = 1) -> tuple[int,
     """(width, height) in pixels of a figure's PNG."""
     w, h = overview_size(n_datasets, n_models) if kind == OVERVIEW else FIG_SIZES[kind]
     return round(w * DPI), round(h * DPI)
-
-
-def figure_paths(out_dir: Path | str, datasets: Sequence[str], models: Sequence[str]):
-    """Every file `write_figures` writes, for Snakemake's output declaration."""
-    out = Path(out_dir)
-    paths = [out / f"{OVERVIEW}.{fmt}" for fmt in FORMATS]
-    for d in datasets:
-        for m in models:
-            paths += [out / d / m / f"{kind}.{fmt}" for kind in FIGURE_KINDS for fmt in FORMATS]
-    return paths
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,13 +127,8 @@ def _marker_handle(color: str, marker: str, label: str, **kwargs) -> Line2D:
 # --------------------------------------------------------------------------------------------
 # Figures per dataset and model (the curves over epochs are in normdrop.curves)
 
-METRIC_PANELS = (  # (runs column, panel title, y label, origin is meaningful)
-    ("loss_sd", "Training stability", "loss SD (mean within-epoch SD)", True),
-    ("convergence_epoch", "Convergence speed", "epoch reaching 95% of final val. acc.", True),
-    ("final_test_acc", "Final test accuracy", "test accuracy (%), axis zoomed", False),
-    ("gen_gap", "Generalization gap", "train − test accuracy (points)", True),
-)
 ACCURACY_COLUMNS = ("final_test_acc", "es_test_acc")  # in [0, 100] % once displayed
+ZOOMED = ("final_test_acc",)  # panels whose origin means nothing: their axis is zoomed
 
 
 def _bars(ax, runs, variants, styles, column, zoom: bool) -> None:
@@ -175,12 +167,13 @@ def _bars(ax, runs, variants, styles, column, zoom: bool) -> None:
 def plot_metrics(runs, dataset, model, styles) -> Figure:
     """The four metrics per variant: mean ± SD over seeds, seeds as dots."""
     fig = new_figure(FIG_SIZES["metrics"])
-    axes = fig.subplots(1, len(METRIC_PANELS))
+    axes = fig.subplots(1, len(PLOTTED_METRICS))
     variants = order_variants(runs)
-    for ax, (column, title, ylabel, origin) in zip(axes, METRIC_PANELS, strict=True):
-        _bars(ax, runs, variants, styles, column, zoom=not origin)
-        ax.set_title(title)
-        ax.set_ylabel(ylabel)
+    fraction = percent(convergence_fraction(runs))
+    for ax, column in zip(axes, PLOTTED_METRICS, strict=True):
+        _bars(ax, runs, variants, styles, column, zoom=column in ZOOMED)
+        ax.set_title(METRICS[column].title)
+        ax.set_ylabel(METRICS[column].axis.format(fraction=fraction))
         ax.grid(axis="x", visible=False)
     fig.suptitle(
         pair_title(dataset, model, "metrics per variant (bars: mean ± SD over seeds; dots: seeds)")
@@ -410,9 +403,10 @@ def write_figures(
     models: Sequence[str] | None = None,
 ) -> list[Path]:
     runs = read_summary(summary_dir, "runs")
+    source = str(Path(summary_dir) / SUMMARY_FILES["runs"])
     epochs = read_summary(summary_dir, "epochs")
     lr_search = read_summary(summary_dir, "lr_search")
-    pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / "runs.parquet"))
+    pairs = select_pairs(runs, datasets, models, source=source)
     styles = variant_styles(runs)
     out = Path(out_dir)
     written: list[Path] = []

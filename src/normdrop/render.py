@@ -91,6 +91,19 @@ class TextTable:
 _COLALIGN = {"l": "left", "c": "center", "r": "right"}
 
 
+def fmt_p(p: float) -> str:
+    """A p-value: '0.012', '< 0.001' or 'n/a'."""
+    if not np.isfinite(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def p_text(p: float) -> str:
+    """'p = 0.012' or 'p < 0.001'."""
+    text = fmt_p(p)
+    return f"p {text}" if text.startswith("<") else f"p = {text}"
+
+
 def _md_cell(text: str) -> str:
     # tabulate writes cells as they are: a '|' would end the cell and a newline the row.
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -238,8 +251,6 @@ def to_html(table: TextTable, after: str = "") -> str:
 
 # --------------------------------------------------------------------------------------------
 # Files
-
-TABLE_FORMATS = ("md", "csv", "tex", "html")  # the files of one table (`write_table`)
 
 
 def write_table(table: TextTable, stem: Path, csv: pd.DataFrame | None = None) -> list[Path]:

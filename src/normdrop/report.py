@@ -19,15 +19,16 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from normdrop import hypotheses as hyp
-from normdrop import plots
 from normdrop import tables as tab
 from normdrop.aggregate import pick_edge
+from normdrop.catalog import REPORT_FILE, SUMMARY_FILES, figure_paths, load_claims
 from normdrop.render import to_markdown
 from normdrop.seed_stats import variant_stats
 from normdrop.storage import atomic_write_text
 from normdrop.summary_data import (
     SummaryError,
     completed,
+    convergence_fraction,
     order_variants,
     read_selection,
     read_summary,
@@ -80,7 +81,7 @@ def _demote(markdown: str, level: int = 3) -> str:
 def lr_edge_note(summary_dir: Path, pairs) -> list[str]:
     """A note under Table 2 naming the cells whose learning-rate pick is the largest or smallest
     rate tried (normdrop.aggregate.pick_edge): their best rate may lie outside the grid."""
-    if not (Path(summary_dir) / "lr_search.parquet").is_file():
+    if not (Path(summary_dir) / SUMMARY_FILES["lr_search"]).is_file():
         return []
     search = read_summary(summary_dir, "lr_search")
     if search.groupby(["dataset", "model", "variant"]).size().le(2).all():
@@ -115,7 +116,7 @@ def build_report(
     variants = order_variants(runs)
     results = hyp.run_hypothesis_tests(runs, pairs)
     words = hyp.sentences(results)
-    claims = {c["id"]: c for c in hyp.load_claims()}
+    claims = {c["id"]: c for c in load_claims()}
 
     out = ["# BatchNorm and dropout: results against the paper's hypotheses", ""]
     out += [_provenance(runs), "", METHOD, ""]
@@ -123,7 +124,7 @@ def build_report(
     out += ["## Hypotheses", ""]
     for h, lines in words.items():
         claim = claims.get(h, {})
-        out.append(f"### {h}: {hyp.HYPOTHESES[h]}")
+        out.append(f"### {h}: {hyp.wordings()[h]}")
         out.append("")
         if claim:
             out.append(f'> Paper: "{claim["statement"].strip()}"')
@@ -138,14 +139,17 @@ def build_report(
     else:
         out.append(_demote(to_markdown(comparison), 2))
     out += ["## Table 2 per dataset and model", ""]
-    out += [_demote(to_markdown(tab.table2(stats, d, m, variants))) for d, m in pairs]
+    out += [
+        _demote(to_markdown(tab.table2(stats, d, m, variants, convergence_fraction(runs))))
+        for d, m in pairs
+    ]
     out += lr_edge_note(summary_dir, pairs)
     table1, _ = tab.table1(runs, ds, ms)
     out += ["## Parameter counts (Table 1)", "", _demote(to_markdown(table1))]
     if figures_dir is not None:
         out += ["## Figures", ""]
         base = Path(out_path).parent
-        paths = [p for p in plots.figure_paths(figures_dir, ds, ms) if p.suffix == ".png"]
+        paths = [p for p in figure_paths(figures_dir, ds, ms) if p.suffix == ".png"]
         for p in paths:
             rel = os.path.relpath(p, base)
             label = " / ".join(Path(p).relative_to(figures_dir).with_suffix("").parts)
@@ -162,7 +166,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--datasets", nargs="+")
     parser.add_argument("--models", nargs="+")
     args = parser.parse_args(argv)
-    out = args.out or args.summary_dir / "report.md"
+    out = args.out or args.summary_dir / REPORT_FILE
     try:
         text = build_report(args.summary_dir, out, args.figures_dir, args.datasets, args.models)
     except SummaryError as exc:

@@ -17,7 +17,7 @@ the Welch-Satterthwaite contrast of `seed_stats.contrast`. 95% CI per value and
 a verdict that only says on which side of 0 the CI lies, since a study asks where an effect
 turns rather than testing one direction.
 
-Outputs (`study_paths`):
+Outputs (`catalog.study_paths`):
 - `{tables}/study_effects.{md,csv,tex,html}`: one row per (dataset, model, effect, axis value);
 - `{figures}/study_metrics.{png,pdf}`: final test accuracy, generalization gap, loss SD and
   convergence epoch against the axis (log2 for the batch size), one line per family in the
@@ -42,6 +42,15 @@ import pandas as pd
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
+from normdrop.catalog import (
+    METRICS,
+    STUDY_FIGURE,
+    STUDY_METRICS,
+    STUDY_TABLE,
+    UNIT_ABBREVIATIONS,
+    dataset_name,
+    model_name,
+)
 from normdrop.figure_style import (
     BAND_ALPHA,
     RC,
@@ -54,16 +63,13 @@ from normdrop.figure_style import (
     variant_styles,
 )
 from normdrop.grid import model_depth
-from normdrop.render import TABLE_FORMATS, TextTable, fmt_num, fmt_signed, write_table
+from normdrop.render import TextTable, fmt_num, fmt_signed, write_table
 from normdrop.seed_stats import CONFIDENCE, MISSING, NOT_LEARNED, contrast
 from normdrop.summary_data import (
     DATASET_ORDER,
-    METRIC_BY_COLUMN,
     SummaryError,
-    dataset_name,
     did_not_learn,
     metric_values,
-    model_name,
     ordered,
     read_summary,
 )
@@ -73,22 +79,9 @@ AXIS_LABELS = {
     "dropout_rate": "Dropout rate",
     "depth": "ResNet depth (layers)",
 }
-PANELS = (  # (runs column, panel title)
-    ("final_test_acc", "Final test accuracy (%)"),
-    ("gen_gap", "Generalization gap (pts)"),
-    ("loss_sd", "Loss SD (within epoch)"),
-    ("convergence_epoch", "Convergence epoch"),
-)
-EFFECT_UNITS = {"final_test_acc": "pts", "gen_gap": "pts", "loss_sd": "", "convergence_epoch": "ep"}
+PANELS = tuple((c, METRICS[c].panel_title) for c in STUDY_METRICS)  # (runs column, title)
+EFFECT_UNITS = {c: UNIT_ABBREVIATIONS[METRICS[c].unit] for c in STUDY_METRICS}
 POSITIVE, NEGATIVE, UNCLEAR = "> 0 (CI above 0)", "< 0 (CI below 0)", "inconclusive (CI has 0)"
-TABLE_STEM, FIGURE_STEM = "study_effects", "study_metrics"
-
-
-def study_paths(tables_dir: Path | str, figures_dir: Path | str) -> tuple[list, list]:
-    """(table files, figure files) that `write_study` writes, for Snakemake's outputs."""
-    tables = [Path(tables_dir) / f"{TABLE_STEM}.{ext}" for ext in TABLE_FORMATS]
-    figures = [Path(figures_dir) / f"{FIGURE_STEM}.{ext}" for ext in ("png", "pdf")]
-    return tables, figures
 
 
 def with_axis(runs: pd.DataFrame, axis: str) -> pd.DataFrame:
@@ -203,13 +196,13 @@ def effects_table(results: pd.DataFrame, study: dict) -> TextTable:
         if key != last:
             rule_before.add(len(rows))
             last = key
-        d = METRIC_BY_COLUMN[r.metric].decimals
+        d = METRICS[r.metric].decimals
         ci = (
             f"[{fmt_signed(r.ci_low, d)}, {fmt_signed(r.ci_high, d)}]"
             if np.isfinite(r.ci_low)
             else "n/a"
         )
-        metric = METRIC_BY_COLUMN[r.metric].label
+        metric = METRICS[r.metric].label
         value = _value_text(r.value)
         if np.isfinite(r.reference):
             value += f" vs {_value_text(r.reference)}"
@@ -320,9 +313,9 @@ def write_study(summary_dir, tables_dir, figures_dir, study: dict) -> list[Path]
     if "family" not in runs.columns:
         raise SummaryError(f"{summary_dir}/runs.parquet has no 'family' column; rerun aggregate")
     results = effects(runs, study)
-    written = write_table(effects_table(results, study), Path(tables_dir) / TABLE_STEM, results)
+    written = write_table(effects_table(results, study), Path(tables_dir) / STUDY_TABLE, results)
     with matplotlib.rc_context(RC):
-        written += save_figure(plot_study(runs, study), Path(figures_dir) / FIGURE_STEM)
+        written += save_figure(plot_study(runs, study), Path(figures_dir) / STUDY_FIGURE)
     return written
 
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from normdrop.catalog import CONVERGENCE_FRACTION, DATASETS, MODEL_NAMES, NORMS
+from normdrop.catalog import METRICS as METRIC_BY_COLUMN
+from normdrop.catalog import SUMMARY_FILES as FILES
 
 # --------------------------------------------------------------------------------------------
 # The files (written by normdrop.aggregate)
@@ -62,10 +65,10 @@ EPOCH_COLUMNS = (
 )
 LR_SEARCH_COLUMNS = ("dataset", "model", "variant", "lr", "status", "best_val_acc", "selected")
 
-SUMMARY_FILES = {
-    "runs": ("runs.parquet", RUN_COLUMNS),
-    "epochs": ("epochs.parquet", EPOCH_COLUMNS),
-    "lr_search": ("lr_search.parquet", LR_SEARCH_COLUMNS),
+SUMMARY_FILES = {  # name -> (file name, required columns)
+    "runs": (FILES["runs"], RUN_COLUMNS),
+    "epochs": (FILES["epochs"], EPOCH_COLUMNS),
+    "lr_search": (FILES["lr_search"], LR_SEARCH_COLUMNS),
 }
 
 
@@ -99,15 +102,8 @@ def read_summary(summary_dir: Path | str, name: str) -> pd.DataFrame:
 # --------------------------------------------------------------------------------------------
 # Names, order and description of datasets, models and variants
 
-DATASET_NAMES = {
-    "mnist": "MNIST",
-    "cifar10": "CIFAR-10",
-    "cifar100": "CIFAR-100",
-    "synthetic": "Synthetic",
-}
-MODEL_NAMES = {"mlp": "MLP", "cnn": "CNN", "resnet20": "ResNet-20", "vit": "ViT", "lstm": "LSTM"}
-DATASET_ORDER = ("mnist", "cifar10", "cifar100", "synthetic")
-MODEL_ORDER = ("mlp", "cnn", "resnet20", "vit", "lstm")
+DATASET_ORDER = tuple(DATASETS)
+MODEL_ORDER = tuple(MODEL_NAMES)  # the others after these, sorted
 
 # The paper's four configurations, identified by (norm, dropout), never by the variant's name.
 PAPER_VARIANTS = ("none", "bn", "dropout", "bn_dropout")
@@ -120,15 +116,7 @@ NORM_NAMES = {
     "layer": "LayerNorm",
     "rms": "RMSNorm",
 }
-NORM_ORDER = ("none", "batch", "group", "layer", "rms")
-
-
-def dataset_name(dataset: str) -> str:
-    return DATASET_NAMES.get(dataset, dataset)
-
-
-def model_name(model: str) -> str:
-    return MODEL_NAMES.get(model, model)
+NORM_ORDER = NORMS
 
 
 def ordered(values: Iterable[str], preferred: Sequence[str]) -> list[str]:
@@ -202,30 +190,23 @@ def describe_variant(norm: str, dropout: bool, rates: Iterable[float] = ()) -> s
 # Metrics as displayed, and the runs that count in them
 
 
-@dataclass(frozen=True)
-class Metric:
-    column: str  # column of runs.parquet
-    label: str  # table header
-    scale: float  # factor from the stored unit to the displayed one
-    decimals: int
-    csv_name: str  # column stem in the CSV outputs (names the displayed unit)
-
-
-METRICS = (
-    Metric("loss_sd", "Loss SD", 1.0, 4, "loss_sd"),
-    Metric("loss_sd_late", "Loss SD ep. 2+", 1.0, 4, "loss_sd_late"),
-    Metric("convergence_epoch", "Conv. epoch", 1.0, 1, "convergence_epoch"),
-    Metric("final_test_acc", "Test acc. (%)", 100.0, 2, "final_test_acc_pct"),
-    Metric("gen_gap", "Gen. gap (pts)", 1.0, 2, "gen_gap_pts"),
-    Metric("es_test_acc", "ES test acc. (%)", 100.0, 2, "es_test_acc_pct"),
-    Metric("es_epoch", "ES epoch", 1.0, 1, "es_epoch"),
-)
-METRIC_BY_COLUMN = {m.column: m for m in METRICS}
+METRICS = tuple(METRIC_BY_COLUMN.values())  # catalog.METRICS, in display order
 
 
 def completed(runs: pd.DataFrame) -> pd.Series:
     """Boolean mask of runs that count in means: completed ones (a diverged run has NaNs)."""
     return runs["status"].astype(str) == "completed"
+
+
+def convergence_fraction(runs: pd.DataFrame) -> float:
+    """The fraction of the final validation accuracy that defined `convergence_epoch`
+    (metrics.convergence_fraction, a column of runs.parquet; its default for older summaries)."""
+    if "convergence_fraction" not in runs.columns:
+        return CONVERGENCE_FRACTION
+    values = runs["convergence_fraction"].dropna().unique()
+    if len(values) > 1:
+        raise SummaryError(f"runs.parquet: several convergence fractions {sorted(values)}")
+    return float(values[0]) if len(values) else CONVERGENCE_FRACTION
 
 
 def did_not_learn(runs: pd.DataFrame) -> pd.Series:
@@ -256,7 +237,7 @@ def select_pairs(
     runs: pd.DataFrame,
     datasets: Sequence[str] | None = None,
     models: Sequence[str] | None = None,
-    source: str = "runs.parquet",
+    source: str = FILES["runs"],
 ) -> list[tuple[str, str]]:
     """(dataset, model) pairs to report, in display order.
 
@@ -283,7 +264,7 @@ def read_selection(
 ) -> tuple[pd.DataFrame, list[tuple[str, str]], list[str], list[str]]:
     """(runs of the selected datasets and models, pairs, datasets, models), in display order."""
     runs = read_summary(summary_dir, "runs")
-    pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / "runs.parquet"))
+    pairs = select_pairs(runs, datasets, models, source=str(Path(summary_dir) / FILES["runs"]))
     ds = ordered({d for d, _ in pairs}, datasets or DATASET_ORDER)
     ms = ordered({m for _, m in pairs}, models or MODEL_ORDER)
     return runs[runs["dataset"].isin(ds) & runs["model"].isin(ms)], pairs, ds, ms

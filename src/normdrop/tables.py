@@ -16,7 +16,7 @@ files hold and how variants are named and ordered: normdrop.summary_data; the st
 seeds: normdrop.seed_stats.
 
 CLI: python -m normdrop.tables --summary-dir D --out-dir T [--datasets ...] [--models ...]
-Output paths: `table_paths(T, datasets, models)`.
+Output paths: `catalog.table_paths(T, datasets, models)`.
 """
 
 from __future__ import annotations
@@ -31,8 +31,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from normdrop.catalog import (
+    COMPARISON,
+    CONVERGENCE_FRACTION,
+    TABLE1,
+    TABLE2,
+    TABLE2_ALL,
+    convergence_text,
+    dataset_name,
+    model_name,
+)
 from normdrop.render import (
-    TABLE_FORMATS,
     TextTable,
     fmt_mean_sd,
     fmt_signed,
@@ -46,9 +55,8 @@ from normdrop.summary_data import (
     METRICS,
     PAPER_VARIANTS,
     add_selection_args,
-    dataset_name,
+    convergence_fraction,
     did_not_learn_text,
-    model_name,
     order_variants,
     paper_key,
     paper_variants,
@@ -64,17 +72,25 @@ def diverged_text(n_diverged: int, n_runs: int) -> str:
 # --------------------------------------------------------------------------------------------
 # Table 2 (per dataset and model)
 
-SEED_NOTE = (
-    "Mean ± SD over seeds (SD with ddof=1). Diverged runs are left out of the means and counted "
-    "in the Seeds column. Conv. epoch: first epoch whose validation accuracy reaches 95% of the "
-    "final one; none for a run that did not learn (final validation accuracy at most 1.5 x "
-    "chance), counted in the Seeds column. Gen. gap: train accuracy (eval mode) minus test "
-    "accuracy, in percentage points. "
-    "ES: early stopping at the epoch of best validation accuracy."
-)
+
+def seed_note(fraction: float = CONVERGENCE_FRACTION) -> str:
+    """Table 2's note; `fraction`: metrics.convergence_fraction of the runs."""
+    return (
+        "Mean ± SD over seeds (SD with ddof=1). Diverged runs are left out of the means and "
+        f"counted in the Seeds column. Conv. epoch: {convergence_text(fraction)}; none for a "
+        "run that did not learn (final validation accuracy at most 1.5 x chance), counted in "
+        "the Seeds column. Gen. gap: train accuracy (eval mode) minus test accuracy, in "
+        "percentage points. ES: early stopping at the epoch of best validation accuracy."
+    )
 
 
-def table2(stats: pd.DataFrame, dataset: str, model: str, variants: Sequence[str]) -> TextTable:
+def table2(
+    stats: pd.DataFrame,
+    dataset: str,
+    model: str,
+    variants: Sequence[str],
+    fraction: float = CONVERGENCE_FRACTION,
+) -> TextTable:
     """The paper's Table 2 layout for one dataset and model (`stats` from variant_stats)."""
     sub = stats[(stats["dataset"] == dataset) & (stats["model"] == model)].set_index("variant")
     rows = []
@@ -109,7 +125,7 @@ def table2(stats: pd.DataFrame, dataset: str, model: str, variants: Sequence[str
         header=["Variant", "Configuration", "Seeds"] + [m.label for m in METRICS],
         rows=rows,
         align="lll" + "r" * len(METRICS),
-        notes=[SEED_NOTE],
+        notes=[seed_note(fraction)],
         label=f"tab:table2-{dataset}-{model}",
     )
 
@@ -347,18 +363,6 @@ def paper_comparison(stats: pd.DataFrame, runs: pd.DataFrame, models: Sequence[s
 # Output layout and CLI
 
 
-def table_paths(out_dir: Path | str, datasets: Sequence[str], models: Sequence[str]) -> list[Path]:
-    """Every file `write_tables` writes, for Snakemake's output declaration."""
-    out = Path(out_dir)
-    paths = [out / f"table1_params.{ext}" for ext in TABLE_FORMATS]
-    paths += [out / f"paper_comparison.{ext}" for ext in TABLE_FORMATS]
-    paths += [out / "table2_all.md", out / "table2_all.csv"]
-    for d in datasets:
-        for m in models:
-            paths += [out / d / m / f"table2.{ext}" for ext in TABLE_FORMATS]
-    return paths
-
-
 def write_tables(
     summary_dir: Path | str,
     out_dir: Path | str,
@@ -368,23 +372,24 @@ def write_tables(
     runs, pairs, ds, ms = read_selection(summary_dir, datasets, models)
     stats = variant_stats(runs)
     variants = order_variants(runs)
+    fraction = convergence_fraction(runs)
     out = Path(out_dir)
     written: list[Path] = []
     all_md, all_csv = [], []
     for d, m in pairs:
-        table = table2(stats, d, m, variants)
+        table = table2(stats, d, m, variants, fraction)
         csv = table2_csv(stats, d, m, variants)
-        written += write_table(table, out / d / m / "table2", csv)
+        written += write_table(table, out / d / m / TABLE2, csv)
         all_md.append(to_markdown(table))
         all_csv.append(csv)
-    written.append(atomic_write_text(out / "table2_all.md", "\n".join(all_md)))
+    written.append(atomic_write_text(out / f"{TABLE2_ALL}.md", "\n".join(all_md)))
     written.append(
-        atomic_write_text(out / "table2_all.csv", pd.concat(all_csv).to_csv(index=False))
+        atomic_write_text(out / f"{TABLE2_ALL}.csv", pd.concat(all_csv).to_csv(index=False))
     )
     t1, t1_csv = table1(runs, ds, ms)
-    written += write_table(t1, out / "table1_params", t1_csv)
+    written += write_table(t1, out / TABLE1, t1_csv)
     comparison, comp_csv, _ = paper_comparison(stats, runs, ms)
-    written += write_table(comparison, out / "paper_comparison", comp_csv)
+    written += write_table(comparison, out / COMPARISON, comp_csv)
     return sorted(set(written))
 
 

@@ -13,6 +13,7 @@ import re
 import sys
 from pathlib import Path
 
+from normdrop.catalog import DATASETS
 from normdrop.config import ConfigError, did_you_mean
 from normdrop.grid import check_grid
 
@@ -166,8 +167,12 @@ def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
                 f"config key '{key}': {config[key]!r} holds a brace, which Snakemake would read "
                 "as a wildcard; allowed: a folder name without '{' or '}'"
             )
-    if config["data"]["augment"] != "none" and "mnist" in config["datasets"]:
-        raise ConfigError("config key 'data.augment': crop_flip is for CIFAR-like data, not mnist")
+    augment = config["data"]["augment"]
+    refused = [d for d in config["datasets"] if augment not in DATASETS[d].augments]
+    if refused:
+        raise ConfigError(
+            f"config key 'data.augment': {augment} is for CIFAR-like data, not {refused[0]}"
+        )
     check_grid(config)
     return config
 
