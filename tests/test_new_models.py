@@ -61,7 +61,7 @@ def test_norm_and_dropout_switches(name, norm, dropout):
         # One residual-branch dropout per block (after attention and after the MLP), and the
         # attention weights' dropout at the same rate.
         assert len(drops) == (6 if dropout else 0)
-        assert {b.attn.dropout for b in model.blocks} == {dropout}
+        assert {b.attn.dropout_rate for b in model.blocks} == {dropout}
     else:
         # Between the two layers and before the head (nn.LSTM holds the first as its `dropout`).
         between = model.rnn.dropout if norm == "none" else sum(
