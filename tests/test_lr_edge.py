@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from conftest import REPO, tiny_config
 
-from normdrop import aggregate, status
+from normdrop import lr_search, status
 from normdrop import report as rep
-from normdrop.aggregate import lr_edge, next_candidate, select_lr, select_lr_extended
+from normdrop.lr_search import lr_edge, next_candidate, select_lr, select_lr_extended
 
 try:
     from ._synthetic_summary import make_summary
@@ -74,7 +74,7 @@ def test_select_lr_cli_writes_at_edge_and_one_warning_line(tmp_path):
     cell = tmp_path / "lr_search" / "synthetic" / "mlp" / "none"
     folders = [fake_candidate(cell, lr, acc) for lr, acc in ((1e-4, 0.7), (3e-4, 0.5))]
     out = cell / "selected.json"
-    cmd = [sys.executable, "-m", "normdrop.aggregate", "select-lr", "--out", str(out)]
+    cmd = [sys.executable, "-m", "normdrop.lr_search", "--out", str(out)]
     res = subprocess.run(
         [*cmd, *(str(f / "meta.json") for f in folders)], capture_output=True, text=True, env=ENV
     )
@@ -93,8 +93,8 @@ def test_an_interior_pick_has_no_warning(tmp_path):
     rates = ((1e-4, 0.5), (3e-4, 0.7), (1e-3, 0.6))
     folders = [fake_candidate(tmp_path, lr, acc) for lr, acc in rates]
     out = tmp_path / "selected.json"
-    argv = ["select-lr", "--out", str(out), *(str(f / "meta.json") for f in folders)]
-    assert aggregate.main(argv) == 0
+    argv = ["--out", str(out), *(str(f / "meta.json") for f in folders)]
+    assert lr_search.main(argv) == 0
     assert json.loads(out.read_text())["at_edge"] is None
     assert status.edge_picks(tmp_path) == []
 

@@ -360,7 +360,7 @@ def render(runs: list[Run], est: dict, results: Path, source: str, show_all: boo
 
 def edge_picks(results: Path) -> list[str]:
     """'cell (largest, lr 0.003)' for each selected.json whose pick is at the edge of the rates
-    tried (its `at_edge`, written by normdrop.aggregate select-lr)."""
+    tried (its `at_edge`, written by normdrop.lr_search)."""
     out = []
     for cell, path in layout.selected_files(results):
         choice = json.loads(path.read_text())
