@@ -55,7 +55,8 @@ from graph_steps import graph_vs_eager, lr_reaches_graph, no_host_sync
 
 from normdrop.config import run_config, to_cli_args
 from normdrop.execution import use_deterministic_algorithms
-from normdrop.train import train, write_outputs
+from normdrop.outputs import write_outputs
+from normdrop.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Resumed vs uninterrupted run without --deterministic: non-deterministic kernels (atomics in

@@ -86,7 +86,9 @@ def _setup_steps(c: Check, model_name: str) -> SimpleNamespace:
     x = x.contiguous(memory_format=ex.memory_format)
     batches = list(zip(x.split(cfg.batch_size), data.train_y.split(cfg.batch_size), strict=True))
     torch.manual_seed(cfg.seed)
-    model = build_model(model_name, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout, cfg.init)
+    model = build_model(
+        model_name, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate, cfg.init
+    )
     model = model.to(c.device, memory_format=ex.memory_format).train()
     optimizer = make_optimizer(model, cfg, ex)
     s = SimpleNamespace(model=model, optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg))

@@ -30,10 +30,11 @@ import torch
 from normdrop import provenance
 from normdrop.config import RunConfig
 from normdrop.data import Prepared, SyntheticSpec, download, load_prepared, prepare, standardization
+from normdrop.evaluation import Inputs, loss_and_accuracy
 from normdrop.execution import resolve_execution
 from normdrop.layout import iter_runs
 from normdrop.models import build_model, count_parameters
-from normdrop.train import Inputs, loss_and_accuracy, train
+from normdrop.train import train
 
 BATCH = 128
 SHAPES = {"cifar": (3, 32), "mnist": (1, 28)}  # channels, height = width
@@ -80,7 +81,9 @@ def synthetic(folder: Path, n_train: int, shape: str, seed: int = 0) -> Prepared
 
 def bench_config(model: str, width: int, dropout: float, **overrides) -> RunConfig:
     """The benchmarked run: BatchNorm + dropout (the heaviest variant), one epoch, batch 128."""
-    settings = dict(variant="bn_dropout", norm="batch", dropout=dropout, epochs=1, milestones=())
+    settings = dict(
+        variant="bn_dropout", norm="batch", dropout_rate=dropout, epochs=1, lr_milestones=()
+    )
     return RunConfig(dataset="synthetic", model=model, width=width, **settings | overrides)
 
 
@@ -133,7 +136,7 @@ def eval_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device) -> f
     """Images/s of train()'s evaluation (`loss_and_accuracy`) over data's training split, with
     the run's precision and memory format on this device (best of 2)."""
     ex, data = resolve_execution(cfg, device), data.to(device)
-    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout)
+    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
     model = model.to(device, memory_format=ex.memory_format)
     inputs = Inputs(*standardization(data.mean, data.std), ex.memory_format, ex.bf16)
     best = float("inf")
@@ -190,9 +193,11 @@ def textbook_images_per_s(cfg: RunConfig, data: Prepared, device, root: Path, wo
     pin = device.type == "cuda"
     loader = DataLoader(dataset, cfg.batch_size, shuffle=True, num_workers=workers, pin_memory=pin)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout)
+    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
     model = model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps
+    )
     criterion = torch.nn.CrossEntropyLoss()
     timings = []
     for _ in range(2):
@@ -257,7 +262,7 @@ def measure(
     `workers` (None: not measured), evaluation, and k processes of ours (eager) per k."""
     data = synthetic(tmp, steps * BATCH, shape)
     params = count_parameters(
-        build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout)
+        build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
     )
     r = {"model": cfg.model, "shape": shape, "width": cfg.width, "params": params, "steps": steps}
     others = []

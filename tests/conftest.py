@@ -43,7 +43,7 @@ def train_cli(data: Path, out: Path, *extra) -> list[str]:
     return [
         sys.executable, "-m", "normdrop.train", "--data", str(data),
         "--dataset", "synthetic", "--model", "cnn", "--width", "8", "--norm", "batch",
-        "--dropout", "0.3", "--epochs", "8", "--milestones", "6", "--batch-size", "16",
+        "--dropout-rate", "0.3", "--epochs", "8", "--lr-milestones", "6", "--batch-size", "16",
         "--out", str(out), "--device", "cpu", *extra,
     ]  # fmt: skip
 
@@ -60,14 +60,14 @@ def train_args(data, out, ckpt) -> list[str]:
     """`normdrop.train.main`'s arguments: a 2-epoch MLP of width 8 on `data`, checkpoint `ckpt`."""
     return [
         "--data", str(data), "--dataset", "synthetic", "--model", "mlp", "--width", "8",
-        "--epochs", "2", "--milestones", "1", "--batch-size", "64", "--device", "cpu",
+        "--epochs", "2", "--lr-milestones", "1", "--batch-size", "64", "--device", "cpu",
         "--out", str(out), "--checkpoint", str(ckpt),
     ]  # fmt: skip
 
 
 def tiny_config(**overrides) -> RunConfig:
     settings = dict(
-        dataset="synthetic", model="mlp", width=32, epochs=3, milestones=(2,), batch_size=32
+        dataset="synthetic", model="mlp", width=32, epochs=3, lr_milestones=(2,), batch_size=32
     )
     return RunConfig(**{**settings, **overrides})
 

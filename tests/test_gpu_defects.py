@@ -255,7 +255,7 @@ def test_lr_reaches_the_graph_when_the_scheduler_replaces_the_tensor(tiny_data, 
     monkeypatch.setattr(torch.optim.lr_scheduler, "_update_param_group_val", assign)
     graphs_execution(monkeypatch)
     fake = EmulatedGraphs(monkeypatch)
-    cfg = tiny_config(epochs=3, milestones=(1,), gamma=1e-30, batch_size=30)  # 9 full batches
+    cfg = tiny_config(epochs=3, lr_milestones=(1,), lr_gamma=1e-30, batch_size=30)  # 9 full batches
     result = train(cfg, load_prepared(tiny_data), CPU, **QUIET)
     assert fake.captures == 1 and result.execution["cuda_graphs"] is True
     e = result.epochs
@@ -305,7 +305,7 @@ def cuda_checkpoint(ckpt: dict) -> dict:
 
 def test_cuda_checkpoint_resumes_on_cpu_marked_not_bitwise(tiny_data, tmp_path):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
-    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout=0.3, epochs=3)
+    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3, epochs=3)
     torch.save(cuda_checkpoint(interrupted_checkpoint(data, cfg, ckpt)), ckpt)
     lines = []
     first = train(cfg, data, CPU, checkpoint=ckpt, log=lines.append)
@@ -373,7 +373,7 @@ def test_cpu_rng_states_map_onto_cuda_deterministically(monkeypatch):
 
 def test_checkpoint_that_cannot_be_resumed_is_moved_aside_once(tiny_data, tmp_path):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
-    cfg = tiny_config(epochs=2, milestones=())
+    cfg = tiny_config(epochs=2, lr_milestones=())
     broken = interrupted_checkpoint(data, cfg, ckpt)
     name = next(iter(broken["model"]))
     broken["model"][name] = torch.zeros(3)  # a tensor of the wrong shape: load_state_dict fails

@@ -31,7 +31,7 @@ def fake_candidate(cell: Path, lr: float, val_acc: float | None, data: Path | No
     None: diverged. Its settings are a real RunConfig's: an extension trains beside it."""
     folder = cell / f"lr{lr:g}"
     folder.mkdir(parents=True)
-    cfg = tiny_config(lr=lr, epochs=2, milestones=(1,), width=8)
+    cfg = tiny_config(lr=lr, epochs=2, lr_milestones=(1,), width=8)
     meta = {
         "settings": cfg.to_dict(),
         "settings_hash": cfg.settings_hash(),

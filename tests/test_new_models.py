@@ -142,7 +142,7 @@ def test_vit_refuses_images_it_cannot_cut_into_patches():
 
 def lrs(warmup, epochs=8, milestones=(4, 6)):
     cfg = RunConfig(dataset="mnist", model="mlp", width=8, lr=1.0, epochs=epochs,
-                    milestones=milestones, gamma=0.1, warmup_epochs=warmup)  # fmt: skip
+                    lr_milestones=milestones, lr_gamma=0.1, warmup_epochs=warmup)  # fmt: skip
     opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     sched, out = make_scheduler(opt, cfg), []
     for _ in range(epochs):

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from normdrop import layout
-from normdrop.config import EXECUTION_FIELDS
+from normdrop.config import EXECUTION_FIELDS, current_names
 from normdrop.grid import grid_config
 from normdrop.lr_search import load_run
 from normdrop.metrics import run_metrics
@@ -42,11 +42,12 @@ def _diff(recorded: dict, expected: dict) -> str:
 
 
 def _normalised(settings: dict) -> dict:
-    # JSON stores tuples as lists; compare like with like.
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+    # JSON stores tuples as lists, and runs recorded before the renames the old names (config.
+    # LEGACY_NAMES): compare like with like.
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in current_names(settings).items()}
 
 
-def _keys(run: layout.GridRun) -> dict:
+def _keys(run: layout.RunSpec) -> dict:
     return {
         "dataset": run.dataset,
         "model": run.model,
@@ -55,16 +56,17 @@ def _keys(run: layout.GridRun) -> dict:
     }
 
 
-def run_row(run: layout.GridRun, meta: dict, epochs: pd.DataFrame, spec: dict, fraction: float):
-    """One training run's row of runs.parquet: its settings, final metrics and provenance."""
-    settings = meta["settings"]
+def run_row(run: layout.RunSpec, meta: dict, epochs: pd.DataFrame, variant: dict, fraction: float):
+    """One training run's row of runs.parquet: its settings, final metrics and provenance;
+    `variant`: its entry of the config's variants (norm, dropout on or off, family)."""
+    settings = current_names(meta["settings"])
     return {
         **_keys(run),
-        "norm": spec["norm"],
+        "norm": variant["norm"],
         # on when its rate is > 0 (a swept rate of 0 is dropout off)
-        "dropout": bool(spec["dropout"] and settings["dropout"] > 0),
-        "dropout_rate": settings["dropout"],
-        "family": spec.get("family", run.variant),  # variant before a sweep
+        "dropout": bool(variant["dropout"] and settings["dropout_rate"] > 0),
+        "dropout_rate": settings["dropout_rate"],
+        "family": variant.get("family", run.variant),  # variant before a sweep
         "batch_size": settings["batch_size"],
         "lr": meta["lr"],
         "param_count": meta["param_count"],
@@ -98,7 +100,7 @@ def collect_runs(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
         folder = Path(layout.run_dir(results, run.kind, **run.wildcards))
         meta, epochs = load_run(folder)
         expected = _normalised(run.settings.to_dict())
-        if _semantic(meta["settings"]) != _semantic(expected):
+        if _semantic(_normalised(meta["settings"])) != _semantic(expected):
             stale.append(f"{folder}: {_diff(meta['settings'], expected)}")
         elif run.kind == "train" and meta["lr"] != chosen[cell]["lr"]:
             stale.append(f"{folder}: lr {meta['lr']} on disk vs {chosen[cell]['lr']} selected")

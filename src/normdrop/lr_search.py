@@ -126,7 +126,7 @@ def train_candidate(meta_path: Path, lr: float, data: Path, scratch: Path, how: 
     from normdrop.config import RunConfig, to_cli_args
 
     settings = json.loads(meta_path.read_text())["settings"]
-    cfg = RunConfig.from_dict({**settings, "lr": lr})
+    cfg = RunConfig.from_recorded({**settings, "lr": lr})
     key = layout.run_key("lr_search", lr=lr)  # a sibling of the candidate at meta_path
     folder = meta_path.parent.parent / key
     done = folder / "meta.json"
