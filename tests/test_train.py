@@ -68,8 +68,8 @@ def test_cli_writes_outputs_and_metadata(tmp_path, tiny_data):
         (["--model", "vgg"], "setting 'model' = 'vgg': allowed: mlp, cnn, resnet20"),
         (["--norm", "instance"], "setting 'norm' = 'instance': allowed: none, batch, group"),
         (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
-        (["--lr-milestones", "9"], "setting 'milestones' = (9,): strictly increasing epochs"),
-        (["--dropout-rate", "1.5"], "setting 'dropout' = 1.5: must lie in [0, 1)"),
+        (["--lr-milestones", "9"], "setting 'lr_milestones' = (9,): strictly increasing epochs"),
+        (["--dropout-rate", "1.5"], "setting 'dropout_rate' = 1.5: must lie in [0, 1)"),
         (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     ],
 )
