@@ -115,9 +115,7 @@ class RunObjects(Resumable):
     param_count: int
 
 
-def build_objects(
-    cfg: RunConfig, data: Prepared, device: torch.device, ex: Execution
-) -> RunObjects:
+def build_objects(cfg: RunConfig, data: Prepared, device, ex: Execution) -> RunObjects:
     """Model, optimizer, scheduler and data generator, seeded: the same objects on every call."""
     torch.manual_seed(cfg.seed)  # model initialization and dropout masks
     model = build_model(
