@@ -28,6 +28,8 @@ wildcard_constraints:
     variant="|".join(map(re.escape, VARIANTS)),  # swept names hold dots: dropout_p0.1
     seed=r"\d+",
     lr=r"[0-9.e+-]+",
+    source="|".join(map(re.escape, RAW_SOURCES)),
+    prepared="|".join(map(re.escape, PREPARED_KEYS)),
 
 
 localrules:

@@ -7,7 +7,8 @@
 #   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
 #   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py; --tiny: a check)
 #   ./dev.sh status  where a grid stands: runs per state, failures, time left (normdrop.status)
-#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny] [--sections ...]  GPU path right? how fast?
+#   ./dev.sh gpu-check [--out DIR] [--device cpu] [--tiny] [--sections ...] [--budget-s S]
+#                    GPU path right? how fast? (installs nothing; docs/gpu.md)
 set -euo pipefail
 cd "$(dirname "$0")"
 VENV=${NORMDROP_VENV:-.venv}
@@ -39,11 +40,23 @@ case "${1:-}" in
   demo)
     setup
     shift
+    # Config files, --config values and --resources checked before Snakemake reads them (one
+    # line naming the file and line, or the key); the extra arguments reach both calls below.
+    results=$(PYTHONPATH=src "$PY" -m normdrop.workflow_config \
+      --configfile workflow/demo.yaml "$@") || exit 2
     "$VENV/bin/snakemake" --cores all --configfile workflow/demo.yaml "$@"
-    "$VENV/bin/snakemake" --cores 1 --configfile workflow/demo.yaml \
-      --report results/demo/report.html
-    echo "demo done: tables in results/demo/tables, figures in results/demo/figures," \
-      "report in results/demo/report.html"
+    for arg in "$@"; do
+      case "$arg" in
+        -n | --dry-run | --dryrun | -[!-]*n*)
+          echo "dry run: no report built"
+          exit 0
+          ;;
+      esac
+    done
+    "$VENV/bin/snakemake" --cores 1 --configfile workflow/demo.yaml "$@" \
+      --report "$results/report.html"
+    echo "demo done: tables in $results/tables, figures in $results/figures," \
+      "report in $results/report.html"
     ;;
   test)
     setup
@@ -82,18 +95,14 @@ case "${1:-}" in
     ;;
   gpu-check)
     shift
-    # A GPU machine may come with its own CUDA build of torch and no package index: without a
-    # .venv the system python3 runs it (torch, torchvision, pandas, pyarrow, pyyaml suffice).
-    if [ -d "$VENV" ]; then
-      setup
-      py=$PY
-    else
-      py=python3
-    fi
+    # Installs nothing: a GPU machine may come with its own CUDA build of torch (2.11 on) and no
+    # package index. The .venv's python if there is one, else python3 (docs/gpu.md).
+    py=python3
+    [ -x "$PY" ] && py=$PY
     PYTHONPATH=src "$py" benchmarks/gpu_check.py "$@"
     ;;
   *)
-    sed -n 2,9p "$0"
+    sed -n 2,11p "$0"
     exit 2
     ;;
 esac

@@ -1,43 +1,51 @@
 """GPU check: whether the GPU path trains right, then how fast, in one command.
 
-    ./dev.sh gpu-check [--out DIR] [--device cuda|cpu] [--tiny] [--sections graphs smoke ...]
-    PYTHONPATH=src python3 benchmarks/gpu_check.py [--out DIR] ...   # without our venv
+    PYTHONPATH=src python3 benchmarks/gpu_check.py --out DIR   # the one command on a GPU machine
+    ./dev.sh gpu-check [--out DIR] [--device cuda|cpu] [--tiny] [--sections ...] [--budget-s S]
 
-Needs torch, torchvision, numpy, pandas, pyarrow and pyyaml only (no snakemake, no jsonschema),
-so that it runs with the CUDA build of PyTorch a GPU machine comes with. Sections, correctness
-first and speed last (`--sections` picks any subset; they run in this order):
+Needs torch (2.11 on), torchvision, numpy, pandas, pyarrow and pyyaml only: no snakemake, no
+jsonschema, nothing to install, so that it runs with the CUDA build of PyTorch a GPU machine comes
+with. Sections, correctness first and speed last (`--sections` picks any subset, in this order):
 
-  graphs     deterministic mode, MLP, CNN and ResNet-20: GRAPH_STEPS graph replays equal as many
-             eager steps from the same state (losses, weights, BN statistics and counters, Adam
-             state, RNG state); a capture leaves model, optimizer and RNG as they were; the lr
-             reaches the graph; no host sync per step; resumes across settings (eager ->
-             graphs, CPU -> CUDA) through the training CLI; a lease without nvidia-smi; short
-             runs of compile + graphs and of augment crop_flip. On CPU the eager step stands in
-             for the graph, so that the comparison has run; what needs CUDA says so.
-  smoke      each model x each variant of config.yaml, a short epoch on CIFAR- and MNIST-shaped
-             data with the workflow's default settings: finite losses, outputs written.
+  graphs     deterministic mode, MLP, CNN, ResNet-20, ViT and LSTM: GRAPH_STEPS graph replays
+             equal as many eager steps from the same state (losses, weights, BN statistics and
+             counters, Adam state, RNG state); a capture leaves model, optimizer and RNG as they
+             were; the lr reaches the graph; no host sync per step; nn.LSTM with dropout refused;
+             resumes across settings (eager -> graphs, CPU -> CUDA) through the training CLI; a
+             lease without nvidia-smi; short runs of compile + graphs and of augment crop_flip.
+             On CPU the eager step stands in for the graph; what needs CUDA says so.
+  smoke      each model (config.yaml's, ViT, LSTM) x each variant of config.yaml, a few steps on
+             CIFAR- and MNIST-shaped data with the workflow's default settings: finite losses,
+             outputs written (in the temporary folder).
   resume     the training CLI SIGKILLed in epoch 2 and rerun ends with the metrics of the
              uninterrupted run: bitwise with --deterministic (also with CUDA graphs), within
              RESUME_TOLERANCE without.
   leases     two processes with gpu_slots_per_gpu 2 on one GPU hold different slots.
-  precision  the CNN, 3 seeds each in bf16 and fp32 (and bf16 with graphs): the difference of
-             final test accuracy and loss SD against the spread over seeds.
-  speed      images/s per model: eager, compiled, CUDA graphs against the textbook loop
-             (speed.py); 2 and 4 processes sharing the device; the projected grid time.
+  precision  the CNN, the same seeds and batches in bf16 and fp32 (and bf16 with graphs): the
+             mean same-seed difference of final test accuracy and training loss within 2
+             standard errors of the seed-to-seed spread (`compare`); tiny: information only.
+  speed      images/s per model: eager, compiled (ResNet-20), CUDA graphs against the textbook
+             loop (speed.py); 1 and k processes timed over one shared window; the grid's time.
   fusion     the prototype of fusion_prototype.py against 3 separate processes (speed only).
 
-Writes <out>/gpu_check.md, whose first line is the verdict, and <out>/gpu_check.json, and prints
-the verdict last. A failing row of graphs, smoke, resume or leases, a non-finite loss anywhere or
-a crash fails the check; the verdict names the setting to keep off for each failure. `--tiny`
-shrinks every size so that the test suite runs the whole script on CPU; its figures mean nothing.
+Writes DIR/gpu_check.md, whose first line is the verdict, and DIR/gpu_check.json, both rewritten
+after every section (killed, DIR still holds the finished sections); everything else goes to a
+temporary folder, removed at the end. A failing row, a non-finite loss or a crash fails the check
+(an exception fails its row only: the other rows and sections still run); the verdict names the
+setting to keep off for each failure. A section whose projected time (PROJECTED_S) no longer fits
+the time budget (--budget-s, default 420 s) is skipped and named. `--tiny` shrinks every size so
+that the test suite runs the whole script on CPU; its figures mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -50,11 +58,11 @@ import fusion_prototype
 import speed
 import torch
 import yaml
-from check_rows import row, section
+from check_rows import guard, row, section, verdict, write_report
 from graph_steps import graph_vs_eager, lr_reaches_graph, no_host_sync
 
-from normdrop.config import run_config, to_cli_args
-from normdrop.execution import use_deterministic_algorithms
+from normdrop.config import ConfigError, run_config, to_cli_args
+from normdrop.execution import resolve_execution, use_deterministic_algorithms
 from normdrop.outputs import write_outputs
 from normdrop.train import train
 
@@ -66,6 +74,20 @@ RESUME_TOLERANCE = {"loss_rel": 0.02, "acc": 0.03}
 SPEEDUP_TARGET = 3.0  # ours / textbook images/s per model
 GRID_TARGET_H = 1.0  # the full grid projected on one GPU
 SEEDS = (42, 43, 44)
+GRAPH_MODELS = ("mlp", "cnn", "resnet20", "vit", "lstm")
+# Seconds each section is projected to take: (one H100/H200 at full sizes, estimated, not yet
+# measured: docs/gpu.md; --tiny on this project's 2 shared CPU cores, measured). A section
+# that would end past the budget is skipped; the sums fit the default budget.
+PROJECTED_S = {
+    "graphs": (110, 25),
+    "smoke": (30, 45),
+    "resume": (80, 100),
+    "leases": (10, 2),
+    "precision": (30, 10),
+    "speed": (140, 75),
+    "fusion": (20, 50),
+}
+BUDGET_S = 420  # one command of a 15-minute GPU loan, leaving time for start-up and a rerun
 
 
 @dataclass(frozen=True)
@@ -74,24 +96,33 @@ class Sizes:
     smoke_steps: int
     resume_steps: int  # per epoch, 3 epochs
     speed_steps: int  # per timed epoch
-    processes: tuple[int, ...]  # concurrency levels
+    processes: tuple[int, ...]  # concurrency levels besides 1
+    window_s: float  # the shared window concurrent processes are timed over
+    precision_seeds: tuple[int, ...]
     precision_epochs: int
     precision_steps: int  # per epoch
+    precision_test: int  # test images (and validation images) of the precision runs
 
 
-FULL = Sizes(128, 50, 20, 200, (2, 4), 5, 80)
-TINY = Sizes(32, 3, 6, 2, (1,), 2, 4)
+FULL = Sizes(128, 20, 20, 200, (4,), 3.0, (42, 43, 44, 45), 5, 80, 1024)
+TINY = Sizes(32, 3, 6, 2, (2,), 0.5, (42, 43), 2, 4, 64)
 
 
 # --------------------------------------------------------------------------- setup
 class Check:
-    """What every section reads: device, sizes, the config's grid, where to write."""
+    """What every section reads: device, sizes, the config's grid (with the ViT and the LSTM of
+    their studies), where to write (the report) and where to put everything else (tmp)."""
 
     def __init__(self, args):
         self.device = torch.device(args.device)
         self.cuda, self.tiny = self.device.type == "cuda", args.tiny
         self.sizes = TINY if args.tiny else FULL
         self.config = yaml.safe_load((ROOT / "config.yaml").read_text())
+        studies = {"vit": "transformer", "lstm": "recurrent"}
+        self.models = dict(self.config["models"]) | {
+            m: yaml.safe_load((ROOT / "studies" / f"{s}.yaml").read_text())["models"][m]
+            for m, s in studies.items()
+        }
         self.out, self.tmp = args.out, Path(tempfile.mkdtemp(prefix="gpu_check_"))
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
         self.env["PYTHONPATH"] = os.pathsep.join(
@@ -99,10 +130,11 @@ class Check:
         )
 
     def cell(self, model: str, variant: str = "bn_dropout", seed=SEEDS[0], **overrides):
-        """The workflow's settings for one cell of config.yaml, one epoch unless overridden."""
-        width = speed.TINY_WIDTH[model] if self.tiny else self.config["models"][model]["width"]
-        settings = dict(width=width, batch_size=self.sizes.batch, epochs=1, milestones=())
-        return run_config(self.config, "synthetic", model, variant, seed, **settings | overrides)
+        """The workflow's settings for one cell, one epoch unless overridden."""
+        width = speed.TINY_WIDTH[model] if self.tiny else self.models[model]["width"]
+        settings = dict(width=width, batch_size=self.sizes.batch, epochs=1, lr_milestones=())
+        config = {**self.config, "models": self.models}
+        return run_config(config, "synthetic", model, variant, seed, **settings | overrides)
 
     def data(self, steps: int, shape: str = "cifar", seed: int = 0):
         return speed.synthetic(self.tmp, steps * self.sizes.batch, shape, seed)
@@ -124,17 +156,21 @@ def cross_resumes(c: Check) -> list[dict]:
         return [row(f"resume {name}", None) for name in cases]
     rows = []
     for name, (first, then, keep_off) in cases.items():
-        out = c.tmp / f"cross-{name.split()[0]}"
-        killed = _run_killed(c, out, ["--deterministic", *first])
-        text = _run(c, out, ["--deterministic", *then])
-        meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
-        ran = meta.get("execution", {})
-        ok = killed and meta.get("status") == "completed" and bool(meta.get("resumes"))
-        ok &= ran.get("cuda_graphs") is True or "graphs" not in name
-        ok &= str(meta.get("device", "")).startswith("cuda")
-        detail = f"resumes {meta.get('resumes')}, {ran}" if meta else f"no meta.json: {text[-300:]}"
-        rows.append(row(f"resume {name}", ok, detail, keep_off))
+        rows += guard(f"resume {name}", keep_off, cross_resume, c, name, first, then, keep_off)
     return rows
+
+
+def cross_resume(c: Check, name: str, first: list, then: list, keep_off: str) -> dict:
+    out = c.tmp / f"cross-{name.split()[0]}"
+    killed = _run_killed(c, out, ["--deterministic", *first])
+    text = _run(c, out, ["--deterministic", *then])
+    meta = json.loads((out / "meta.json").read_text()) if (out / "meta.json").exists() else {}
+    ran = meta.get("execution", {})
+    ok = killed and meta.get("status") == "completed" and bool(meta.get("resumes"))
+    ok &= ran.get("cuda_graphs") is True or "graphs" not in name
+    ok &= str(meta.get("device", "")).startswith("cuda")
+    detail = f"resumes {meta.get('resumes')}, {ran}" if meta else f"no meta.json: {text[-300:]}"
+    return row(f"resume {name}", ok, detail, keep_off)
 
 
 LEASE_HOLDER = r"""
@@ -187,45 +223,74 @@ def short_run(c: Check, check: str, model: str, keep_off: str, needs_cuda: bool,
     return row(check, ok, f"{len(result.steps)} steps, losses finite: {finite(result)}", keep_off)
 
 
+def lstm_graphs_refused(c: Check) -> dict:
+    """cuda_graphs on for nn.LSTM with dropout (cuDNN's dropout state is not graph-safe) stops
+    with one line before anything runs; pure settings logic, so on a CPU too."""
+    cfg = c.cell("lstm", "dropout", cuda_graphs="on")  # norm none: nn.LSTM, dropout on
+    try:
+        resolve_execution(cfg, torch.device("cuda"))
+    except ConfigError as err:
+        ok = "\n" not in str(err) and "lstm" in str(err)
+        return row("graphs refused: lstm, norm none + dropout", ok, str(err), "cuda_graphs")
+    return row("graphs refused: lstm, norm none + dropout", False, "accepted", "cuda_graphs")
+
+
 def graphs(c: Check) -> dict:
     deterministic = torch.are_deterministic_algorithms_enabled()
     use_deterministic_algorithms()
     try:
         rows = []
-        for model in ("mlp", "cnn", "resnet20"):
-            rows += graph_vs_eager(c, model)
-            rows += [lr_reaches_graph(c, model), no_host_sync(c, model)]
+        for model in GRAPH_MODELS:
+            rows += guard(f"graph == eager, {model}", "cuda_graphs", graph_vs_eager, c, model)
+            rows += guard(
+                f"lr reaches the graph, {model}", "cuda_graphs", lr_reaches_graph, c, model
+            )
+            rows += guard(f"no host sync per step, {model}", "cuda_graphs", no_host_sync, c, model)
     finally:  # the sections after this one run as the workflow does by default
         torch.use_deterministic_algorithms(deterministic)
         torch.backends.cudnn.deterministic = deterministic
+    rows += guard(
+        "graphs refused: lstm, norm none + dropout", "cuda_graphs", lstm_graphs_refused, c
+    )
     graphs_on = "on" if c.cuda else "off"
-    rows += [*cross_resumes(c), lease_without_nvidia_smi(c)]
+    rows += cross_resumes(c)
+    keep = "gpu leases without CUDA_VISIBLE_DEVICES"
+    rows += guard("lease without nvidia-smi", keep, lease_without_nvidia_smi, c)
     both = dict(compile=True, cuda_graphs="on")
-    rows.append(short_run(c, "compile + graphs", "mlp", "compile with cuda_graphs", True, **both))
+    args = ("compile + graphs", "mlp", "compile with cuda_graphs", True)
+    rows += guard("compile + graphs", "compile with cuda_graphs", short_run, c, *args, **both)
     crop = dict(augment="crop_flip", cuda_graphs=graphs_on)
-    rows.append(short_run(c, "augment crop_flip", "cnn", "augment: crop_flip", False, **crop))
+    args = ("augment crop_flip", "cnn", "augment: crop_flip", False)
+    rows += guard("augment crop_flip", "augment: crop_flip", short_run, c, *args, **crop)
     return section(rows)
 
 
 # --------------------------------------------------------------------------- smoke
+def smoke_run(c: Check, shape: str, model: str, variant: str, data) -> dict:
+    cfg = c.cell(model, variant)
+    result = train(cfg, data, c.device, log=speed.quiet)
+    folder = c.tmp / "smoke" / shape / model / variant  # not under --out: 3 files per run
+    write_outputs(folder, cfg, result, {"device": str(c.device)})
+    written = all((folder / f).exists() for f in ("steps.parquet", "epochs.parquet", "meta.json"))
+    ok = result.status == "completed" and finite(result) and written
+    detail = f"final loss {result.steps.loss.iloc[-1]:.4f}, outputs written {written}"
+    ex = result.execution
+    detail += f" ({ex['precision']}, {ex['memory_format']}, Adam {ex['adam']})"
+    return row(f"{shape} {model} {variant}", ok, detail, "the GPU (device cuda)")
+
+
 def smoke(c: Check) -> dict:
     rows = []
     for shape in ("cifar", "mnist"):
         data = c.data(c.sizes.smoke_steps, shape)
-        for model in c.config["models"]:
+        for model in c.models:
             for variant in c.config["variants"]:
-                cfg = c.cell(model, variant)
-                result = train(cfg, data, c.device, log=speed.quiet)
-                folder = c.out / "smoke" / shape / model / variant
-                write_outputs(folder, cfg, result, {"device": str(c.device)})
-                names = ("steps.parquet", "epochs.parquet", "meta.json")
-                written = all((folder / f).exists() for f in names)
-                ok = result.status == "completed" and finite(result) and written
-                detail = f"final loss {result.steps.loss.iloc[-1]:.4f}, outputs written {written}"
-                rows.append(row(f"{shape} {model} {variant}", ok, detail, "the GPU (device cuda)"))
-    ex, passed = result.execution, sum(r["status"] == "pass" for r in rows)
-    summary = f"{passed}/{len(rows)} runs finished with finite losses and their outputs "
-    return section(rows, summary + f"({ex['precision']}, {ex['memory_format']}, Adam {ex['adam']})")
+                check = f"{shape} {model} {variant}"
+                rows += guard(
+                    check, "the GPU (device cuda)", smoke_run, c, shape, model, variant, data
+                )
+    passed = sum(r["status"] == "pass" for r in rows)
+    return section(rows, f"{passed}/{len(rows)} runs finished with finite losses and their outputs")
 
 
 # --------------------------------------------------------------------------- resume
@@ -234,7 +299,7 @@ def _run_cmd(c: Check, out: Path, flags: list[str]) -> list[str]:
     (eager under CUDA graphs), the CNN with BN and dropout, checkpointing after every step."""
     n_train = round((c.sizes.resume_steps - 0.5) * c.sizes.batch)
     data = speed.synthetic_file(c.tmp, n_train, "cifar", seed=3)
-    cfg = c.cell("cnn", epochs=3, milestones=(2,), checkpoint_every_s=0.0)
+    cfg = c.cell("cnn", epochs=3, lr_milestones=(2,), checkpoint_every_s=0.0)
     paths = ["--data", data, "--out", out, "--checkpoint", out.with_suffix(".ckpt")]
     device = ["--device", c.device, "--gpu-lock-dir", c.tmp / "locks"]
     cli = [sys.executable, "-m", "normdrop.train"]
@@ -287,6 +352,20 @@ def _compare(out_a: Path, out_b: Path) -> dict:
     }
 
 
+def resume_mode(c: Check, mode: str, flags: list, must: str, keep_off: str) -> dict:
+    ref, out = (c.tmp / f"resume-{mode.replace(' ', '-')}-{k}" for k in ("ref", "killed"))
+    text = _run(c, ref, flags)
+    killed = _run_killed(c, out, flags)
+    text += _run(c, out, flags)
+    if not (out / "meta.json").exists() or not (ref / "meta.json").exists():
+        raise RuntimeError(f"{mode}: the training CLI did not finish: {text[-2000:]}")
+    d = _compare(ref, out)
+    resumes = json.loads((out / "meta.json").read_text())["resumes"]
+    detail = f"killed in epoch 2 {killed}, resumes {resumes}, must be {must}"
+    ok = killed and bool(resumes) and d[must]
+    return row(f"{mode}: killed + resumed == uninterrupted", ok, detail, keep_off, **d)
+
+
 def resume(c: Check) -> dict:
     modes = {  # mode: (CLI flags, what the resumed run must match, setting to keep off)
         "deterministic": (["--deterministic"], "bitwise", "resuming (deterministic)"),
@@ -297,17 +376,8 @@ def resume(c: Check) -> dict:
         modes["cuda graphs"] = (graphs_on, "bitwise", "cuda_graphs")
     rows = []
     for mode, (flags, must, keep_off) in modes.items():
-        ref, out = (c.tmp / f"resume-{mode.replace(' ', '-')}-{k}" for k in ("ref", "killed"))
-        text = _run(c, ref, flags)
-        killed = _run_killed(c, out, flags)
-        text += _run(c, out, flags)
-        if not (out / "meta.json").exists() or not (ref / "meta.json").exists():
-            raise RuntimeError(f"{mode}: the training CLI did not finish: {text[-2000:]}")
-        d = _compare(ref, out)
-        resumes = json.loads((out / "meta.json").read_text())["resumes"]
-        detail = f"killed in epoch 2 {killed}, resumes {resumes}, must be {must}"
-        ok = killed and bool(resumes) and d[must]
-        rows.append(row(f"{mode}: killed + resumed == uninterrupted", ok, detail, keep_off, **d))
+        check = f"{mode}: killed + resumed == uninterrupted"
+        rows += guard(check, keep_off, resume_mode, c, mode, flags, must, keep_off)
     tolerance = f"{RESUME_TOLERANCE['loss_rel']} relative loss, {RESUME_TOLERANCE['acc']} accuracy"
     passed = sum(r["status"] == "pass" for r in rows)
     summary = f"{passed}/{len(rows)} killed and resumed runs equal the uninterrupted ones"
@@ -316,6 +386,11 @@ def resume(c: Check) -> dict:
 
 # --------------------------------------------------------------------------- leases
 def leases(c: Check) -> dict:
+    rows = guard("2 processes, gpu_slots_per_gpu 2", "gpu_slots_per_gpu > 1", lease_rows, c)
+    return section(rows, rows[0].get("summary", ""))
+
+
+def lease_rows(c: Check) -> list[dict]:
     env = dict(c.env)
     if c.cuda:
         visible = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -333,70 +408,129 @@ def leases(c: Check) -> dict:
         for i, h in enumerate(held)
     ]
     expected = "" if ok else " (expected [0, 1], one device each)"
-    return section(rows, f"2 processes, gpu_slots_per_gpu 2, on {where}: slots {slots}{expected}")
+    rows[0]["summary"] = f"2 processes, gpu_slots_per_gpu 2, on {where}: slots {slots}{expected}"
+    return rows
 
 
 # --------------------------------------------------------------------------- precision
-def precision(c: Check) -> dict:
-    import pandas as pd
+def precision_run(c: Check, group: str, seed: int, settings: dict, data, runs: dict) -> dict:
+    cfg = c.cell("cnn", seed=seed, epochs=c.sizes.precision_epochs, **settings)
+    result = train(cfg, data, c.device, log=speed.quiet)
+    last = result.epochs.iloc[-1]
+    runs[group, seed] = {"test_acc": float(last.test_acc), "train_loss": last.train_loss_mean}
+    keep_off = "precision: bf16" + (", cuda_graphs" if "graphs" in group else "")
+    return row(f"{group} seed {seed}", finite(result), "", keep_off, **runs[group, seed])
 
-    data = c.data(c.sizes.precision_steps, seed=5)
+
+def compare(runs: dict, a: str, b: str, metric: str, n_test: int) -> dict:
+    """Group a against group b on `metric`, same seed against same seed (same initial weights,
+    batches and dropout masks: only the arithmetic differs). The tolerance: within 2 standard
+    errors of what a change of seed makes, 2 x sqrt(2 / n) x the seed SD of b over n pairs, as
+    if a's run were another seed's (the most its arithmetic can move a run by chance); the
+    seed SD at least the binomial SD of one run's accuracy on n_test images, sqrt(p (1 - p) /
+    n_test), and 1 % of the mean loss. Larger, precision shifts a result more than the seeds the
+    study averages over: it fails."""
+    seeds = sorted(s for g, s in runs if g == a and (b, s) in runs)
+    if len(seeds) < 2:
+        return row(f"{a} vs {b}: {metric}", False, f"{len(seeds)} same-seed pairs finished")
+    mean_a = statistics.fmean(runs[a, s][metric] for s in seeds)
+    values_b = [runs[b, s][metric] for s in seeds]
+    mean_b = statistics.fmean(values_b)
+    floor = math.sqrt(mean_b * (1 - mean_b) / n_test) if metric == "test_acc" else 0.01 * mean_b
+    seed_sd = max(statistics.stdev(values_b), floor)
+    bound = 2 * math.sqrt(2 / len(seeds)) * seed_sd
+    diff = mean_a - mean_b
+    detail = f"mean of {len(seeds)} same-seed differences {diff:+.4f}, tolerance {bound:.4f} "
+    detail += f"(2 SE of a seed change: seed SD {seed_sd:.4f})"
+    keep_off = "precision: bf16" + (", cuda_graphs" if "graphs" in a else "")
+    return row(f"{a} vs {b}: {metric}", abs(diff) <= bound, detail, keep_off, difference=diff)
+
+
+def precision(c: Check) -> dict:
+    n_train, n_test = c.sizes.precision_steps * c.sizes.batch, c.sizes.precision_test
+    data = speed.synthetic(c.tmp, n_train, "cifar", seed=5, n_eval=n_test)
     groups = {"fp32": {"precision": "fp32"}, "bf16": {"precision": "bf16"}}
     if c.cuda:
         groups["bf16, cuda graphs"] = {"precision": "bf16", "cuda_graphs": "on"}
-    rows = []
+    rows, runs = [], {}
     for group, settings in groups.items():
-        for seed in SEEDS:
-            cfg = c.cell("cnn", seed=seed, epochs=c.sizes.precision_epochs, **settings)
-            r = train(cfg, data, c.device, log=speed.quiet)
-            last = r.epochs.iloc[-1]
-            more = {"group": group, "test_acc": last.test_acc, "loss_sd": last.train_loss_sd}
+        for seed in c.sizes.precision_seeds:
             keep_off = "precision: bf16" + (", cuda_graphs" if "graphs" in group else "")
-            rows.append(row(f"{group} seed {seed}", finite(r), "", keep_off, **more))
-    by_group = pd.DataFrame(rows).groupby("group")[["test_acc", "loss_sd"]]
-    mean, sd = by_group.mean(), by_group.std()
-    lines, within = [], True
-    for a, b in [("bf16", "fp32"), ("bf16, cuda graphs", "bf16")][: len(groups) - 1]:
-        diffs = []
-        for col in ("test_acc", "loss_sd"):
-            diff = float(mean.loc[a, col] - mean.loc[b, col])
-            spread = float((sd.loc[a, col] + sd.loc[b, col]) / 2)  # SD over seeds, both groups
-            within &= abs(diff) <= 2 * spread
-            diffs.append(f"{col} {diff:+.4f} (seed SD {spread:.4f})")
-        lines.append(f"{a} - {b}, mean of {len(SEEDS)} seeds: " + ", ".join(diffs))
-    verdict = f" -> {'within' if within else 'OUTSIDE'} 2 seed SDs"
-    s = section(rows, "; ".join(lines) + verdict)
-    return s | {"status": "info" if s["status"] == "pass" else "fail"}
+            args = (c, group, seed, settings, data, runs)
+            rows += guard(f"{group} seed {seed}", keep_off, precision_run, *args)
+    pairs = [("bf16", "fp32"), ("bf16, cuda graphs", "bf16")][: len(groups) - 1]
+    compared = [
+        compare(runs, a, b, m, n_test) for a, b in pairs for m in ("test_acc", "train_loss")
+    ]
+    if c.tiny:  # 2 seeds, a few steps: the code path, not a comparison
+        compared = [r | {"status": "info"} for r in compared]
+    rows += compared
+    steps = c.sizes.precision_epochs * c.sizes.precision_steps
+    summary = f"CNN bn_dropout, {len(c.sizes.precision_seeds)} seeds x {steps} steps, "
+    summary += f"{n_test} test images: " + "; ".join(
+        f"{r['check']} {r['status']}" for r in compared
+    )
+    summary += " (tiny: information only)" if c.tiny else ""
+    return section(rows, summary)
 
 
 # --------------------------------------------------------------------------- speed
-def speed_section(c: Check) -> dict:
-    """speed.measure per model: eager, compiled (not in tiny mode: a minute or more per model on
-    a CPU), CUDA graphs (CUDA only), textbook loop, processes sharing the device (tiny mode:
-    the MLP only); the grid projected at each model's best rate, MNIST at the CIFAR-shaped."""
-    compile_ = None if c.tiny else {"compile": True}
+SPEED_KEEP_OFF = {
+    "eager": "the GPU (device cuda)",
+    "compile": "compile",
+    "cuda graphs": "cuda_graphs",
+}
+
+
+def speed_model(c: Check, model: str) -> dict:
+    """speed.measure for one model; a setting that crashed fails the row, naming the setting."""
+    compile_ = {"compile": True} if not c.tiny and model == "resnet20" else None
     graphs_on = {"cuda_graphs": "on"} if c.cuda else None
     settings = {"eager": {}, "compile": compile_, "cuda graphs": graphs_on}
+    cfg = replace(c.cell(model), batch_size=speed.BATCH)
+    processes = c.sizes.processes if not c.tiny or model == "mlp" else ()
+    workers = 8 if c.cuda else 2
+    r = speed.measure(
+        cfg, "cifar", c.sizes.speed_steps, c.device, c.tmp, settings, workers, processes,
+        c.sizes.window_s,
+    )  # fmt: skip
+    failed = r.pop("failed", {})
+    keep_off = ", ".join(SPEED_KEEP_OFF[k] for k in failed)
+    detail = "; ".join(f"{k}: {v}" for k, v in failed.items())
+    return row(f"speed {model}", not failed, detail, keep_off) | r
+
+
+def speed_section(c: Check) -> dict:
+    """speed.measure per model: eager, compiled (ResNet-20; not in tiny mode: a minute or more
+    on a CPU), CUDA graphs (CUDA only), textbook loop, 1 and k processes over one shared window
+    (tiny mode: the MLP only); the grid projected at each model's best rate, MNIST at the
+    CIFAR-shaped."""
     rows = []
     for model in c.config["models"]:
-        cfg = replace(c.cell(model), batch_size=speed.BATCH)
-        processes = c.sizes.processes if not c.tiny or model == "mlp" else ()
-        workers = 8 if c.cuda else 2
-        rows.append(
-            speed.measure(
-                cfg, "cifar", c.sizes.speed_steps, c.device, c.tmp, settings, workers, processes
-            )
-        )
-    hours = speed.grid_hours(c.config, speed.grid_rates(rows))
-    worst = min(r["best / textbook"] for r in rows)
+        rows += guard(f"speed {model}", "the GPU (device cuda)", speed_model, c, model)
+    measured = [r for r in rows if r.get("best")]
+    hours = None
+    if {r["model"] for r in measured} == set(c.config["models"]):
+        hours = speed.grid_hours(c.config, speed.grid_rates(measured))
+    ratios = [r["best / textbook"] for r in measured if "best / textbook" in r]
     met = {True: "met", False: "not met"}
-    summary = f"best / textbook {worst:.2f}x at worst (target {SPEEDUP_TARGET:g}x: "
-    summary += f"{met[worst >= SPEEDUP_TARGET]}); projected grid {hours:.2f} h (target "
-    summary += f"{GRID_TARGET_H:g} h: {met[hours <= GRID_TARGET_H]})"
+    summary = "best / textbook: not measured" if not ratios else ""
+    if ratios:
+        worst = min(ratios)
+        summary = f"best / textbook {worst:.2f}x at worst (target {SPEEDUP_TARGET:g}x: "
+        summary += f"{met[worst >= SPEEDUP_TARGET]})"
+    if hours is None:
+        summary += "; grid not projected (a model has no figure)"
+    else:
+        summary += f"; projected grid {hours:.2f} h (target {GRID_TARGET_H:g} h: "
+        summary += f"{met[hours <= GRID_TARGET_H]})"
     note = "images/s (eval: of train's loss_and_accuracy), CIFAR-shaped, batch 128, bn_dropout; "
-    note += "'k proc.': aggregate of k eager processes; the projection: each model's best "
-    note += "setting scaled by the sharing gain, every variant at the bn_dropout rate"
-    return {"status": "info", "rows": rows, "grid_hours": hours, "summary": summary, "note": note}
+    note += "'1 proc.', 'k proc.': the eager step in 1 and in k processes at once, all timed over "
+    note += f"one shared {c.sizes.window_s:g} s window; the projection: each model's best "
+    note += "setting scaled by the sharing gain (k proc. / 1 proc.), every variant at the "
+    note += "bn_dropout rate"
+    s = section(rows, summary, grid_hours=hours, note=note)
+    return s | {"status": "fail" if s["status"] == "fail" else "info"}
 
 
 # --------------------------------------------------------------------------- fusion
@@ -404,7 +538,7 @@ def fusion(c: Check) -> dict:
     cfg, steps, k = replace(c.cell("cnn"), batch_size=speed.BATCH), c.sizes.speed_steps, len(SEEDS)
     data = speed.synthetic(c.tmp, steps * speed.BATCH, "cifar")
     fused = fusion_prototype.fused_images_per_s(cfg, data, c.device, SEEDS)
-    separate = speed.concurrent_images_per_s(cfg, "cifar", steps, c.device, k)
+    separate = speed.concurrent_images_per_s(cfg, "cifar", steps, c.device, k, c.sizes.window_s)
     rates = {"fused images/s": fused, "separate images/s": separate, "ratio": fused / separate}
     summary = f"cnn bn_dropout, {k} seeds fused in one process {fused:,.0f} images/s vs {k} "
     summary += f"processes {separate:,.0f}: {fused / separate:.2f}x"
@@ -421,36 +555,21 @@ SECTIONS = {
     "speed": speed_section,
     "fusion": fusion,
 }
-MUST_PASS = ("graphs", "smoke", "resume", "leases")
 
 
-def verdict(report: dict, tiny: bool) -> str:
-    """PASS, or FAIL and the settings to keep off with the reason for each; device, time."""
-    keep_off = {}
-    for name, s in report["sections"].items():
-        if "traceback" in s:
-            keep_off.setdefault(f"what section {name} checks", s["summary"])
-        for r in s.get("rows", []) if name in MUST_PASS or s["status"] == "fail" else []:
-            if r.get("status") == "fail":
-                keep_off.setdefault(r["keep off"], f"{name}: {r['check']}: {r['detail']}")
-    tiny_note = " (tiny: figures mean nothing)" if tiny else ""
-    head = f"on {report['machine']['device']}{tiny_note} in {report['seconds']:.0f} s"
-    if not keep_off:
-        return f"PASS {head}"
-    return f"FAIL {head}: keep off: " + "; ".join(f"{k} ({v[:200]})" for k, v in keep_off.items())
+def projected_s(c: Check, name: str) -> float | None:
+    """The section's projected seconds on this device and sizes; None where there is no basis
+    (full sizes on a CPU)."""
+    cuda_s, tiny_s = PROJECTED_S[name]
+    return cuda_s if c.cuda and not c.tiny else tiny_s if c.tiny else None
 
 
-def write_report(out: Path, report: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_check.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
-    md = [f"# GPU check: {report['verdict']}", ""]
-    md += [f"- {k}: {v}" for k, v in report["machine"].items()]
-    for name, s in report["sections"].items():
-        md += ["", f"## {name}: {s['status']} ({s['seconds']} s)", "", s["summary"], ""]
-        md += [s["note"], ""] if s.get("note") else []
-        md += [speed.markdown_table(s["rows"])] if s.get("rows") else []
-        md += ["", "```", s["traceback"], "```"] if s.get("traceback") else []
-    (out / "gpu_check.md").write_text("\n".join(md) + "\n")
+def run_section(c: Check, name: str) -> dict:
+    try:
+        return SECTIONS[name](c)
+    except Exception as err:  # a crash outside any row: the report still names what broke
+        summary = f"crashed: {type(err).__name__}: {err}"
+        return {"status": "fail", "summary": summary, "traceback": traceback.format_exc()}
 
 
 def main(argv=None) -> int:
@@ -459,26 +578,47 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="tiny sizes: checks the script runs")
     p.add_argument("--sections", nargs="+", choices=list(SECTIONS), default=list(SECTIONS))
+    p.add_argument(
+        "--budget-s", type=float, default=BUDGET_S,
+        help=f"seconds the check may take; a section that would end later is skipped (default: "
+        f"{BUDGET_S})",
+    )  # fmt: skip
+    p.add_argument("--keep-tmp", action="store_true", help="keep the temporary folder")
     args = p.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error(f"--device {args.device}: CUDA is not available (use --device cpu)")
     c, t_start = Check(args), time.perf_counter()
-    report = {"machine": speed.machine(c.device), "tiny": args.tiny, "sections": {}}
+    plan = [n for n in SECTIONS if n in args.sections]
+    basis = "one H100/H200, estimated" if c.cuda else "tiny on 2 CPU cores, measured"
+    budget = {"budget_s": args.budget_s, "basis": basis}
+    budget["plan"] = {n: projected_s(c, n) for n in plan}
+    report = {"machine": speed.machine(c.device), "tiny": args.tiny, "budget": budget}
+    report |= {"sections": {}, "skipped": {}, "seconds": 0.0}
+    report["verdict"] = verdict(report, args.tiny, pending=plan)
+    write_report(c.out, report)
     print(f"# GPU check on {report['machine']['device']}{' (tiny)' if args.tiny else ''}")
-    for name in (n for n in SECTIONS if n in args.sections):
-        t0 = time.perf_counter()
-        try:
-            s = SECTIONS[name](c)
-        except Exception as err:  # the report still gets written, naming what broke
-            summary = f"crashed: {type(err).__name__}: {err}"
-            s = {"status": "fail", "summary": summary, "traceback": traceback.format_exc()}
-        s["seconds"] = round(time.perf_counter() - t0, 1)
-        report["sections"][name] = s
-        print(f"{name}: {s['status']}: {s['summary']} ({s['seconds']} s)", flush=True)
-    report["seconds"] = round(time.perf_counter() - t_start, 1)
-    report["verdict"] = verdict(report, args.tiny)
-    write_report(args.out, report)
-    print(f"report: {args.out / 'gpu_check.md'}, {args.out / 'gpu_check.json'}")
+    print(f"temporary folder: {c.tmp}", flush=True)
+    try:
+        for i, name in enumerate(plan):
+            t0, projected = time.perf_counter(), projected_s(c, name)
+            left = args.budget_s - (t0 - t_start)
+            if projected is not None and projected > left:
+                why = f"projected {projected:g} s, {max(left, 0):.0f} s of the budget left"
+                report["skipped"][name] = why
+                line = f"{name}: skipped for time: {why}"
+            else:
+                s = run_section(c, name)
+                s["seconds"], s["projected_s"] = round(time.perf_counter() - t0, 1), projected
+                report["sections"][name] = s
+                line = f"{name}: {s['status']}: {s['summary']} ({s['seconds']} s)"
+            report["seconds"] = round(time.perf_counter() - t_start, 1)
+            report["verdict"] = verdict(report, args.tiny, pending=plan[i + 1 :])
+            write_report(c.out, report)  # before the line: whoever sees it finds the report
+            print(line, flush=True)
+    finally:
+        if not args.keep_tmp:
+            shutil.rmtree(c.tmp, ignore_errors=True)
+    print(f"report: {c.out / 'gpu_check.md'}, {c.out / 'gpu_check.json'}")
     print(f"gpu-check: {report['verdict']}")
     return 1 if report["verdict"].startswith("FAIL") else 0
 

@@ -79,7 +79,9 @@ def _setup_steps(c: Check, model_name: str) -> SimpleNamespace:
     train() makes them under CUDA graphs (on CPU: eager), deterministic; `capture()` makes the
     graph; GRAPH_STEPS + 1 normalized batches."""
     graphs_on = "on" if c.cuda else "off"
-    cfg = c.cell(model_name, deterministic=True, cuda_graphs=graphs_on, epochs=3, milestones=(1,))
+    cfg = c.cell(
+        model_name, deterministic=True, cuda_graphs=graphs_on, epochs=3, lr_milestones=(1,)
+    )
     ex = resolve_execution(cfg, c.device)
     data = c.data(GRAPH_STEPS + 1).to(c.device)
     x = normalize(data.train_x, *standardization(data.mean, data.std))

@@ -5,8 +5,8 @@
 - `textbook_images_per_s`: THE DELIBERATE TEXTBOOK BASELINE, the loop every tutorial writes
   (torchvision dataset read from pickles, DataLoader with workers, `.item()` per step, fp32).
   It is meant to be naive: "ours / textbook" says what the on-device data path buys;
-- `concurrent_images_per_s`: k processes of ours sharing the device (`python speed.py JOB` is
-  the worker each of them runs);
+- `concurrent_images_per_s`: k processes of ours' eager step sharing the device, timed over one
+  shared wall-clock window (`python speed.py JOB` is the worker each of them runs);
 - `measure`: all of these for one model and shape; `grid_hours`: the grid's time at those rates.
 """
 
@@ -29,16 +29,30 @@ import torch
 
 from normdrop import provenance
 from normdrop.config import RunConfig
-from normdrop.data import Prepared, SyntheticSpec, download, load_prepared, prepare, standardization
+from normdrop.data import (
+    Prepared,
+    SyntheticSpec,
+    download,
+    load_prepared,
+    normalize,
+    prepare,
+    standardization,
+)
 from normdrop.evaluation import Inputs, loss_and_accuracy
-from normdrop.execution import resolve_execution
+from normdrop.execution import make_train_step, resolve_execution
 from normdrop.layout import iter_runs
 from normdrop.models import build_model, count_parameters
-from normdrop.train import train
+from normdrop.train import make_optimizer, train
 
 BATCH = 128
 SHAPES = {"cifar": (3, 32), "mnist": (1, 28)}  # channels, height = width
-TINY_WIDTH = {"mlp": 16, "cnn": 4, "resnet20": 4}  # --tiny: the code path, not the speed
+TINY_WIDTH = {
+    "mlp": 16,
+    "cnn": 4,
+    "resnet20": 4,
+    "vit": 8,
+    "lstm": 8,
+}  # --tiny: the code path, not the speed
 EVAL_IMAGES = 64  # validation and test images each: their evaluation is a sliver of an epoch
 # torchvision's training and test set sizes: the projection must not need the data downloaded.
 DATASET_SIZES = {"mnist": (60_000, 10_000), "cifar10": (50_000, 10_000)}
@@ -61,22 +75,26 @@ def machine(device: torch.device) -> dict:
     return info | provenance.library_versions()
 
 
-def synthetic_file(folder: Path, n_train: int, shape: str, seed: int = 0) -> Path:
+def synthetic_file(
+    folder: Path, n_train: int, shape: str, seed: int = 0, n_eval: int = EVAL_IMAGES
+) -> Path:
     """A prepared file (dataset "synthetic") of exactly n_train training images of the shape and
-    EVAL_IMAGES validation and test images, made by `normdrop.data`'s own download and prepare
+    n_eval validation and test images, made by `normdrop.data`'s own download and prepare
     (so that its standardization is the workflow's); made once per folder."""
     channels, size = SHAPES[shape]
-    n, raw = n_train + EVAL_IMAGES, folder / f"synthetic-{shape}-{n_train}-{seed}"
+    n, raw = n_train + n_eval, folder / f"synthetic-{shape}-{n_train}-{seed}-{n_eval}"
     if not (raw / "prepared.pt").exists():
-        spec = SyntheticSpec(n, EVAL_IMAGES, channels=channels, size=size, seed=seed)
+        spec = SyntheticSpec(n, n_eval, channels=channels, size=size, seed=seed)
         download("synthetic", raw, spec)
-        # round(n * EVAL_IMAGES / n) = EVAL_IMAGES: the validation split is exact
-        prepare("synthetic", raw, raw / "prepared.pt", val_fraction=EVAL_IMAGES / n)
+        # round(n * n_eval / n) = n_eval: the validation split is exact
+        prepare("synthetic", raw, raw / "prepared.pt", val_fraction=n_eval / n)
     return raw / "prepared.pt"
 
 
-def synthetic(folder: Path, n_train: int, shape: str, seed: int = 0) -> Prepared:
-    return load_prepared(synthetic_file(folder, n_train, shape, seed))
+def synthetic(
+    folder: Path, n_train: int, shape: str, seed: int = 0, n_eval=EVAL_IMAGES
+) -> Prepared:
+    return load_prepared(synthetic_file(folder, n_train, shape, seed, n_eval))
 
 
 def bench_config(model: str, width: int, dropout: float, **overrides) -> RunConfig:
@@ -119,17 +137,10 @@ def ours_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device) -> d
     """Training images/s of `train()` in a run's second epoch (the first pays for compilation,
     graph capture and autotuning), from train()'s own epoch clock; the epoch's evaluation of the
     EVAL_IMAGES-image validation and test splits counts as training time (conservative)."""
-    meter, ends = Meter(), []
-
-    def log(line: str) -> None:
-        if line.startswith("epoch "):  # train() logs each epoch's line at the epoch's end
-            ends.append(time.time())
-
-    r = train(replace(cfg, epochs=2, milestones=()), data, device, log=log)
+    meter = Meter()
+    r = train(replace(cfg, epochs=2, lr_milestones=()), data, device, log=quiet)
     epoch_2_s = float(r.epochs.wall_time_s.iloc[1] - r.epochs.wall_time_s.iloc[0])
-    # epoch 2's wall-clock span: the aggregate of concurrent processes needs it
-    span = (ends[1] - epoch_2_s, ends[1])
-    return {**meter.stop(), "images_per_s": len(data.train_y) / epoch_2_s, "span": span}
+    return {**meter.stop(), "images_per_s": len(data.train_y) / epoch_2_s}
 
 
 def eval_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device) -> float:
@@ -218,71 +229,135 @@ def textbook_images_per_s(cfg: RunConfig, data: Prepared, device, root: Path, wo
 
 
 # --------------------------------------------------------------------------- concurrent processes
-def concurrent_images_per_s(cfg: RunConfig, shape: str, steps: int, device, k: int) -> float:
-    """Aggregate training images/s of k processes of ours sharing the device: all their images
-    over the span from the first one's epoch-2 start to the last one's epoch-2 end."""
+WINDOW_S = 5.0  # the shared timing window of concurrent processes (tiny: 0.5 s)
+
+
+def prepare_window(cfg: RunConfig, data: Prepared, device: torch.device):
+    """train()'s eager step (model, Adam, uint8 batches drawn and normalized on the device) made
+    and warmed up (autotuning, allocator); returns `run(start, seconds) -> dict`, which steps
+    from wall-clock time `start` until `start + seconds` and counts the images."""
+    ex, data = resolve_execution(replace(cfg, cuda_graphs="off"), device), data.to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
+    model = model.to(device, memory_format=ex.memory_format).train()
+    step = make_train_step(model, make_optimizer(model, cfg, ex), device, ex.bf16)
+    scale, shift = standardization(data.mean, data.std)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    n, batch = len(data.train_y), cfg.batch_size
+
+    def one_step() -> None:
+        idx = torch.randint(n, (batch,), device=device, generator=gen)
+        x = normalize(data.train_x[idx], scale, shift).contiguous(memory_format=ex.memory_format)
+        step(x, data.train_y[idx])
+
+    for _ in range(3):
+        one_step()
+    _sync(device)
+
+    def run(start: float, seconds: float) -> dict:
+        time.sleep(max(0.0, start - time.time()))
+        steps = 0
+        while time.time() < start + seconds:  # CUDA: launches run ahead, the sync waits for them
+            one_step()
+            steps += 1
+        _sync(device)
+        return {"images": steps * batch, "start": start, "end": time.time()}
+
+    return run
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def concurrent_images_per_s(
+    cfg: RunConfig, shape: str, steps: int, device, k: int, seconds: float = WINDOW_S
+) -> float:
+    """Aggregate training images/s of k processes of ours sharing the device, all timed over
+    one shared wall-clock window: each prepares and warms up, then all step from the same start
+    time for `seconds`; their images over the window, from its start to the last one's end."""
     job = json.dumps({"cfg": cfg.to_dict(), "shape": shape, "steps": steps, "device": str(device)})
     env = dict(os.environ)
     if device.type == "cpu":  # share the cores: each process gets its part of them
         env["OMP_NUM_THREADS"] = str(max(1, torch.get_num_threads() // k))
     popen = dict(stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
     procs = [subprocess.Popen([sys.executable, __file__, job], **popen) for _ in range(k)]
-    for p in procs:  # every worker has its data and model ready: start them together
-        if p.stdout.readline().strip() != "READY":
-            raise RuntimeError(f"concurrent worker exited {p.wait()} before READY")
-    for p in procs:
-        p.stdin.write("GO\n")
-        p.stdin.flush()
-    spans = []
-    for p in procs:
-        out, _ = p.communicate()
-        if p.returncode:
-            raise RuntimeError(f"concurrent worker exited {p.returncode}")
-        spans.append(json.loads(out.strip().splitlines()[-1])["span"])
-    span = max(end for _, end in spans) - min(start for start, _ in spans)
-    return k * steps * BATCH / span
+    try:
+        for p in procs:  # every worker has its data and model ready and warm
+            if p.stdout.readline().strip() != "READY":
+                raise RuntimeError(f"concurrent worker exited {p.wait()} before READY")
+        start = time.time() + 0.2  # the window every worker times
+        for p in procs:
+            p.stdin.write(f"{start} {seconds}\n")
+            p.stdin.flush()
+        results = []
+        for p in procs:
+            out, _ = p.communicate(timeout=seconds + 300)
+            if p.returncode:
+                raise RuntimeError(f"concurrent worker exited {p.returncode}")
+            results.append(json.loads(out.strip().splitlines()[-1]))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return sum(r["images"] for r in results) / (max(r["end"] for r in results) - start)
 
 
 def _worker(job: str) -> None:
     job = json.loads(job)
     with tempfile.TemporaryDirectory(prefix="bench_worker_") as tmp:
         data = synthetic(Path(tmp), job["steps"] * BATCH, job["shape"])
+        run = prepare_window(RunConfig.from_dict(job["cfg"]), data, torch.device(job["device"]))
         print("READY", flush=True)
-        sys.stdin.readline()
-        r = ours_images_per_s(RunConfig.from_dict(job["cfg"]), data, torch.device(job["device"]))
-    print(json.dumps(r), flush=True)
+        start, seconds = map(float, sys.stdin.readline().split())
+        print(json.dumps(run(start, seconds)), flush=True)
 
 
 # --------------------------------------------------------------------------- one model
 def measure(
-    cfg, shape: str, steps: int, device, tmp: Path, settings, workers, processes=()
-) -> dict:
+    cfg, shape: str, steps: int, device, tmp: Path, settings, workers, processes=(),
+    window_s: float = WINDOW_S,
+) -> dict:  # fmt: skip
     """Images/s of cfg's model on `shape`-shaped data, steps x BATCH images: ours under each of
     `settings` (name -> RunConfig overrides; None: not measured), the textbook loop with
-    `workers` (None: not measured), evaluation, and k processes of ours (eager) per k."""
+    `workers` (None: not measured), evaluation, and with `processes` the eager step over a
+    shared window in this process ("1 proc.") and in k processes at once per k. A setting that
+    raises gets None and its error under "failed"; the others are still measured."""
     data = synthetic(tmp, steps * BATCH, shape)
     params = count_parameters(
         build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
     )
     r = {"model": cfg.model, "shape": shape, "width": cfg.width, "params": params, "steps": steps}
-    others = []
+    others, failed = [], {}
     if workers is not None:
         textbook = textbook_images_per_s(cfg, data, device, tmp / f"pickles-{cfg.model}", workers)
         r["textbook"] = textbook["images_per_s"]
         others.append(textbook["other_cores"])
     for name, overrides in settings.items():
-        run = None if overrides is None else replace(cfg, **overrides)
-        ours = run and ours_images_per_s(run, data, device)
-        r[name] = ours and ours["images_per_s"]
-        others.append(ours and ours["other_cores"])
-    r["best"] = max((k for k in settings if r[k]), key=r.get)
-    if "textbook" in r:
+        r[name] = None
+        if overrides is None:
+            continue
+        try:
+            ours = ours_images_per_s(replace(cfg, **overrides), data, device)
+        except Exception as err:  # this setting's FAIL; the model's other figures still come
+            failed[name] = f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+            continue
+        r[name] = ours["images_per_s"]
+        others.append(ours["other_cores"])
+    measured = [k for k in settings if r[k]]
+    r["best"] = max(measured, key=r.get) if measured else None
+    if "textbook" in r and r["best"]:
         r["best / textbook"] = r[r["best"]] / r["textbook"]
-    for k in processes:
-        r[f"{k} proc."] = concurrent_images_per_s(cfg, shape, steps, device, k)
+    if processes:
+        one = prepare_window(cfg, data, device)(time.time() + 0.05, window_s)
+        r["1 proc."] = one["images"] / (one["end"] - one["start"])
+    for k in (k for k in processes if k > 1):
+        r[f"{k} proc."] = concurrent_images_per_s(cfg, shape, steps, device, k, window_s)
     r["eval"] = eval_images_per_s(cfg, data, device)
     r["other processes' cores"] = max((o for o in others if o is not None), default=None)
-    return r
+    return r | ({"failed": failed} if failed else {})
 
 
 # --------------------------------------------------------------------------- projection
@@ -305,9 +380,10 @@ def grid_rates(rows: list[dict]) -> dict:
     setting in one process, scaled by what sharing the device gained for eager; a shape not
     measured at the other shape's rates."""
     rates = {}
-    for r in rows:
-        shared = max([v for k, v in r.items() if k.endswith(" proc.")], default=r["eager"])
-        gain = shared / r["eager"]
+    for r in (r for r in rows if r.get("best")):
+        # the sharing gain: k processes over one process, both timed over a shared window
+        shared = max((v for k, v in r.items() if k.endswith(" proc.") and v), default=None)
+        gain = shared / r["1 proc."] if shared else 1.0
         rates[r["model"], r["shape"]] = (r[r["best"]] * gain, r["eval"] * gain)
     for (model, _), rate in list(rates.items()):
         for shape in SHAPES:

@@ -25,7 +25,7 @@ import pandas as pd
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import TRAIN_ENV, tiny_config, train_cli  # noqa: E402
+from fixtures.training import TRAIN_ENV, tiny_config, train_cli  # noqa: E402
 
 from normdrop.data import SyntheticSpec, download, load_prepared, prepare  # noqa: E402
 from normdrop.train import train  # noqa: E402

@@ -1,6 +1,6 @@
 """The aggregate (`normdrop.aggregate.collect_runs` and the workflow's `aggregate` rule) refuses
 results of other settings, of mixed code revisions, and a hand-edited run; on copies of the shared
-faulty grid (`grid`, fault_grid.py)."""
+faulty grid (`grid`, fixtures/fault_grid.py)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from fault_grid import GRID, RUN_KEYS, SEEDS, job_counts
-from workflow_helpers import deep_merge, merged_config, output, run, snakemake_cmd, tail
 
 from normdrop.aggregate import StaleResultsError, collect_runs
+from normdrop.workflow_config import deep_merge
 
 
 # --------------------------------------------------------------------------- stale results
@@ -33,19 +32,19 @@ def _set_revisions(results: Path, revision: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "change,key_message,stale_folders",
+    "change,key_message,stale_folders",  # stale_folders: of the grid (fixture `grid`)
     [
         (
             {"train": {"epochs": 3}},
             "epochs: 2 on disk vs 3 in config",
-            [f"runs/synthetic/{m}/{v}/seed{s}" for m, v, s in RUN_KEYS],
+            lambda grid: [f"runs/synthetic/{m}/{v}/seed{s}" for m, v, s in grid.run_keys],
         ),
         (
             {"models": {"mlp": {"dropout_rate": 0.4}}},
             "dropout: 0.5 on disk vs 0.4 in config",
-            [
+            lambda grid: [
                 *(f"runs/synthetic/mlp/{v}/seed{s}" for v in ["dropout", "bn_dropout"]
-                  for s in SEEDS),
+                  for s in grid.seeds),
                 *(f"lr_search/synthetic/mlp/{v}/lr{lr}" for v in ["dropout", "bn_dropout"]
                   for lr in ["0.001", "1e+20"]),
             ],
@@ -54,11 +53,12 @@ def _set_revisions(results: Path, revision: str) -> None:
     ids=["epochs", "dropout_rate"],
 )  # fmt: skip
 def test_collect_runs_refuses_results_of_other_settings(
-    results_copy, change, key_message, stale_folders
+    results_copy, change, key_message, stale_folders, merged_config, grid_config, grid
 ):
-    config = merged_config(GRID, {"results_dir": str(results_copy)})
+    stale_folders = stale_folders(grid)
+    config = merged_config(grid_config, {"results_dir": str(results_copy)})
     runs, epochs, candidates = collect_runs(config)  # the exact config: accepted
-    assert len(runs) == len(RUN_KEYS)
+    assert len(runs) == len(grid.run_keys)
 
     with pytest.raises(StaleResultsError) as err:
         collect_runs(deep_merge(config, change))
@@ -73,9 +73,11 @@ def test_collect_runs_refuses_results_of_other_settings(
 
 
 @pytest.mark.slow
-def test_collect_runs_refuses_mixed_code_revisions_unless_allowed(results_copy):
+def test_collect_runs_refuses_mixed_code_revisions_unless_allowed(
+    results_copy, merged_config, grid_config, grid
+):
     config = merged_config(
-        GRID, {"results_dir": str(results_copy), "metrics": {"allow_mixed_revisions": False}}
+        grid_config, {"results_dir": str(results_copy), "metrics": {"allow_mixed_revisions": False}}
     )
     _set_revisions(results_copy, "aaaa111")
     collect_runs(config)
@@ -85,14 +87,19 @@ def test_collect_runs_refuses_mixed_code_revisions_unless_allowed(results_copy):
         collect_runs(config)
     message = str(err.value)
     assert "runs come from 2 code revisions" in message
-    assert f"aaaa111 ({len(RUN_KEYS) - 1} runs)" in message and "bbbb222-dirty (1 runs)" in message
+    assert (
+        f"aaaa111 ({len(grid.run_keys) - 1} runs)" in message
+        and "bbbb222-dirty (1 runs)" in message
+    )
     assert "allow_mixed_revisions" in message
     runs, _, _ = collect_runs(deep_merge(config, {"metrics": {"allow_mixed_revisions": True}}))
     assert set(runs["git_revision"]) == {"aaaa111", "bbbb222-dirty"}
 
 
 @pytest.mark.slow
-def test_workflow_aggregate_fails_on_a_hand_edited_run(grid, tmp_path):
+def test_workflow_aggregate_fails_on_a_hand_edited_run(
+    grid, tmp_path, run, snakemake_cmd, tail, output, job_counts
+):
     workdir = tmp_path / "copy"
     shutil.copytree(grid.workdir, workdir, symlinks=True)  # copy2: mtimes kept
     meta = workdir / "results" / "demo" / "runs" / "synthetic" / "cnn" / "bn" / "seed42"

@@ -6,38 +6,188 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TRAIN_ENV
+
+REPO = Path(__file__).resolve().parents[1]
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 gpu_check = importlib.import_module("gpu_check")
 graph_steps = importlib.import_module("graph_steps")
 speed = importlib.import_module("speed")
+check_rows = importlib.import_module("check_rows")
 
-# What a GPU machine has: importing snakemake or jsonschema fails (a None in sys.modules).
-WITHOUT_WORKFLOW_PACKAGES = (
-    "import sys; sys.modules['snakemake'] = sys.modules['jsonschema'] = None"
-)
+# What the loaned GPU machine has: snakemake and jsonschema cannot be imported, in the check's
+# process and in every process it starts (a sitecustomize first on PYTHONPATH blocks them).
+BLOCKER = REPO / "tests" / "no_workflow_packages"
 
 
-def run_gpu_check(out, *args):
+@pytest.fixture(scope="module")
+def gpu_machine_env(train_env) -> dict[str, str]:
+    return {**train_env, "PYTHONPATH": f"{BLOCKER}{os.pathsep}{REPO / 'src'}"}
+
+
+# The documented command, with --device cpu --tiny: PYTHONPATH=src python3 benchmarks/gpu_check.py
+GPU_CHECK = [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--tiny"]
+MAX_FILES = 6  # what may come back from a loaned machine: at most 8 files; the check keeps to 6
+
+
+def files_under(out) -> list:
+    return [p for p in out.rglob("*") if p.is_file()]
+
+
+@pytest.fixture(scope="module")
+def run_gpu_check(gpu_machine_env):
+    def run_gpu_check(out, *args):
+        cmd = [*GPU_CHECK, "--out", str(out), *args]
+        res = subprocess.run(
+            cmd, cwd=REPO, env=gpu_machine_env, capture_output=True, text=True, timeout=1500
+        )
+        assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+        report = json.loads((out / "gpu_check.json").read_text())
+        first_line = (out / "gpu_check.md").read_text().splitlines()[0]
+        assert first_line == f"# GPU check: {report['verdict']}"
+        assert res.stdout.strip().splitlines()[-1] == f"gpu-check: {report['verdict']}"
+        assert len(files_under(out)) <= MAX_FILES, files_under(out)
+        return report
+
+    return run_gpu_check
+
+
+def test_everything_the_check_imports_imports_without_snakemake_and_jsonschema(gpu_machine_env):
+    # the check, its libraries, and what its subprocesses run (the training CLI, the lease
+    # holder, the speed workers); the blocker itself must work, or this proves nothing
+    modules = ["gpu_check", "graph_steps", "check_rows", "speed", "fusion_prototype"]
+    modules += ["normdrop.train", "normdrop.gpu_lease", "normdrop.checkpoints"]
     code = (
-        f"{WITHOUT_WORKFLOW_PACKAGES}; import runpy; sys.path.insert(0, 'benchmarks'); "
-        "sys.argv = ['gpu_check.py', *sys.argv[1:]]; "
-        "runpy.run_path('benchmarks/gpu_check.py', run_name='__main__')"
+        "import importlib, sys; sys.path.insert(0, 'benchmarks')\n"
+        "for blocked in ('snakemake', 'jsonschema'):\n"
+        "    try:\n        importlib.import_module(blocked)\n    except ModuleNotFoundError:\n"
+        "        pass\n    else:\n        raise SystemExit(f'{blocked} was importable')\n"
+        f"for m in {modules!r}:\n    importlib.import_module(m)\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('snakemake', 'jsonschema'))))"
     )
-    cmd = [sys.executable, "-c", code, "--device", "cpu", "--tiny", "--out", str(out), *args]
-    res = subprocess.run(cmd, cwd=REPO, env=TRAIN_ENV, capture_output=True, text=True, timeout=900)
-    assert res.returncode == 0, res.stdout[-4000:] + res.stderr[-4000:]
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=gpu_machine_env, capture_output=True,
+        text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert res.stdout.strip() == "[]"
+
+
+def test_killed_after_its_first_section_the_check_leaves_that_sections_report(
+    tmp_path, gpu_machine_env
+):
+    out = tmp_path / "out"
+    cmd = [*GPU_CHECK, "--out", str(out), "--sections", "leases", "precision"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=gpu_machine_env, stdout=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:  # printed once the report holds the section
+            if line.startswith("leases: "):
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
     report = json.loads((out / "gpu_check.json").read_text())
-    first_line = (out / "gpu_check.md").read_text().splitlines()[0]
-    assert first_line == f"# GPU check: {report['verdict']}"
-    assert res.stdout.strip().splitlines()[-1] == f"gpu-check: {report['verdict']}"
-    return report
+    assert sorted(r["slot"] for r in report["sections"]["leases"]["rows"]) == [0, 1]
+    assert report["verdict"].startswith("INCOMPLETE on cpu")
+    assert "not run yet: precision" in report["verdict"]
+    md = (out / "gpu_check.md").read_text()
+    assert md.splitlines()[0] == f"# GPU check: {report['verdict']}"
+    assert "## leases: pass" in md and "process 2" in md
+    assert len(files_under(out)) <= MAX_FILES
+
+
+def boom():
+    raise ValueError("boom: the graph was captured wrong")
+
+
+def crashing_section(c):
+    raise RuntimeError("outside any row")
+
+
+def test_a_failure_fails_its_row_and_the_rest_still_runs(tmp_path, monkeypatch, capsys):
+    def graphs(c):
+        rows = check_rows.guard("graph == eager, cnn", "cuda_graphs", boom)
+        return check_rows.section(rows + [check_rows.row("graph == eager, vit", True)])
+
+    sections = {"graphs": graphs, "smoke": crashing_section, "leases": gpu_check.leases}
+    monkeypatch.setattr(gpu_check, "SECTIONS", sections)
+    monkeypatch.setitem(os.environ, "PYTHONPATH", str(REPO / "src"))
+    out = tmp_path / "out"
+    assert gpu_check.main(["--device", "cpu", "--tiny", "--out", str(out)]) == 1
+    report = json.loads((out / "gpu_check.json").read_text())
+    rows = {r["check"]: r for r in report["sections"]["graphs"]["rows"]}
+    assert rows["graph == eager, cnn"]["status"] == "fail"
+    assert rows["graph == eager, cnn"]["detail"] == (
+        "crashed: ValueError: boom: the graph was captured wrong"
+    )
+    assert rows["graph == eager, vit"]["status"] == "pass"
+    assert "outside any row" in report["sections"]["smoke"]["traceback"]
+    assert report["sections"]["leases"]["status"] == "pass"  # after the crash: still run
+    assert report["verdict"].startswith("FAIL on cpu")
+    assert (
+        "keep off: cuda_graphs (graphs: graph == eager, cnn: crashed: ValueError"
+        in (report["verdict"])
+    )
+    assert "what section smoke checks (crashed: RuntimeError" in report["verdict"]
+
+
+def test_sections_past_the_time_budget_are_skipped_and_named(tmp_path, monkeypatch):
+    ran = []
+    sections = {name: (lambda c, n=name: ran.append(n) or check_rows.section([])) for name in
+                ("graphs", "smoke", "leases")}  # fmt: skip
+    monkeypatch.setattr(gpu_check, "SECTIONS", sections)
+    projected = {"graphs": (0, 1), "smoke": (0, 500), "leases": (0, 1)}
+    monkeypatch.setattr(gpu_check, "PROJECTED_S", projected)
+    out = tmp_path / "out"
+    argv = ["--device", "cpu", "--tiny", "--out", str(out), "--budget-s", "60"]
+    assert gpu_check.main(argv) == 0
+    assert ran == ["graphs", "leases"]
+    report = json.loads((out / "gpu_check.json").read_text())
+    assert list(report["skipped"]) == ["smoke"] and "projected 500 s" in report["skipped"]["smoke"]
+    assert report["verdict"].endswith("skipped for time: smoke")
+    md = (out / "gpu_check.md").read_text()
+    assert "## smoke: skipped for time (projected 500 s" in md
+    assert "projected seconds per section" in md and "smoke 500" in md
+
+
+def test_precision_comparison_fails_beyond_the_seed_spread():
+    fp32 = {("fp32", s): {"test_acc": 0.80 + 0.01 * i, "train_loss": 0.50 + 0.02 * i}
+            for i, s in enumerate((42, 43, 44, 45))}  # fmt: skip
+
+    def bf16(acc_shift, loss_shift):
+        return {("bf16", s): {"test_acc": v["test_acc"] + acc_shift,
+                              "train_loss": v["train_loss"] + loss_shift}
+                for (_, s), v in fp32.items()}  # fmt: skip
+
+    close = fp32 | bf16(0.002, 0.001)
+    far = fp32 | bf16(-0.05, 0.2)
+    for metric in ("test_acc", "train_loss"):
+        assert gpu_check.compare(close, "bf16", "fp32", metric, 1024)["status"] == "pass"
+        row = gpu_check.compare(far, "bf16", "fp32", metric, 1024)
+        assert row["status"] == "fail" and row["keep off"] == "precision: bf16", row
+    # accuracies: seed SD 0.0129 (binomial floor at 1,024 images 0.0121), x 2 x sqrt(2 / 4)
+    row = gpu_check.compare(close, "bf16", "fp32", "test_acc", 1024)
+    assert "tolerance 0.0183" in row["detail"], row["detail"]
+
+
+def test_concurrent_windows_start_together_and_count_their_images(tmp_path):
+    cfg = speed.bench_config("mlp", 16, 0.5, batch_size=32)
+    run = speed.prepare_window(cfg, speed.synthetic(tmp_path, 64, "cifar"), torch.device("cpu"))
+    start = time.time() + 0.3
+    r = run(start, 0.2)
+    assert r["start"] == start and r["end"] - start >= 0.2
+    assert r["images"] > 0 and r["images"] % 32 == 0
 
 
 @pytest.fixture
@@ -45,11 +195,11 @@ def check(tmp_path):
     return gpu_check.Check(argparse.Namespace(device="cpu", tiny=True, out=tmp_path / "out"))
 
 
-def test_graphs_section_runs_the_comparison_on_cpu(tmp_path):
+def test_graphs_section_runs_the_comparison_on_cpu(tmp_path, run_gpu_check):
     report = run_gpu_check(tmp_path / "out", "--sections", "graphs")
     assert report["verdict"].startswith("PASS on cpu (tiny")
     rows = {r["check"]: r for r in report["sections"]["graphs"]["rows"]}
-    for model in ("mlp", "cnn", "resnet20"):
+    for model in ("mlp", "cnn", "resnet20", "vit", "lstm"):
         assert rows[f"graph == eager, {model}"]["status"] == "pass"
         assert "bitwise True" in rows[f"graph == eager, {model}"]["detail"]
         assert "eager stand-in" in rows[f"graph == eager, {model}"]["detail"]
@@ -60,6 +210,8 @@ def test_graphs_section_runs_the_comparison_on_cpu(tmp_path):
         assert rows[needs_cuda]["status"] == "skipped: needs CUDA"
     assert rows["lease without nvidia-smi"]["status"] == "skipped: needs CUDA"
     assert rows["augment crop_flip"]["status"] == "pass"
+    refused = rows["graphs refused: lstm, norm none + dropout"]
+    assert refused["status"] == "pass" and "lstm with norm none and dropout" in refused["detail"]
     assert list(report["sections"]) == ["graphs"]
 
 
@@ -158,9 +310,9 @@ def test_grid_epochs_counts_every_run_of_the_grid():
 
 
 @pytest.mark.slow  # a minute or more on a loaded 2-core machine
-def test_bench_tiny_runs_and_prints_every_model():
+def test_bench_tiny_runs_and_prints_every_model(train_env):
     cmd = [sys.executable, "benchmarks/bench_train.py", "--device", "cpu", "--tiny"]
-    res = subprocess.run(cmd, cwd=REPO, env=TRAIN_ENV, capture_output=True, text=True, timeout=600)
+    res = subprocess.run(cmd, cwd=REPO, env=train_env, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = [line for line in res.stdout.splitlines() if line.startswith("| ")]
     for model in ("mlp", "cnn", "resnet20"):
@@ -172,19 +324,49 @@ def test_bench_tiny_runs_and_prints_every_model():
 
 
 @pytest.mark.slow  # a few minutes on a loaded 2-core machine
-def test_gpu_check_tiny_runs_every_section_that_cpu_can(tmp_path):
-    report = run_gpu_check(tmp_path / "out")
+def test_gpu_check_tiny_runs_every_section_that_cpu_can(tmp_path, run_gpu_check):
+    report = run_gpu_check(tmp_path / "out", "--budget-s", "3600")  # a loaded machine
     assert report["verdict"].startswith("PASS on cpu (tiny: figures mean nothing)")
+    assert report["skipped"] == {}
     sections = report["sections"]
     assert list(sections) == ["graphs", "smoke", "resume", "leases", "precision", "speed", "fusion"]
     for name, s in sections.items():
         assert s["status"] in ("pass", "info"), (name, s)
         assert s["summary"] and "traceback" not in s
-    assert sections["smoke"]["summary"].startswith("24/24 runs")
+    assert sections["smoke"]["summary"].startswith("40/40 runs")  # 5 models x 4 variants x 2
+    smoked = {r["check"].split()[1] for r in sections["smoke"]["rows"]}
+    assert smoked == {"mlp", "cnn", "resnet20", "vit", "lstm"}
     assert [r["bitwise"] for r in sections["resume"]["rows"]][0] is True
     assert sorted(r["slot"] for r in sections["leases"]["rows"]) == [0, 1]
-    assert len(sections["precision"]["rows"]) == 6
+    precision = sections["precision"]["rows"]
+    assert len(precision) == 6  # 2 seeds x fp32, bf16; test_acc and train_loss compared
+    assert [r["status"] for r in precision[-2:]] == ["info", "info"]  # tiny: information only
     assert {r["model"] for r in sections["speed"]["rows"]} == {"mlp", "cnn", "resnet20"}
     assert all(r["eager"] > 0 and r["textbook"] > 0 for r in sections["speed"]["rows"])
+    mlp = next(r for r in sections["speed"]["rows"] if r["model"] == "mlp")
+    assert mlp["1 proc."] > 0 and mlp["2 proc."] > 0  # over one shared window
     assert sections["speed"]["grid_hours"] > 0
     assert sections["fusion"]["rows"][0]["fused images/s"] > 0
+
+
+def test_a_speed_setting_that_crashes_fails_alone(tmp_path):
+    # cuda_graphs on a CPU raises: that setting gets no figure and its error; eager still runs
+    cfg = speed.bench_config("mlp", 16, 0.5, batch_size=32)
+    settings = {"eager": {}, "cuda graphs": {"cuda_graphs": "on"}, "compile": None}
+    r = speed.measure(cfg, "cifar", 2, torch.device("cpu"), tmp_path, settings, None)
+    assert r["eager"] > 0 and r["best"] == "eager"
+    assert r["cuda graphs"] is None and r["compile"] is None
+    assert list(r["failed"]) == ["cuda graphs"]
+    assert r["failed"]["cuda graphs"].startswith("ConfigError: setting 'cuda_graphs' = 'on'")
+
+
+def test_speed_row_fails_naming_the_setting_that_crashed(check, monkeypatch):
+    def measure(cfg, *args, **kwargs):
+        return {"model": cfg.model, "eager": 100.0, "cuda graphs": None, "best": "eager",
+                "failed": {"cuda graphs": "RuntimeError: capture failed"}}  # fmt: skip
+
+    monkeypatch.setattr(speed, "measure", measure)
+    r = gpu_check.speed_model(check, "cnn")
+    assert r["status"] == "fail" and r["keep off"] == "cuda_graphs"
+    assert r["detail"] == "cuda graphs: RuntimeError: capture failed" and r["eager"] == 100.0
+    assert "failed" not in r

@@ -19,8 +19,6 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import CPU, QUIET, TIMING, TRAIN_ENV, curves, run_cli, tiny_config, train_cli
-from workflow_helpers import RUN_FILES, kill_group
 
 from normdrop.data import load_prepared
 from normdrop.train import train
@@ -44,7 +42,7 @@ def kill_after_epoch(proc, ckpt, epoch, timeout=120):
 
 
 @pytest.mark.slow
-def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, tiny_data):
+def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, tiny_data, run_cli, timing):
     ref = run_cli(tmp_path, tiny_data, tmp_path / "ref")
     assert ref.returncode == 0, ref.stderr
 
@@ -57,8 +55,8 @@ def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, tiny_data):
     assert done.returncode == 0, done.stderr
     assert "resuming from" in done.stdout
 
-    ref_epochs = pd.read_parquet(tmp_path / "ref" / "epochs.parquet").drop(columns=TIMING)
-    got_epochs = pd.read_parquet(out / "epochs.parquet").drop(columns=TIMING)
+    ref_epochs = pd.read_parquet(tmp_path / "ref" / "epochs.parquet").drop(columns=timing)
+    got_epochs = pd.read_parquet(out / "epochs.parquet").drop(columns=timing)
     pd.testing.assert_frame_equal(ref_epochs, got_epochs)  # exactly equal, every epoch
     pd.testing.assert_frame_equal(
         pd.read_parquet(tmp_path / "ref" / "steps.parquet"), pd.read_parquet(out / "steps.parquet")
@@ -68,10 +66,10 @@ def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, tiny_data):
     assert not ckpt.exists()  # cleaned up once the outputs hold everything
 
 
-def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, tiny_data):
+def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, tiny_data, tiny_config, cpu, quiet, curves):
     data = load_prepared(tiny_data)
     cfg = tiny_config(model="cnn", width=4, dropout_rate=0.3, epochs=3, checkpoint_every_s=0.0)
-    ref = train(cfg, data, CPU, **QUIET)
+    ref = train(cfg, data, cpu, **quiet)
 
     class Interrupt(Exception):
         pass
@@ -82,28 +80,30 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, tiny_data):
 
     ckpt = tmp_path / "run.ckpt"
     with pytest.raises(Interrupt):
-        train(cfg, data, CPU, checkpoint=ckpt, log=stop_in_epoch_2)
+        train(cfg, data, cpu, checkpoint=ckpt, log=stop_in_epoch_2)
     saved = torch.load(ckpt, weights_only=False)
     assert saved["mid_epoch"] is not None and saved["epoch"] == 1
-    resumed = train(cfg, data, CPU, checkpoint=ckpt, **QUIET)
+    resumed = train(cfg, data, cpu, checkpoint=ckpt, **quiet)
     pd.testing.assert_frame_equal(curves(ref), curves(resumed))
     assert resumed.resumes == [{"epoch": 1, "step": 9}]
 
 
-def test_checkpoint_of_other_settings_is_set_aside(tmp_path, tiny_data):
+def test_checkpoint_of_other_settings_is_set_aside(tmp_path, tiny_data, cpu, tiny_config, quiet):
     data = load_prepared(tiny_data)
     ckpt = tmp_path / "run.ckpt"
-    train(tiny_config(epochs=1, lr_milestones=()), data, CPU, checkpoint=ckpt, **QUIET)
+    train(tiny_config(epochs=1, lr_milestones=()), data, cpu, checkpoint=ckpt, **quiet)
     assert ckpt.exists()
-    r = train(tiny_config(epochs=3, seed=5), data, CPU, checkpoint=ckpt, **QUIET)
+    r = train(tiny_config(epochs=3, seed=5), data, cpu, checkpoint=ckpt, **quiet)
     assert r.resumes == [] and len(r.epochs) == 3  # started over: other settings
     assert list(tmp_path.glob("run.ckpt.stale-*"))  # the old one is kept aside, not deleted
 
 
-def test_resume_reads_the_checkpoint_with_weights_only(tmp_path, tiny_data, monkeypatch):
+def test_resume_reads_the_checkpoint_with_weights_only(
+    tmp_path, tiny_data, monkeypatch, tiny_config, cpu
+):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
     cfg = tiny_config(epochs=3)
-    ref = train(cfg, data, CPU, log=lambda s: None)
+    ref = train(cfg, data, cpu, log=lambda s: None)
 
     class Stop(Exception):
         pass
@@ -113,21 +113,21 @@ def test_resume_reads_the_checkpoint_with_weights_only(tmp_path, tiny_data, monk
             raise Stop
 
     with contextlib.suppress(Stop):
-        train(cfg, data, CPU, checkpoint=ckpt, log=stop)
+        train(cfg, data, cpu, checkpoint=ckpt, log=stop)
     loads = []
     real_load = torch.load
     monkeypatch.setattr(torch, "load", lambda *a, **k: loads.append(k) or real_load(*a, **k))
-    resumed = train(cfg, data, CPU, checkpoint=ckpt, log=lambda s: None)
+    resumed = train(cfg, data, cpu, checkpoint=ckpt, log=lambda s: None)
     assert [k.get("weights_only") for k in loads] == [True]
     assert resumed.resumes == [{"epoch": 1, "step": 0}]
     drop = ["wall_time_s"]
     pd.testing.assert_frame_equal(ref.epochs.drop(columns=drop), resumed.epochs.drop(columns=drop))
 
 
-def test_checkpoint_that_needs_code_to_load_is_moved_aside(tmp_path, tiny_data):
+def test_checkpoint_that_needs_code_to_load_is_moved_aside(tmp_path, tiny_data, tiny_config, cpu):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
     cfg = tiny_config(epochs=2, lr_milestones=())
-    train(cfg, data, CPU, checkpoint=ckpt, log=lambda s: None)  # a complete, valid checkpoint
+    train(cfg, data, cpu, checkpoint=ckpt, log=lambda s: None)  # a complete, valid checkpoint
     marker = tmp_path / "code-ran"
 
     class Payload:  # unpickling it would call Path.touch(marker)
@@ -137,7 +137,7 @@ def test_checkpoint_that_needs_code_to_load_is_moved_aside(tmp_path, tiny_data):
     torch.save({**torch.load(ckpt, weights_only=True), "extra": Payload()}, ckpt)
     lines = []
     t0 = time.time()
-    r = train(cfg, data, CPU, checkpoint=ckpt, log=lines.append)
+    r = train(cfg, data, cpu, checkpoint=ckpt, log=lines.append)
     assert not marker.exists()  # nothing in the file ran
     assert r.resumes == [] and len(r.epochs) == 2  # started over
     aside = list(tmp_path.glob("run.ckpt.stale-*"))
@@ -157,57 +157,64 @@ def _mtime(path: Path) -> int | None:
         return None
 
 
-def _kill_at_random_points(
-    cmd, out: Path, ckpt: Path, max_delay: float, rng: random.Random, why: str
-) -> list:
-    """Runs `cmd` until it completes, SIGKILLing it at random points on its first 3 tries; returns
-    the delays of the kills that landed (after the try's first checkpoint save)."""
-    kills = []
-    for attempt in range(4):
-        before = _mtime(ckpt)
-        proc = subprocess.Popen(cmd, env=TRAIN_ENV, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
-        try:
-            if attempt == 3:  # the last try runs to the end
-                assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+@pytest.fixture(scope="module")
+def _kill_at_random_points(train_env, kill_group):
+    def _kill_at_random_points(
+        cmd, out: Path, ckpt: Path, max_delay: float, rng: random.Random, why: str
+    ) -> list:
+        """Runs `cmd` until it completes, SIGKILLing it at random points on its first 3 tries;
+        returns the delays of the kills that landed (after the try's first checkpoint save)."""
+        kills = []
+        for attempt in range(4):
+            before = _mtime(ckpt)
+            proc = subprocess.Popen(cmd, env=train_env, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, start_new_session=True)  # fmt: skip
+            try:
+                if attempt == 3:  # the last try runs to the end
+                    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+                    break
+                # "Start" is this process's first checkpoint save: torch's import and the
+                # optimizer's lazy imports take seconds on a loaded machine, and a kill there
+                # proves nothing.
+                t0 = time.monotonic()
+                while _mtime(ckpt) == before and proc.poll() is None:
+                    assert time.monotonic() - t0 < 180, f"no checkpoint written in 180 s ({why})"
+                    time.sleep(0.01)
+                delay = rng.uniform(0.02, max_delay)
+                time.sleep(delay)
+            finally:
+                kill_group(proc)
+            if proc.returncode == 0:  # it finished before the kill: nothing left to interrupt
                 break
-            # "Start" is this process's first checkpoint save: torch's import and the optimizer's
-            # lazy imports take seconds on a loaded machine, and a kill there proves nothing.
-            t0 = time.monotonic()
-            while _mtime(ckpt) == before and proc.poll() is None:
-                assert time.monotonic() - t0 < 180, f"no checkpoint written in 180 s ({why})"
-                time.sleep(0.01)
-            delay = rng.uniform(0.02, max_delay)
-            time.sleep(delay)
-        finally:
-            kill_group(proc)
-        if proc.returncode == 0:  # it finished before the kill: nothing left to interrupt
-            break
-        assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
-        kills.append(round(delay, 3))
-        if not ckpt.exists():
-            # Killed after its last step: the outputs were complete and the checkpoint, which
-            # they supersede, already removed. That is a finished run.
-            assert json.loads((out / "meta.json").read_text())["status"] == "completed"
-            break
-        # The checkpoint is always whole; nothing final is visible before the run has finished.
-        saved = torch.load(ckpt, weights_only=False)
-        visible = [*glob.glob(str(out / "*.parquet")), *glob.glob(str(out / "meta.json"))]
-        if saved["epoch"] < 8:
-            assert not visible, f"after kill {attempt + 1} at +{delay:.2f}s: {visible} ({why})"
-        else:  # killed while writing the outputs: each visible file is complete
-            for p in glob.glob(str(out / "*.parquet")):
-                pd.read_parquet(p)
-    return kills
+            assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+            kills.append(round(delay, 3))
+            if not ckpt.exists():
+                # Killed after its last step: the outputs were complete and the checkpoint, which
+                # they supersede, already removed. That is a finished run.
+                assert json.loads((out / "meta.json").read_text())["status"] == "completed"
+                break
+            # The checkpoint is always whole; nothing final is visible before the run has finished.
+            saved = torch.load(ckpt, weights_only=False)
+            visible = [*glob.glob(str(out / "*.parquet")), *glob.glob(str(out / "meta.json"))]
+            if saved["epoch"] < 8:
+                assert not visible, f"after kill {attempt + 1} at +{delay:.2f}s: {visible} ({why})"
+            else:  # killed while writing the outputs: each visible file is complete
+                for p in glob.glob(str(out / "*.parquet")):
+                    pd.read_parquet(p)
+        return kills
+
+    return _kill_at_random_points
 
 
 @pytest.mark.slow
-def test_training_sigkilled_at_random_points_resumes_to_identical_metrics(tmp_path, tiny_data):
+def test_training_sigkilled_at_random_points_resumes_to_identical_metrics(
+    tmp_path, tiny_data, train_cli, train_env, run_files, _kill_at_random_points
+):
     seed = random.SystemRandom().randrange(1 << 30)
     rng, why = random.Random(seed), f"random seed {seed}"
     # The uninterrupted reference first: its training time (s) scales the kill delays, so the
     # first kill lands before the end on a fast machine as on a slow one.
-    ref = subprocess.run(train_cli(tiny_data, tmp_path / "ref"), env=TRAIN_ENV,
+    ref = subprocess.run(train_cli(tiny_data, tmp_path / "ref"), env=train_env,
                          capture_output=True, text=True, timeout=300)  # fmt: skip
     assert ref.returncode == 0, ref.stderr
     ref_wall = json.loads((tmp_path / "ref" / "meta.json").read_text())["wall_time_s"]
@@ -228,4 +235,4 @@ def test_training_sigkilled_at_random_points_resumes_to_identical_metrics(tmp_pa
     )
     assert not ckpt.exists()
     files = sorted(p.name for p in out.iterdir() if p.is_file())  # beside tensorboard/
-    assert files == sorted(RUN_FILES)  # no temp file left
+    assert files == sorted(run_files)  # no temp file left

@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-from conftest import TRAIN_ENV, train_cli
 
 from normdrop.config import RunConfig, allowed_text
 from normdrop.data import load_prepared
@@ -25,11 +24,17 @@ def run_main(capsys, argv) -> tuple[int, list[str]]:
     return code, capsys.readouterr().err.strip().splitlines()
 
 
-def cli_args(data, out, *extra) -> list[str]:
-    return train_cli(data, out, *extra)[3:]  # without `python -m normdrop.train`
+@pytest.fixture(scope="module")
+def cli_args(train_cli):
+    def cli_args(data, out, *extra) -> list[str]:
+        return train_cli(data, out, *extra)[3:]  # without `python -m normdrop.train`
+
+    return cli_args
 
 
-def test_missing_data_file_says_how_to_create_it_with_a_command_that_works(capsys, tmp_path):
+def test_missing_data_file_says_how_to_create_it_with_a_command_that_works(
+    capsys, tmp_path, train_env, cli_args
+):
     missing, out = tmp_path / "missing.pt", tmp_path / "run"
     code, lines = run_main(capsys, cli_args(missing, out))
     assert code == 2 and len(lines) == 1, lines
@@ -38,14 +43,14 @@ def test_missing_data_file_says_how_to_create_it_with_a_command_that_works(capsy
     command = re.search(r"`(.+)`", lines[0])[1]
     # The command as given, run from a fresh folder (python: this interpreter).
     command = command.replace("python -m", f"{sys.executable} -m")
-    res = subprocess.run(command, shell=True, cwd=tmp_path, env=TRAIN_ENV, capture_output=True)
+    res = subprocess.run(command, shell=True, cwd=tmp_path, env=train_env, capture_output=True)
     assert res.returncode == 0, res.stderr
     assert load_prepared(missing).name == "synthetic"
 
 
 @pytest.mark.parametrize("damage", ["truncated", "no zip archive"])
 def test_corrupt_data_file_is_named_in_our_words_with_how_to_rebuild_it(
-    capsys, tmp_path, tiny_data, damage
+    capsys, tmp_path, tiny_data, damage, cli_args
 ):
     broken, out = tmp_path / "broken.pt", tmp_path / "run"
     whole = tiny_data.read_bytes()
@@ -69,7 +74,7 @@ def test_corrupt_data_file_is_named_in_our_words_with_how_to_rebuild_it(
         (["--lr", "0"], "0.0"),
     ],
 )
-def test_a_rate_that_is_not_positive_says_so(capsys, tmp_path, tiny_data, args, shown):
+def test_a_rate_that_is_not_positive_says_so(capsys, tmp_path, tiny_data, args, shown, cli_args):
     code, lines = run_main(capsys, cli_args(tiny_data, tmp_path / "run", *args))
     assert code == 2 and len(lines) == 1, lines
     assert f"setting 'lr' = {shown}: must be > 0" in lines[0]
@@ -90,9 +95,9 @@ def test_help_gives_every_option_a_sentence_its_default_and_allowed_values():
     assert "(default: 50 75; allowed: strictly increasing" in actions["lr_milestones"].help
 
 
-def test_help_from_the_command_line_documents_every_flag():
+def test_help_from_the_command_line_documents_every_flag(train_env):
     cmd = [sys.executable, "-m", "normdrop.train", "--help"]
-    res = subprocess.run(cmd, env=TRAIN_ENV, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, env=train_env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0
     options = res.stdout.split("options:")[1].split("\n\n")[0]
     entries = [" ".join(e.split()) for e in re.split(r"\n  (?=-)", options)[1:]]  # one per flag

@@ -3,12 +3,10 @@ workflow's config: each fault stops `snakemake -n` before any job, with one line
 
 import dataclasses
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO
-from fault_grid import GRID
-from workflow_helpers import merged_config, output, run, snakemake_cmd, tail, write_config
 
 from normdrop.config import (
     LEGACY_NAMES,
@@ -20,6 +18,8 @@ from normdrop.config import (
 )
 from normdrop.train import _parser
 from normdrop.workflow_config import validate_workflow_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = dict(dataset="cifar10", model="resnet20", width=32)
 
@@ -120,7 +120,7 @@ DRY_RUN_FAULTS = [k for k in CONFIG_FAULTS if k != "unknown_nested_key"]
 
 
 @pytest.fixture(scope="module")
-def config_dry_runs(tmp_path_factory):
+def config_dry_runs(tmp_path_factory, write_config, run, snakemake_cmd):
     """`snakemake -n` with each faulty override, two at a time (each is a few seconds)."""
     root = tmp_path_factory.mktemp("config-faults")
 
@@ -136,7 +136,7 @@ def config_dry_runs(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", DRY_RUN_FAULTS)
-def test_config_fault_stops_the_workflow_before_any_job(config_dry_runs, name):
+def test_config_fault_stops_the_workflow_before_any_job(config_dry_runs, name, output, tail):
     _, key, allowed = CONFIG_FAULTS[name]
     res = config_dry_runs[name]
     text = output(res)
@@ -148,7 +148,7 @@ def test_config_fault_stops_the_workflow_before_any_job(config_dry_runs, name):
 
 
 @pytest.mark.parametrize("name", list(CONFIG_FAULTS))
-def test_config_fault_in_process(name):
+def test_config_fault_in_process(name, merged_config):
     override, key, allowed = CONFIG_FAULTS[name]
     with pytest.raises(ConfigError) as err:
         validate_workflow_config(merged_config(override))
@@ -157,7 +157,7 @@ def test_config_fault_in_process(name):
     assert message.startswith(f"config key '{key}': ") and allowed in message, message
 
 
-def test_milestones_out_of_order_name_the_config_key():
+def test_milestones_out_of_order_name_the_config_key(merged_config):
     """Caught only by RunConfig (the schema checks uniqueness, not order): the message should
     still name the workflow's config key, as every other config fault does."""
     with pytest.raises(ConfigError) as err:
@@ -165,6 +165,6 @@ def test_milestones_out_of_order_name_the_config_key():
     assert str(err.value).startswith("config key 'train.lr_milestones'"), str(err.value)
 
 
-def test_merged_demo_and_grid_configs_are_valid():
+def test_merged_demo_and_grid_configs_are_valid(merged_config, grid_config):
     validate_workflow_config(merged_config())
-    validate_workflow_config(merged_config(GRID))
+    validate_workflow_config(merged_config(grid_config))

@@ -11,7 +11,6 @@ import struct
 import numpy as np
 import pytest
 import torch
-from conftest import train_args
 from torchvision.datasets import CIFAR10, CIFAR100
 
 import normdrop.train as train_module
@@ -173,7 +172,9 @@ def test_crop_flip_matches_a_per_image_reference():
 
 # --------------------------------------------------------------------------- corrupt data
 @pytest.mark.parametrize("keep", [0.0, 0.5, 0.999])
-def test_truncated_prepared_file_is_refused_with_one_line(tmp_path, tiny_data, capsys, keep):
+def test_truncated_prepared_file_is_refused_with_one_line(
+    tmp_path, tiny_data, capsys, keep, train_args
+):
     data = tiny_data.read_bytes()
     bad = tmp_path / "synthetic.pt"
     bad.write_bytes(data[: int(len(data) * keep)])

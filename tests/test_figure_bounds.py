@@ -24,18 +24,13 @@ from normdrop import curves, plots  # noqa: E402
 from normdrop.figure_style import variant_styles  # noqa: E402
 from normdrop.study import plot_study  # noqa: E402
 
-try:
-    from ._synthetic_summary import runs_from_values
-except ImportError:
-    from _synthetic_summary import runs_from_values
-
 NEAR_100 = [0.995, 1.0, 0.999]  # mean 99.80 %, SD 0.26 points: mean + SD = 100.06 %
 VARIANTS = ("none", "bn", "dropout", "bn_dropout")
 ACCURACY_LABEL = re.compile(r"accuracy.*\(%\)")  # not "accuracy (points)": a gap may be < 0
 
 
 @pytest.fixture(scope="module")
-def runs() -> pd.DataFrame:
+def runs(runs_from_values) -> pd.DataFrame:
     return runs_from_values({v: {"final_test_acc": NEAR_100} for v in VARIANTS})
 
 

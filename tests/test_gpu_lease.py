@@ -389,14 +389,13 @@ def test_under_slurm():
 
 
 @pytest.mark.slow
-def test_second_training_job_waits_for_the_one_gpu_slot(tmp_path, tiny_data):
+def test_second_training_job_waits_for_the_one_gpu_slot(tmp_path, tiny_data, train_env, train_cli):
     """A new user's `snakemake --cores 4` on a one-GPU machine: more training jobs than GPU slots
     start at once. The second job says in one line that it waits, gets the slot when the first
     exits, and both finish; no traceback. (No CUDA here: the lease is taken on the fake device
     "0", then `--device auto` trains on the CPU.)"""
-    from conftest import TRAIN_ENV, train_cli
 
-    env = {**TRAIN_ENV, "CUDA_VISIBLE_DEVICES": "0"}
+    env = {**train_env, "CUDA_VISIBLE_DEVICES": "0"}
     env = {k: v for k, v in env.items() if not k.startswith("SLURM_")}
     locks = tmp_path / "locks"
 

@@ -8,13 +8,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
-from conftest import CPU, QUIET, REPO, tiny_config
 
 from normdrop.config import ConfigError, run_config
 from normdrop.data import load_prepared
@@ -22,14 +22,20 @@ from normdrop.models import build_model
 from normdrop.train import capture_train_step, main, resolve_execution, train
 from normdrop.workflow_config import validate_workflow_config
 
+REPO = Path(__file__).resolve().parents[1]
+
 COLS = ["train_loss_mean", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc"]
 
 
-def run(data, **settings):
-    result = train(tiny_config(**settings), data, CPU, **QUIET)
-    assert result.status == "completed"
-    assert torch.isfinite(torch.tensor(result.steps["loss"].to_numpy())).all()
-    return result
+@pytest.fixture(scope="module")
+def run(cpu, tiny_config, quiet):
+    def run(data, **settings):
+        result = train(tiny_config(**settings), data, cpu, **quiet)
+        assert result.status == "completed"
+        assert torch.isfinite(torch.tensor(result.steps["loss"].to_numpy())).all()
+        return result
+
+    return run
 
 
 def rel(a: pd.Series, b: pd.Series) -> float:
@@ -43,7 +49,7 @@ def gap(a: pd.Series, b: pd.Series) -> float:
 CNN = dict(model="cnn", width=4, norm="batch", dropout_rate=0.3)  # 3 epochs of 9 steps, 270 images
 
 
-def test_bf16_autocast_stays_close_to_fp32(tiny_data):
+def test_bf16_autocast_stays_close_to_fp32(tiny_data, run):
     # bf16 keeps 8 bits of mantissa (~0.4% relative rounding per op); weights, optimizer state
     # and loss stay fp32, and the dropout masks are the same draws. Measured over 3 epochs: mean
     # loss within 0.38% relative, val loss within 0.13%, train accuracy within 2 of 270 images,
@@ -60,7 +66,7 @@ def test_bf16_autocast_stays_close_to_fp32(tiny_data):
     assert gap(a.val_acc, b.val_acc) <= 3 / 30
 
 
-def test_channels_last_gives_the_contiguous_numbers(tiny_data):
+def test_channels_last_gives_the_contiguous_numbers(tiny_data, run):
     # Without dropout only the summation order of the convolutions differs: measured epoch 1
     # equal, then mean loss within 1.6e-4 relative and train accuracy within 1 image. Bounds: 1e-3
     # relative loss, 3 images. With dropout the masks differ as well (bernoulli_ fills the mask
@@ -85,8 +91,8 @@ def test_channels_last_gives_the_contiguous_numbers(tiny_data):
     assert gap(a.val_acc, b.val_acc) <= 6 / 30
 
 
-def test_auto_settings_on_cpu_are_fp32_contiguous_eager(monkeypatch):
-    ex = resolve_execution(tiny_config(), CPU)
+def test_auto_settings_on_cpu_are_fp32_contiguous_eager(monkeypatch, cpu, tiny_config):
+    ex = resolve_execution(tiny_config(), cpu)
     assert ex.describe() == {
         "precision": "fp32",
         "memory_format": "contiguous",
@@ -107,7 +113,7 @@ def test_auto_settings_on_cpu_are_fp32_contiguous_eager(monkeypatch):
 
 
 @pytest.mark.slow
-def test_compile_gives_the_eager_numbers(tiny_data):
+def test_compile_gives_the_eager_numbers(tiny_data, run):
     # torch.compile (inductor, CPU) of the MLP with BatchNorm, without dropout (inductor draws
     # its dropout masks with its own Philox generator, seeded from the run's: other masks, as
     # with channels_last). Measured: every epoch's metrics bitwise equal to eager; bound 1e-4
@@ -135,7 +141,7 @@ def restore_determinism():
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
 
 
-def test_deterministic_runs_are_identical(tiny_data, restore_determinism, monkeypatch):
+def test_deterministic_runs_are_identical(tiny_data, restore_determinism, monkeypatch, run):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     data = load_prepared(tiny_data)
     a = run(data, deterministic=True, **CNN)
@@ -150,9 +156,11 @@ def test_deterministic_runs_are_identical(tiny_data, restore_determinism, monkey
     assert a.execution["deterministic"] and not c.execution["deterministic"]
 
 
-def test_cuda_graphs_on_without_cuda_is_refused_in_one_line(tiny_data, tmp_path, capsys):
+def test_cuda_graphs_on_without_cuda_is_refused_in_one_line(
+    tiny_data, tmp_path, capsys, cpu, tiny_config, quiet
+):
     with pytest.raises(ConfigError, match="'cuda_graphs' = 'on' needs a CUDA device, not cpu"):
-        train(tiny_config(cuda_graphs="on"), load_prepared(tiny_data), CPU, **QUIET)
+        train(tiny_config(cuda_graphs="on"), load_prepared(tiny_data), cpu, **quiet)
     code = main([
         "--data", str(tiny_data), "--dataset", "synthetic", "--model", "mlp", "--width", "8",
         "--out", str(tmp_path / "run"), "--device", "cpu", "--cuda-graphs", "on",
@@ -241,7 +249,7 @@ def _small_run(steps_before: int):
 
 
 @pytest.mark.parametrize("steps_before", [0, 2])  # a fresh run; a resumed one with Adam state
-def test_graph_capture_leaves_the_run_where_it_was(monkeypatch, steps_before):
+def test_graph_capture_leaves_the_run_where_it_was(monkeypatch, steps_before, cpu):
     model, optimizer, step, batches = _small_run(steps_before)
     reference = [step(x, y)[0] for x, y in batches]
     ref_state = {k: v.clone() for k, v in model.state_dict().items()}
@@ -250,7 +258,7 @@ def test_graph_capture_leaves_the_run_where_it_was(monkeypatch, steps_before):
     model, optimizer, step, batches = _small_run(steps_before)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     graph_step = capture_train_step(
-        step, model, optimizer, (8, 3, 16, 16), torch.contiguous_format, CPU
+        step, model, optimizer, (8, 3, 16, 16), torch.contiguous_format, cpu
     )
     for k, v in model.state_dict().items():  # warm-up and capture undone, in place
         assert torch.equal(v, before[k]), k

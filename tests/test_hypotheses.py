@@ -19,34 +19,33 @@ from normdrop import tables as tab  # noqa: E402
 from normdrop.seed_stats import contrast  # noqa: E402
 from normdrop.summary_data import PAPER_VARIANTS  # noqa: E402
 
-try:
-    from ._synthetic_summary import make_summary, runs_from_values
-except ImportError:
-    from _synthetic_summary import make_summary, runs_from_values
-
 LOW = [0.010, 0.012, 0.011]
 HIGH = [0.045, 0.047, 0.046]
 SAME = [0.046, 0.045, 0.047]
 
 
-def rows(values) -> dict[str, pd.Series]:
-    """Test rows by id for one constructed dataset/model."""
-    results = hyp.run_hypothesis_tests(runs_from_values(values))
-    return {r["test"]: r for _, r in results.iterrows()}
+@pytest.fixture(scope="module")
+def rows(runs_from_values):
+    def rows(values) -> dict[str, pd.Series]:
+        """Test rows by id for one constructed dataset/model."""
+        results = hyp.run_hypothesis_tests(runs_from_values(values))
+        return {r["test"]: r for _, r in results.iterrows()}
+
+    return rows
 
 
 @pytest.mark.parametrize(
     ("bn", "verdict"),
     [(LOW, "supported"), (SAME, "inconclusive"), ([0.08, 0.09, 0.085], "reversed")],
 )
-def test_h1_loss_sd(bn, verdict):
+def test_h1_loss_sd(bn, verdict, rows):
     r = rows({"none": {"loss_sd": HIGH}, "bn": {"loss_sd": bn}})["H1a"]
     assert r["verdict"] == verdict
     assert r["effect"] == pytest.approx(np.mean(bn) - np.mean(HIGH))
     assert np.isfinite(r["ci_low"]) and r["ci_low"] < r["effect"] < r["ci_high"]
 
 
-def test_h1_needs_both_parts():
+def test_h1_needs_both_parts(runs_from_values):
     values = {
         "none": {"loss_sd": HIGH, "convergence_epoch": [65.0, 60.0, 70.0]},
         "bn": {"loss_sd": LOW, "convergence_epoch": [34.0, 30.0, 38.0]},
@@ -58,7 +57,7 @@ def test_h1_needs_both_parts():
     assert matrix.loc[0, "H1"] == "partly supported"
 
 
-def test_h1_without_the_first_epoch_is_shown_but_does_not_decide():
+def test_h1_without_the_first_epoch_is_shown_but_does_not_decide(runs_from_values):
     # BN steadier over all epochs (H1a) only because of its first one: over epochs 2+ (H1a2) it
     # is the less steady. H1's verdict follows the paper's definition, H1a.
     values = {
@@ -90,7 +89,7 @@ def test_combine_h1_rule():
         ([15, 16, 15.5], "reversed"),
     ],
 )
-def test_h2_generalization_gap(gap, verdict):
+def test_h2_generalization_gap(gap, verdict, rows):
     r = rows({"none": {"gen_gap": [10.0, 10.4, 9.6]}, "dropout": {"gen_gap": gap}})["H2"]
     assert r["verdict"] == verdict
     assert (r["variant_a"], r["variant_b"]) == ("dropout", "none")
@@ -104,7 +103,7 @@ def test_h2_generalization_gap(gap, verdict):
         ([0.90, 0.905, 0.91], "reversed"),  # clearly above: the benefits add up here
     ],
 )
-def test_h3_combination_against_the_better_single(combo, verdict):
+def test_h3_combination_against_the_better_single(combo, verdict, rows):
     r = rows(
         {
             "none": {"final_test_acc": [0.78, 0.785, 0.79]},
@@ -133,7 +132,7 @@ def test_two_group_contrast_is_scipys_welch_test():
     assert (est4, low4, high4, p4) == pytest.approx((est, low, high, p))
 
 
-def test_too_few_seeds_and_zero_variance_are_inconclusive():
+def test_too_few_seeds_and_zero_variance_are_inconclusive(rows):
     r = rows({"none": {"loss_sd": [0.04]}, "bn": {"loss_sd": [0.01]}})["H1a"]
     assert r["verdict"] == "inconclusive (too few seeds)"
     assert np.isnan(r["ci_low"]) and np.isnan(r["p_value"])
@@ -142,7 +141,7 @@ def test_too_few_seeds_and_zero_variance_are_inconclusive():
     assert r["H1b"]["effect"] == pytest.approx(-31.0)
 
 
-def test_missing_variant_and_diverged_seeds():
+def test_missing_variant_and_diverged_seeds(rows):
     r = rows(
         {
             "none": {"final_test_acc": [0.78, np.nan, 0.79], "gen_gap": [10.0, np.nan, 11.0]},
@@ -155,14 +154,14 @@ def test_missing_variant_and_diverged_seeds():
     assert "none: 1/3 seeds diverged" in r["H2"]["diverged_note"]
 
 
-def test_other_norms_are_not_used():
+def test_other_norms_are_not_used(runs_from_values):
     runs = runs_from_values({"none": {"loss_sd": HIGH}, "bn": {"loss_sd": LOW}})
     gn = runs[runs["variant"] == "bn"].assign(variant="gn", norm="group", loss_sd=0.5)
     r = hyp.run_hypothesis_tests(pd.concat([runs, gn])).set_index("test").loc["H1a"]
     assert r["verdict"] == "supported" and r["variant_a"] == "bn"
 
 
-def test_sentence_has_verdict_effect_and_ci():
+def test_sentence_has_verdict_effect_and_ci(runs_from_values):
     results = hyp.run_hypothesis_tests(
         runs_from_values(
             {"none": {"gen_gap": [10.0, 10.4, 9.6]}, "dropout": {"gen_gap": [4.0, 4.5, 3.8]}}
@@ -173,7 +172,7 @@ def test_sentence_has_verdict_effect_and_ci():
     assert "supported." in text and "95% CI" in text and "points" in text and "n = 3 vs 3" in text
 
 
-def test_cli_writes_tables_and_sentences(tmp_path):
+def test_cli_writes_tables_and_sentences(tmp_path, make_summary):
     make_summary(tmp_path / "summary", ("mnist", "cifar10"), ("mlp", "resnet20"))
     out = tmp_path / "tables"
     assert hyp.main(["--summary-dir", str(tmp_path / "summary"), "--out-dir", str(out)]) == 0
@@ -198,3 +197,16 @@ def test_paper_claims_reference_file():
     assert set(claims) == {"H1", "H2", "H3"}
     assert claims["H1"]["statement"].startswith("Batch Normalization reduces training instability")
     assert tab.load_paper_table("paper_table2")["variant"].tolist() == list(PAPER_VARIANTS)
+
+
+def test_runs_that_did_not_learn_have_no_convergence_epoch_and_are_counted():
+    flat = {"convergence_epoch": [np.nan] * 3, "learned": [False] * 3, "final_val_acc": [0.1] * 3}
+    runs = runs_from_values({"none": flat, "bn": {"convergence_epoch": [3.0, 4.0, 5.0]}})
+    r = {row["test"]: row for _, row in hyp.run_hypothesis_tests(runs).iterrows()}
+    # Not "BN converges slower/faster": there is nothing to compare with.
+    assert r["H1b"]["verdict"] == "inconclusive (did not learn)"
+    assert "none: 3/3 seeds did not learn" in r["H1b"]["diverged_note"]
+    table = tab.table2(tab.variant_stats(runs), "cifar10", "cnn", ["none", "bn"])
+    none = dict(zip(table.header, table.rows[0], strict=True))
+    assert none["Conv. epoch"] == "did not learn (3/3 seeds)"
+    assert none["Seeds"] == "3/3; did not learn (3/3 seeds)"

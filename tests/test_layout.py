@@ -15,10 +15,11 @@ import tokenize
 from pathlib import Path
 
 import pytest
-from workflow_helpers import REPO
 
 from normdrop import layout
 from normdrop.workflow_config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEMO = REPO / "workflow" / "demo.yaml"
 

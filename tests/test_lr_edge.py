@@ -12,37 +12,41 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, tiny_config
 
 from normdrop import lr_search, status
 from normdrop import report as rep
 from normdrop.lr_search import lr_edge, next_candidate, select_lr, select_lr_extended
+from normdrop.time_left import estimate
 
-try:
-    from ._synthetic_summary import make_summary
-except ImportError:
-    from _synthetic_summary import make_summary
+REPO = Path(__file__).resolve().parents[1]
+
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
 
 
-def fake_candidate(cell: Path, lr: float, val_acc: float | None, data: Path | None = None) -> Path:
-    """A finished search candidate (meta.json + epochs.parquet) with this best val accuracy;
-    None: diverged. Its settings are a real RunConfig's: an extension trains beside it."""
-    folder = cell / f"lr{lr:g}"
-    folder.mkdir(parents=True)
-    cfg = tiny_config(lr=lr, epochs=2, lr_milestones=(1,), width=8)
-    meta = {
-        "settings": cfg.to_dict(),
-        "settings_hash": cfg.settings_hash(),
-        **{k: getattr(cfg, k) for k in ("dataset", "model", "variant", "lr")},
-        "status": "diverged" if val_acc is None else "completed",
-        "data_file": str(data),
-    }
-    (folder / "meta.json").write_text(json.dumps(meta))
-    accs = [0.1, 0.1 if val_acc is None else val_acc]
-    pd.DataFrame({"epoch": [1, 2], "val_acc": accs}).to_parquet(folder / "epochs.parquet")
-    return folder
+@pytest.fixture(scope="module")
+def fake_candidate(tiny_config):
+    def fake_candidate(
+        cell: Path, lr: float, val_acc: float | None, data: Path | None = None
+    ) -> Path:
+        """A finished search candidate (meta.json + epochs.parquet) with this best val accuracy;
+        None: diverged. Its settings are a real RunConfig's: an extension trains beside it."""
+        folder = cell / f"lr{lr:g}"
+        folder.mkdir(parents=True)
+        cfg = tiny_config(lr=lr, epochs=2, lr_milestones=(1,), width=8)
+        meta = {
+            "settings": cfg.to_dict(),
+            "settings_hash": cfg.settings_hash(),
+            **{k: getattr(cfg, k) for k in ("dataset", "model", "variant", "lr")},
+            "status": "diverged" if val_acc is None else "completed",
+            "data_file": str(data),
+        }
+        (folder / "meta.json").write_text(json.dumps(meta))
+        accs = [0.1, 0.1 if val_acc is None else val_acc]
+        pd.DataFrame({"epoch": [1, 2], "val_acc": accs}).to_parquet(folder / "epochs.parquet")
+        return folder
+
+    return fake_candidate
 
 
 @pytest.mark.parametrize(
@@ -58,19 +62,19 @@ def test_lr_edge(lrs, picked, edge):
     assert lr_edge(lrs, picked) == edge
 
 
-def test_selected_json_marks_a_pick_at_the_largest_candidate(tmp_path):
+def test_selected_json_marks_a_pick_at_the_largest_candidate(tmp_path, fake_candidate):
     folders = [fake_candidate(tmp_path, lr, acc) for lr, acc in ((1e-3, 0.4), (3e-3, 0.6))]
     assert select_lr(folders)["at_edge"] == "largest"
 
 
-def test_a_diverged_larger_rate_bounds_the_search(tmp_path):
+def test_a_diverged_larger_rate_bounds_the_search(tmp_path, fake_candidate):
     """The pick is not at the edge when a larger rate was tried and diverged."""
     rates = ((1e-4, 0.2), (1e-3, 0.6), (3e-3, None))
     choice = select_lr([fake_candidate(tmp_path, lr, acc) for lr, acc in rates])
     assert choice["lr"] == 1e-3 and choice["at_edge"] is None
 
 
-def test_select_lr_cli_writes_at_edge_and_one_warning_line(tmp_path):
+def test_select_lr_cli_writes_at_edge_and_one_warning_line(tmp_path, fake_candidate):
     cell = tmp_path / "lr_search" / "synthetic" / "mlp" / "none"
     folders = [fake_candidate(cell, lr, acc) for lr, acc in ((1e-4, 0.7), (3e-4, 0.5))]
     out = cell / "selected.json"
@@ -89,7 +93,7 @@ def test_select_lr_cli_writes_at_edge_and_one_warning_line(tmp_path):
     assert status.edge_picks(tmp_path) == ["synthetic/mlp/none (smallest, lr 0.0001)"]
 
 
-def test_an_interior_pick_has_no_warning(tmp_path):
+def test_an_interior_pick_has_no_warning(tmp_path, fake_candidate):
     rates = ((1e-4, 0.5), (3e-4, 0.7), (1e-3, 0.6))
     folders = [fake_candidate(tmp_path, lr, acc) for lr, acc in rates]
     out = tmp_path / "selected.json"
@@ -99,7 +103,7 @@ def test_an_interior_pick_has_no_warning(tmp_path):
     assert status.edge_picks(tmp_path) == []
 
 
-def test_the_report_names_the_cells_picked_at_the_edge(tmp_path):
+def test_the_report_names_the_cells_picked_at_the_edge(tmp_path, make_summary):
     summary = tmp_path / "summary"
     make_summary(summary, ("mnist",), ("mlp",))
     path = summary / "report.md"
@@ -114,7 +118,7 @@ def test_the_report_names_the_cells_picked_at_the_edge(tmp_path):
     assert text.index("## Table 2") < text.index(note[0]) < text.index("## Parameter counts")
 
 
-def test_the_report_marks_what_select_lr_marks_a_tie_is_no_edge(tmp_path):
+def test_the_report_marks_what_select_lr_marks_a_tie_is_no_edge(tmp_path, make_summary):
     summary = tmp_path / "summary"
     make_summary(summary, ("mnist",), ("mlp",))
     search = pd.read_parquet(summary / "lr_search.parquet")
@@ -134,7 +138,9 @@ def test_the_next_candidate_is_x3_or_div3_with_a_clean_name(lr, edge, nxt):
     assert next_candidate({"lr": lr, "at_edge": edge}) == nxt
 
 
-def test_extension_trains_the_next_rate_records_it_and_reuses_it(tmp_path, tiny_data):
+def test_extension_trains_the_next_rate_records_it_and_reuses_it(
+    tmp_path, tiny_data, fake_candidate
+):
     cell = tmp_path / "lr_search" / "synthetic" / "mlp" / "none"
     metas = [
         fake_candidate(cell, lr, acc, tiny_data) / "meta.json"
@@ -162,14 +168,14 @@ def test_extension_trains_the_next_rate_records_it_and_reuses_it(tmp_path, tiny_
     assert extra.stat().st_mtime_ns == before and again == choice
 
 
-def test_a_tie_with_another_rate_is_no_edge_and_is_not_extended(tmp_path):
+def test_a_tie_with_another_rate_is_no_edge_and_is_not_extended(tmp_path, fake_candidate):
     metas = [fake_candidate(tmp_path, lr, 0.1) / "meta.json" for lr in (1e-3, 3e-3, 1e-2)]
     choice = select_lr_extended(metas, 2, None, None)  # would train, were it marked
     assert choice["lr"] == 1e-3 and choice["at_edge"] is None and choice["extensions"] == 0
     assert select_lr([m.parent for m in metas[1:]])["at_edge"] is None  # two tied: the same
 
 
-def test_extension_off_trains_nothing(tmp_path):
+def test_extension_off_trains_nothing(tmp_path, fake_candidate):
     metas = [fake_candidate(tmp_path, lr, a) / "meta.json" for lr, a in ((1e-3, 0.3), (3e-3, 0.9))]
     choice = select_lr_extended(metas, 0, None, None)
     assert choice["at_edge"] == "largest" and choice["extensions"] == 0
@@ -184,3 +190,29 @@ def test_the_schema_offers_extend_at_edge_off_by_default():
     spec = yaml.safe_load(SCHEMA.read_text())["properties"]["lr_search"]["properties"]
     assert spec["extend_at_edge"]["default"] == 0
     assert yaml.safe_load((REPO / "config.yaml").read_text())["lr_search"]["extend_at_edge"] == 0
+
+
+def test_a_two_rate_search_is_all_edge_said_once(tmp_path):
+    # The demo's search: two rates per cell, so every pick is the largest or the smallest.
+    summary = tmp_path / "summary"
+    make_summary(summary, ("mnist",), ("mlp",))
+    search = pd.read_parquet(summary / "lr_search.parquet")
+    two = search[search["lr"].isin(sorted(search["lr"].unique())[:2])].copy()
+    two["best_val_acc"] = two["lr"] * 100  # distinct, so each pick is a marked edge
+    two["selected"] = two.groupby("variant")["lr"].transform("max") == two["lr"]
+    two.to_parquet(summary / "lr_search.parquet")
+    text = rep.build_report(summary, summary / "report.md")
+    assert text.count(rep.TWO_RATES) == 1 and "picked the largest or smallest" not in text
+    # The status view: one line for the whole grid, not one entry per cell.
+    for variant in ("none", "bn"):
+        cell = tmp_path / "lr_search" / "synthetic" / "mlp" / variant
+        folders = [fake_candidate(cell, lr, acc) for lr, acc in ((1e-4, 0.7), (3e-4, 0.5))]
+        argv = ["--out", str(cell / "selected.json"), *(str(f / "meta.json") for f in folders)]
+        assert lr_search.main(argv) == 0
+    assert len(status.edge_picks(tmp_path)) == 2 and status.two_rate_searches(tmp_path)
+    shown = status.status_text([], estimate([], None), tmp_path, "test", False)
+    lines = [line for line in shown.splitlines() if "grid's edge" in line]
+    assert lines == [
+        "Learning-rate pick at the grid's edge: 2, as every search tried two rates; give "
+        "lr_search.candidates three or more to tell"
+    ]

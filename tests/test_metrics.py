@@ -69,4 +69,23 @@ def test_run_metrics_of_a_completed_and_a_diverged_run():
     assert (m["es_epoch"], m["es_test_acc"]) == (2, 0.79)
     nan_loss = epochs.assign(train_loss_sd=[0.2, float("nan"), float("nan")])
     d = run_metrics(nan_loss, train_eval_acc=float("nan"), status="diverged")
-    assert all(math.isnan(v) for v in d.values())
+    assert d.pop("learned") is False and all(math.isnan(v) for v in d.values())
+
+
+def test_a_run_that_stays_at_chance_has_no_convergence_epoch():
+    # 10 classes: chance 0.10, margin up to 0.15. Without the number of classes, the flat run
+    # would "converge" at epoch 1, faster than any run that learned.
+    flat = [0.10, 0.11, 0.09, 0.10]
+    assert convergence_epoch(flat) == 1
+    assert math.isnan(convergence_epoch(flat, num_classes=10))
+    assert math.isnan(convergence_epoch([0.1, 0.14, 0.15], num_classes=10))  # at the margin
+    assert convergence_epoch([0.1, 0.155, 0.16], num_classes=10) == 2  # just beyond it
+    # 100 classes: chance 0.01, so 0.10 has learned something.
+    assert convergence_epoch(flat, num_classes=100) == 1
+    epochs = pd.DataFrame(
+        {"train_loss_sd": [0.1] * 4, "val_acc": flat, "test_acc": [0.1, 0.1, 0.1, 0.1]}
+    )
+    m = run_metrics(epochs, 0.1, "completed", num_classes=10)
+    assert m["learned"] is False and math.isnan(m["convergence_epoch"])
+    assert m["final_test_acc"] == 0.1  # the other metrics stay: the run completed
+    assert run_metrics(epochs, 0.1, "completed")["learned"] is True  # classes unknown

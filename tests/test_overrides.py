@@ -8,18 +8,21 @@ feed our coercion what that real parser returns, then run the real Snakefile in 
 from __future__ import annotations
 
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 from snakemake.cli import parse_config
-from workflow_helpers import REPO, deep_merge, snakemake_cmd
 
 from normdrop.config import ConfigError
 from normdrop.workflow_config import (
     coerce_workflow_config,
+    deep_merge,
     expand_dotted_keys,
     validate_workflow_config,
 )
+
+REPO = Path(__file__).resolve().parents[1]
 
 BASE = deep_merge(
     yaml.safe_load((REPO / "config.yaml").read_text()),
@@ -142,12 +145,16 @@ def test_a_far_miss_gets_no_guess():
 
 
 # --------------------------------------------------------------------------- the real Snakefile
-def dry_run(tmp_path, *config: str, profile=()) -> subprocess.CompletedProcess:
-    cmd = snakemake_cmd(tmp_path, "-n", "-p", *profile, "--config", *config)
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def dry_run(snakemake_cmd):
+    def dry_run(tmp_path, *config: str, profile=()) -> subprocess.CompletedProcess:
+        cmd = snakemake_cmd(tmp_path, "-n", "-p", *profile, "--config", *config)
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    return dry_run
 
 
-def test_overrides_reach_the_jobs_in_a_dry_run(tmp_path):
+def test_overrides_reach_the_jobs_in_a_dry_run(tmp_path, dry_run):
     res = dry_run(tmp_path, "seeds=[7]", "train__epochs=5", "execution={compile: true}")
     assert res.returncode == 0, res.stderr[-3000:]
     trains = [line for line in res.stdout.splitlines() if "--lr-from" in line]
@@ -156,7 +163,7 @@ def test_overrides_reach_the_jobs_in_a_dry_run(tmp_path):
     assert all("--compile " in line for line in trains)
 
 
-def test_a_config_error_is_one_line_on_stderr_and_exit_2(tmp_path):
+def test_a_config_error_is_one_line_on_stderr_and_exit_2(tmp_path, dry_run):
     res = dry_run(tmp_path, "train={epoch: 5}", profile=("--workflow-profile", "none"))
     assert res.returncode == 2
     assert res.stderr.splitlines() == [

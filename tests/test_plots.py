@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import sys
 from pathlib import Path
@@ -17,17 +18,12 @@ from normdrop import curves, figure_style, plots  # noqa: E402
 from normdrop import report as rep  # noqa: E402
 from normdrop.summary_data import read_summary  # noqa: E402
 
-try:
-    from ._synthetic_summary import make_summary
-except ImportError:
-    from _synthetic_summary import make_summary
-
 DATASETS = ("mnist", "cifar10")
 MODELS = ("mlp", "resnet20")
 
 
 @pytest.fixture(scope="module")
-def summary(tmp_path_factory) -> Path:
+def summary(tmp_path_factory, make_summary) -> Path:
     """2 datasets x 2 models x (4 paper variants + group norm) x 3 seeds, 5 epochs, milestones
     after epochs 3 and 4; on CIFAR-10/MLP one seed of `none` and every seed of `bn_dropout`
     diverge."""
@@ -48,7 +44,7 @@ def summary(tmp_path_factory) -> Path:
 def figures(summary) -> Path:
     out = summary.parent / "figures"
     rc = plots.main(
-        ["--summary-dir", str(summary), "--out-dir", str(out), "--milestones", "3", "4"]
+        ["--summary-dir", str(summary), "--out-dir", str(out), "--lr-milestones", "3", "4"]
     )
     assert rc == 0
     return out
@@ -120,3 +116,84 @@ def test_report_rules_know_every_figure_and_caption():
     for caption in re.findall(r': \("(\w+)", "', smk):
         assert (REPO / "workflow" / "report" / f"{caption}.rst").is_file(), caption
     assert (REPO / "workflow" / "report" / "workflow.rst").is_file()
+
+
+def test_overview_panels_share_one_y_axis(summary):
+    # MNIST sits near 97.5 %, CIFAR-10 near 80 %: on panels of their own, each spread would
+    # fill its panel; on one axis both read at their true size.
+    runs = read_summary(summary, "runs")
+    pairs = [(d, m) for d in DATASETS for m in MODELS]
+    fig = plots.plot_overview(runs, pairs, figure_style.variant_styles(runs))
+    limits = {ax.get_ylim() for ax in fig.axes}
+    assert len(limits) == 1, limits
+    (low, high), acc = limits.pop(), runs["final_test_acc"].dropna() * 100
+    assert 0 <= low <= acc.min() and acc.max() <= high <= 100
+
+
+def test_report_without_the_papers_dataset_says_why_in_one_sentence(tmp_path):
+    make_summary(tmp_path / "summary", ("synthetic",), ("mlp",))
+    text = rep.build_report(tmp_path / "summary", tmp_path / "report.md")
+    section = text.split("## Paper's Table 2 (CIFAR-10) beside ours\n\n", 1)[1].split("\n## ")[0]
+    assert section.strip() == (
+        "Nothing to compare: this grid has no runs on CIFAR-10, the dataset of the paper's Table 2."
+    )
+    tables_out = tmp_path / "tables"
+    from normdrop import tables as tab
+
+    assert tab.main(["--summary-dir", str(tmp_path / "summary"), "--out-dir", str(tables_out)]) == 0
+    assert "Nothing to compare" in (tables_out / "paper_comparison.csv").read_text()
+    assert "<td" in (tables_out / "paper_comparison.html").read_text()
+
+
+@pytest.mark.parametrize(
+    "extra, says",
+    [
+        (
+            "workflow/demo.yaml",
+            "the variants none, bn, dropout, bn_dropout of the models mlp, cnn, resnet20 on "
+            "synthetic, 3 seed(s) each, 6 epochs.",
+        ),
+        (
+            "studies/batch_size.yaml",
+            "the variants none, bn, gn, ln, each crossed with batch_size in 8, 16, 32, 64, 128 "
+            "of the models resnet20 on cifar10, 3 seed(s) each, 100 epochs; "
+            'the study "batch_size".',
+        ),
+    ],
+)
+def test_the_reports_opening_text_describes_the_grid_that_ran(extra, says):
+    from html import unescape
+
+    import jinja2
+    import yaml
+    from docutils.core import publish_parts
+
+    from normdrop.workflow_config import deep_merge
+
+    config = deep_merge(*(yaml.safe_load((REPO / f).read_text()) for f in ("config.yaml", extra)))
+
+    class Snakemake:  # what Snakemake's report hands the template (snakemake/report)
+        pass
+
+    Snakemake.config = config
+    template = (REPO / "workflow" / "report" / "workflow.rst").read_text()
+    # Snakemake's report renders it with these settings (snakemake/report/__init__.py).
+    env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
+    text = env.from_string(template).render(snakemake=Snakemake)
+    html = publish_parts(text, writer="html")["html_body"]
+    shown = unescape(re.sub(r"<[^>]+>", "", html))
+    assert " ".join(says.split()) in " ".join(shown.split())
+
+
+def test_a_variant_that_did_not_learn_is_named_in_the_convergence_panel():
+    try:
+        from ._synthetic_summary import runs_from_values
+    except ImportError:
+        from _synthetic_summary import runs_from_values
+
+    flat = {"convergence_epoch": [math.nan] * 3, "learned": [False] * 3}
+    runs = runs_from_values({"none": flat, "bn": {"convergence_epoch": [3.0, 4.0, 5.0]}})
+    fig = plots.plot_metrics(runs, "cifar10", "cnn", figure_style.variant_styles(runs))
+    texts = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in fig.axes}
+    assert "did not learn" in " ".join(texts["Convergence speed"])
+    assert "did not learn" not in " ".join(texts["Final test accuracy"])  # accuracy stays

@@ -11,8 +11,6 @@ import struct
 import subprocess
 import termios
 
-from conftest import TRAIN_ENV, train_cli
-
 from normdrop.cli import _EpochBar, reporters
 from normdrop.progress import EpochProgress, epoch_line, parse_epoch_line
 
@@ -33,11 +31,11 @@ def test_the_epoch_line_reads_back_as_written():
         assert parse_epoch_line(other) is None, other
 
 
-def test_output_to_a_file_is_one_plain_line_per_epoch(tmp_path, tiny_data):
+def test_output_to_a_file_is_one_plain_line_per_epoch(tmp_path, tiny_data, train_cli, train_env):
     log = tmp_path / "run.log"
     with open(log, "w") as f:  # as the workflow's `>> {log} 2>&1`
         cmd = train_cli(tiny_data, tmp_path / "run", "--epochs", str(EPOCHS), "--lr-milestones")
-        res = subprocess.run(cmd, env=TRAIN_ENV, stdout=f, stderr=subprocess.STDOUT, timeout=300)
+        res = subprocess.run(cmd, env=train_env, stdout=f, stderr=subprocess.STDOUT, timeout=300)
     assert res.returncode == 0, log.read_text()
     text = log.read_text()
     assert "\r" not in text and "\x1b" not in text  # no bar, no terminal control characters
@@ -52,12 +50,12 @@ def test_output_to_a_file_is_one_plain_line_per_epoch(tmp_path, tiny_data):
     assert len(lines) == EPOCHS + 3
 
 
-def test_output_to_a_terminal_shows_a_bar(tmp_path, tiny_data):
+def test_output_to_a_terminal_shows_a_bar(tmp_path, tiny_data, train_cli, train_env):
     main_fd, child_fd = pty.openpty()
     # A terminal of 24 x 120 characters (a fresh pty says 0 x 0, for which tqdm draws nothing).
     fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
     cmd = train_cli(tiny_data, tmp_path / "run", "--epochs", str(EPOCHS), "--lr-milestones")
-    proc = subprocess.Popen(cmd, env=TRAIN_ENV, stdout=child_fd, stderr=child_fd)
+    proc = subprocess.Popen(cmd, env=train_env, stdout=child_fd, stderr=child_fd)
     os.close(child_fd)
     out = b""
     while True:  # read until the child closes the terminal (EIO on Linux)

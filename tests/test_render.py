@@ -1,7 +1,7 @@
 """normdrop.render: the table renderers, and golden files of two tables in every format.
 
 The golden files under tests/golden/ are the tables CLI's output for a fixed synthetic summary
-(`_synthetic_summary.make_summary`, seeded): Table 2 of CIFAR-10 / MLP (one diverged seed) and
+(the `make_summary` fixture, seeded): Table 2 of CIFAR-10 / MLP (one diverged seed) and
 the paper comparison (spanning LaTeX headers, a rule between models, Δ, ±, −). A change to the
 renderers, the statistics or the cells shows up here as a diff to review; after reviewing it,
 regenerate with `python tests/test_render.py` and commit the new files.
@@ -29,18 +29,13 @@ from normdrop.render import (  # noqa: E402
     to_markdown,
 )
 
-try:
-    from ._synthetic_summary import make_summary
-except ImportError:
-    from _synthetic_summary import make_summary
-
 GOLDEN = Path(__file__).resolve().parent / "golden"
 GOLDEN_TABLES = ("cifar10/mlp/table2", "paper_comparison")
 
 
-def write_tables(root: Path) -> Path:
+def write_tables(root: Path, make_summary) -> Path:
     """The tables CLI on the fixed summary: 2 datasets x 2 models x 4 variants x 3 seeds, one
-    diverged run (CIFAR-10 / MLP / none / seed 43)."""
+    diverged run (CIFAR-10 / MLP / none / seed 43); `make_summary` is the fixture of that name."""
     make_summary(
         root / "summary",
         ("mnist", "cifar10"),
@@ -53,8 +48,8 @@ def write_tables(root: Path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory) -> Path:
-    return write_tables(tmp_path_factory.mktemp("golden"))
+def written(tmp_path_factory, make_summary) -> Path:
+    return write_tables(tmp_path_factory.mktemp("golden"), make_summary)
 
 
 @pytest.mark.parametrize("ext", TABLE_FORMATS)
@@ -160,8 +155,10 @@ if __name__ == "__main__":
     # Regenerate the golden files (review `git diff tests/golden` before committing).
     import tempfile
 
+    from fixtures.summaries import make_summary
+
     with tempfile.TemporaryDirectory() as tmp:
-        out = write_tables(Path(tmp))
+        out = write_tables(Path(tmp), make_summary)
         for stem in GOLDEN_TABLES:
             for ext in TABLE_FORMATS:
                 target = GOLDEN / f"{stem}.{ext}"

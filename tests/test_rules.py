@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import TRAIN_ENV
-from workflow_helpers import FAST, REPO, snakemake, write_config
 
 from normdrop import layout
+from normdrop.data import data_sha256, prepared_key, raw_source
+
+REPO = Path(__file__).resolve().parents[1]
 
 RULE_FILES = sorted((REPO / "workflow").glob("*.smk")) + [REPO / "Snakefile"]
 # The developers' guide: input, output, log, params, resources in that order; threads sits
@@ -85,14 +86,16 @@ AWKWARD = "it's my $(touch pwned) $HOME results"
 
 
 @pytest.mark.slow
-def test_the_demos_first_jobs_run_under_a_folder_with_a_space_a_quote_and_a_dollar(tmp_path):
+def test_the_demos_first_jobs_run_under_a_folder_with_a_space_a_quote_and_a_dollar(
+    tmp_path, write_config, fast_config, snakemake, train_env
+):
     root = tmp_path / AWKWARD
     work = root / "work dir"
     work.mkdir(parents=True)
     results, resources = root / "my results", root / "my resources"
     # A config file, not --config: the paths arrive as the user wrote them.
     override = write_config(
-        root, {**FAST, "results_dir": str(results), "resources_dir": str(resources)}
+        root, {**fast_config, "results_dir": str(results), "resources_dir": str(resources)}
     )
     cell = {"dataset": "synthetic", "model": "mlp", "variant": "bn"}
     target = layout.run_files(results, "train", seed=42, **cell)["meta.json"]
@@ -101,11 +104,14 @@ def test_the_demos_first_jobs_run_under_a_folder_with_a_space_a_quote_and_a_doll
     assert res.returncode == 0, res.stderr[-4000:]
     meta = json.loads(Path(target).read_text())
     assert meta["status"] == "completed" and meta["variant"] == "bn"
-    assert meta["data_file"] == layout.prepared(resources, "synthetic")
+    spec = FAST["data"]["synthetic"]
+    key = prepared_key("synthetic", 0.1, 0, spec)  # config.yaml's split
+    assert meta["data_file"] == layout.prepared(resources, key)
+    assert meta["data_sha256"] == data_sha256(meta["data_file"])
     selected = json.loads(Path(layout.selected(results, **cell)).read_text())
     assert len(selected["candidates"]) == 2
-    for rule in ("download", "prepare"):
-        assert Path(layout.log(results, rule, "{dataset}", dataset="synthetic")).is_file()
+    assert Path(layout.log(results, "download", raw_source("synthetic", spec))).is_file()
+    assert Path(layout.log(results, "prepare", key)).is_file()
     train_log = Path(layout.run_log(results, "train", seed=42, **cell)).read_text()
     assert "completed: wrote" in train_log and str(results) in train_log
     # Nothing ran that the path spelled: no `pwned` anywhere, no folder named after $HOME's value.
@@ -116,7 +122,7 @@ def test_the_demos_first_jobs_run_under_a_folder_with_a_space_a_quote_and_a_doll
 
     # The status command reads the same folder back.
     cmd = [sys.executable, "-m", "normdrop.status", "--results", str(results), "--json"]
-    res = subprocess.run(cmd, env=TRAIN_ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=train_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     states = {r["name"]: r["state"] for r in json.loads(res.stdout)["runs"]}
     assert states["synthetic/mlp/bn/seed42"] == "finished"

@@ -27,6 +27,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from normdrop import layout
+
 pytestmark = pytest.mark.slurm
 
 REPO = Path(__file__).resolve().parents[1]
@@ -237,12 +239,14 @@ WALL_TIME_COLUMNS = {"wall_time_s"}
 
 def _run_dir(workdir: Path, run: tuple) -> Path:
     dataset, model, variant, seed = run
-    return workdir / "results" / "runs" / dataset / model / variant / f"seed{seed}"
+    keys = dict(dataset=dataset, model=model, variant=variant, seed=seed)
+    return Path(layout.run_dir(workdir / "results", "train", **keys))
 
 
 def _checkpoint(workdir: Path, run: tuple) -> Path:
     dataset, model, variant, seed = run
-    return workdir / "results" / "scratch" / "runs" / dataset / model / variant / f"seed{seed}.ckpt"
+    keys = dict(dataset=dataset, model=model, variant=variant, seed=seed)
+    return Path(layout.checkpoint(workdir / "results", "train", **keys))
 
 
 def _demo(workdir: Path, slurm: bool) -> _Snakemake:

@@ -18,13 +18,13 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import CPU, TRAIN_ENV, tiny_config
-from workflow_helpers import REPO
 
 from normdrop.checkpoints import CheckpointSummary, read_summary
 from normdrop.data import load_prepared
 from normdrop.status import main
 from normdrop.train import train
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEMO = REPO / "workflow" / "demo.yaml"  # results_dir results/demo, 6 epochs, a 2-epoch search
 SEEDS = {"seeds": [42, 43, 44]}
@@ -35,7 +35,7 @@ class _StopAfter(Exception):
 
 
 @pytest.fixture(scope="module")
-def real_checkpoint(tmp_path_factory, tiny_data) -> dict:
+def real_checkpoint(tmp_path_factory, tiny_data, cpu, tiny_config) -> dict:
     """A checkpoint as `train` writes it, after 3 of 6 epochs (read back safely)."""
     path = tmp_path_factory.mktemp("ckpt") / "run.ckpt"
 
@@ -44,7 +44,7 @@ def real_checkpoint(tmp_path_factory, tiny_data) -> dict:
             raise _StopAfter
 
     with pytest.raises(_StopAfter):
-        train(tiny_config(epochs=6), load_prepared(tiny_data), CPU, checkpoint=path, log=stop)
+        train(tiny_config(epochs=6), load_prepared(tiny_data), cpu, checkpoint=path, log=stop)
     return torch.load(path, weights_only=True)
 
 
@@ -110,10 +110,16 @@ def tree(tmp_path, real_checkpoint) -> Path:
     return tmp_path
 
 
-def status_cli(*args, cwd) -> subprocess.CompletedProcess:
-    """The command as a user runs it."""
-    cmd = [sys.executable, "-m", "normdrop.status", *map(str, args)]
-    return subprocess.run(cmd, cwd=cwd, env=TRAIN_ENV, capture_output=True, text=True, timeout=300)
+@pytest.fixture(scope="module")
+def status_cli(train_env):
+    def status_cli(*args, cwd) -> subprocess.CompletedProcess:
+        """The command as a user runs it."""
+        cmd = [sys.executable, "-m", "normdrop.status", *map(str, args)]
+        return subprocess.run(
+            cmd, cwd=cwd, env=train_env, capture_output=True, text=True, timeout=300
+        )
+
+    return status_cli
 
 
 def status(*args, cwd) -> SimpleNamespace:
@@ -222,8 +228,34 @@ def test_time_left_is_unknown_without_any_timing_and_zero_when_done(tmp_path):
     done = tmp_path / "done"
     write_run(done / "runs/synthetic/mlp/none/seed42", "completed", [1.0] * 6)
     text = status("--results", done, cwd=tmp_path).stdout
-    assert "Time left: 0 s (every run is done)" in text
-    assert text.strip().splitlines()[-1].endswith("; 0 s left")
+    # Without a config the grid is not known: nothing claims that every run is done.
+    assert "every run is done" not in text
+    assert "Time left: 0 s for the runs found (without --configfile runs not started" in text
+    last = text.strip().splitlines()[-1]
+    assert last.startswith("Total: 1/1 training runs found done;") and last.endswith("; 0 s left")
+    assert status_json("--results", done, cwd=tmp_path)["grid_known"] is False
+
+
+def test_config_values_as_snakemake_takes_them(tree):
+    # `--config` is its own option (not an abbreviation of --configfile), KEY=VALUE as Snakemake.
+    one = status_json("--configfile", DEMO, "--config", "seeds=[42]", "-d", tree, cwd=REPO)
+    assert len([r for r in one["runs"] if r["kind"] == "train"]) == 3 * 4  # one seed per cell
+    assert one["grid_known"] is True
+    res = status("--config", "seeds", "-d", tree, cwd=REPO)
+    assert res.returncode == 2 and "--config 'seeds': give KEY=VALUE" in res.stderr
+
+
+def test_a_finished_run_that_snakemake_marks_incomplete_is_not_done(tree):
+    # Killed after writing its outputs: Snakemake reruns it, so status must not count it done.
+    from base64 import urlsafe_b64encode
+
+    meta = "results/demo/runs/synthetic/mlp/none/seed42/meta.json"  # as the rule names it
+    marker = tree / ".snakemake" / "incomplete" / urlsafe_b64encode(meta.encode()).decode()
+    marker.parent.mkdir(parents=True)
+    marker.write_text("{}")
+    report = status_json("--configfile", DEMO, tree / "seeds.yaml", "-d", tree, cwd=REPO)
+    assert states(report)["train mlp/none/seed42"] == "stopped"
+    assert states(report)["lr_search mlp/none/lr0.003"] == "finished"  # not marked
 
 
 def test_a_failed_run_that_was_rerun_counts_as_running(tree):
@@ -233,7 +265,9 @@ def test_a_failed_run_that_was_rerun_counts_as_running(tree):
     assert got["train mlp/none/seed44"] == "running"
 
 
-def test_status_changes_no_file_takes_no_lock_and_runs_no_checkpoint_code(tree, real_checkpoint):
+def test_status_changes_no_file_takes_no_lock_and_runs_no_checkpoint_code(
+    tree, real_checkpoint, status_cli
+):
     # A checkpoint that would run code if loaded unsafely (pickle calls Path.touch on load).
     marker = tree / "code-ran"
 
@@ -313,10 +347,10 @@ except SystemExit as done:
 """
 
 
-def test_status_runs_where_torch_cannot_be_imported(tree):
+def test_status_runs_where_torch_cannot_be_imported(tree, train_env):
     results = tree / "results" / "demo"
     cmd = [sys.executable, "-c", WITHOUT_TORCH]
-    run = dict(env=TRAIN_ENV, capture_output=True, text=True, timeout=300)
+    run = dict(env=train_env, capture_output=True, text=True, timeout=300)
     res = subprocess.run([*cmd, "--results", results, "--json"], cwd=tree, **run)
     assert res.returncode == 0, res.stderr
     report = json.loads(res.stdout)

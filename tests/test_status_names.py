@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
-from conftest import TRAIN_ENV, train_cli
-from workflow_helpers import REPO
 
 from normdrop import layout
 from normdrop.status import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 DEMO = REPO / "workflow" / "demo.yaml"
 
@@ -50,13 +51,15 @@ def test_an_existing_empty_results_folder_is_not_an_error(capsys, tmp_path):
     assert code == 0 and "0/36 training runs done" in out
 
 
-def test_a_run_trained_by_hand_is_named_as_its_meta_json_records_it(capsys, tmp_path, tiny_data):
+def test_a_run_trained_by_hand_is_named_as_its_meta_json_records_it(
+    capsys, tmp_path, tiny_data, train_cli, train_env
+):
     # BN + dropout (train_cli's network), no --variant, in a folder that says `none`.
     results = tmp_path / "results"
     keys = {"dataset": "synthetic", "model": "cnn", "variant": "none", "seed": 42}
     out = layout.run_dir(results, "train", **keys)
     cmd = train_cli(tiny_data, out, "--epochs", "1", "--lr-milestones")
-    res = subprocess.run(cmd, env=TRAIN_ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=train_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     meta_path = results / "runs/synthetic/cnn/none/seed42/meta.json"
     meta = json.loads(meta_path.read_text())
@@ -83,12 +86,12 @@ def test_a_run_trained_by_hand_is_named_as_its_meta_json_records_it(capsys, tmp_
     assert listed()["variant"] == "bn_dropout"
 
 
-def test_a_run_named_as_its_folder_has_no_note(capsys, tmp_path, tiny_data):
+def test_a_run_named_as_its_folder_has_no_note(capsys, tmp_path, tiny_data, train_cli, train_env):
     results = tmp_path / "results"
     keys = {"dataset": "synthetic", "model": "cnn", "variant": "bn_dropout", "seed": 42}
     out = layout.run_dir(results, "train", **keys)
     cmd = train_cli(tiny_data, out, "--epochs", "1", "--lr-milestones", "--variant", "bn_dropout")
-    res = subprocess.run(cmd, env=TRAIN_ENV, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=train_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     code, text, _ = status(capsys, "--results", results)
     assert code == 0 and "another variant" not in text

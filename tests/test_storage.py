@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import REPO, train_args
-from workflow_helpers import kill_group
 
 import normdrop.train as train_module
 from normdrop import storage
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 # --------------------------------------------------------------------------- disk full
@@ -27,7 +27,7 @@ def _disk_full_writer(f):
 
 @pytest.mark.parametrize("failing", ["steps.parquet", "epochs.parquet", "meta.json"])
 def test_disk_full_while_writing_outputs_keeps_previous_outputs(
-    tmp_path, tiny_data, monkeypatch, capsys, failing
+    tmp_path, tiny_data, monkeypatch, capsys, failing, train_args
 ):
     out, ckpt = tmp_path / "run", tmp_path / "scratch" / "run.ckpt"
     out.mkdir()
@@ -84,7 +84,7 @@ def test_atomic_write_with_a_failing_writer_keeps_the_old_file(tmp_path):
     assert list(fresh.parent.iterdir()) == []
 
 
-def test_next_write_removes_temp_files_of_killed_writers_only(tmp_path):
+def test_next_write_removes_temp_files_of_killed_writers_only(tmp_path, kill_group):
     target = tmp_path / "steps.parquet"
     # A writer SIGKILLed mid-write (a real process, so its pid is really gone) ...
     code = (

@@ -6,18 +6,20 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
 from test_workflow import job_counts
-from workflow_helpers import FAST, REPO, deep_merge, snakemake, write_config
 
 from normdrop.config import ConfigError, run_config, search_config
 from normdrop.grid import grid_cells, grid_config
 from normdrop.study import study_paths
-from normdrop.workflow_config import validate_workflow_config
+from normdrop.workflow_config import deep_merge, validate_workflow_config
+
+REPO = Path(__file__).resolve().parents[1]
 
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -60,7 +62,7 @@ def test_each_shipped_study_dry_runs_with_its_readme_job_count(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_a_user_file_selects_the_mlp_alone(tmp_path):
+def test_a_user_file_selects_the_mlp_alone(tmp_path, write_config):
     user = write_config(tmp_path, {"datasets": ["mnist"], "select": {"models": ["mlp"]}})
     counts, stdout = dry_run(tmp_path, user)
     assert counts["train"] == 12 and counts["lr_search"] == 16  # 4 variants x 3 seeds / x 4 lrs
@@ -111,6 +113,16 @@ def test_sweeps_make_variants_whose_settings_differ_and_are_hashed():
                     "effects": [{"name": "e", "metric": "gen_gap", "plus": ["bn"],
                                  "minus": ["none"]}]}},
          r"config key 'study.axis': 'batch_size' is not swept"),
+        # A pin off the sweep: refused when the config loads, not "n/a (variant missing)" later.
+        ({**study("dropout_rate"), "study": {**study("dropout_rate")["study"], "effects": [
+            {"name": "e", "metric": "gen_gap", "plus": ["dropout"], "minus": ["dropout@0.03"]}]}},
+         r"config key 'study.effects.0.minus': 'dropout@0.03' pins a value that is not on the "
+         r"axis; allowed: dropout_rate on the sweep: 0, 0.1, 0.2, 0.3, 0.5$"),
+        ({**study("dropout_rate"), "study": {**study("dropout_rate")["study"], "effects": [
+            {"name": "e", "metric": "gen_gap", "plus": ["bn_dropout"], "minus": ["bn_dropout"],
+             "minus_at": 0.25}]}},
+         r"config key 'study.effects.0.minus_at': 0.25 is not on the axis; allowed: "
+         r"dropout_rate on the sweep: 0, 0.1, 0.2, 0.3, 0.5$"),
     ],
 )  # fmt: skip
 def test_bad_study_keys_stop_with_one_line_naming_the_key(override, message):
@@ -124,30 +136,34 @@ def test_every_shipped_study_validates():
         validate_workflow_config(deep_merge(PAPER, study(name)))
 
 
-# The batch-size study in miniature: the MLP on synthetic data, batch size {16, 64} x norm
-# {none, batch}, 2 seeds, 2 epochs, one learning-rate candidate: 8 runs + 4 searches.
-TINY = {
-    **FAST,
-    "results_dir": "results/tiny_study",
-    "train": {"epochs": 2, "lr_milestones": [1]},
-    "lr_search": {"epochs": 1, "candidates": [3.0e-3]},
-    "select": {"models": ["mlp"], "variants": ["none", "bn"]},
-    "sweep": {"batch_size": [16, 64]},
-    "study": {
-        "name": "tiny_batch_size",
-        "question": "Does BN help the MLP at batch 16 and 64?",
-        "axis": "batch_size",
-        "effects": [
-            {"name": "BN − no norm", "metric": "final_test_acc", "plus": ["bn"],
-             "minus": ["none"]},
-        ],
-    },
-}  # fmt: skip
+@pytest.fixture
+def tiny_study(fast_config) -> dict:
+    """The batch-size study in miniature: the MLP on synthetic data, batch size {16, 64} x norm
+    {none, batch}, 2 seeds, 2 epochs, one learning-rate candidate: 8 runs + 4 searches."""
+    return {
+        **fast_config,
+        "results_dir": "results/tiny_study",
+        "train": {"epochs": 2, "lr_milestones": [1]},
+        "lr_search": {"epochs": 1, "candidates": [3.0e-3]},
+        "select": {"models": ["mlp"], "variants": ["none", "bn"]},
+        "sweep": {"batch_size": [16, 64]},
+        "study": {
+            "name": "tiny_batch_size",
+            "question": "Does BN help the MLP at batch 16 and 64?",
+            "axis": "batch_size",
+            "effects": [
+                {"name": "BN − no norm", "metric": "final_test_acc", "plus": ["bn"],
+                 "minus": ["none"]},
+            ],
+        },
+    }  # fmt: skip
 
 
 @pytest.mark.slow
-def test_a_tiny_study_runs_end_to_end_with_its_figure_and_table(tmp_path):
-    override = write_config(tmp_path, TINY)
+def test_a_tiny_study_runs_end_to_end_with_its_figure_and_table(
+    tmp_path, write_config, snakemake, tiny_study
+):
+    override = write_config(tmp_path, tiny_study)
     res = snakemake(tmp_path, "--cores", "2", configs=[override])
     assert res.returncode == 0, res.stderr[-3000:]
     results = tmp_path / "results" / "tiny_study"
@@ -244,3 +260,19 @@ def test_study_figure_has_a_row_of_panels_per_cell_and_a_line_per_family(name, r
         assert axes[0].get_xscale() == "log" and axes[0].get_xlabel() == "Batch size"
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert "mean ± SD over seeds" in labels and len(labels) == len(expected) + 1
+
+
+def test_a_study_effect_on_convergence_of_runs_that_did_not_learn_says_so():
+    from normdrop.study import effects
+
+    runs = constructed_runs("batch_size").assign(learned=True)
+    flat = runs["family"].eq("none") & runs["batch_size"].eq(16)  # no norm at 16 stayed at chance
+    runs.loc[flat, ["convergence_epoch", "learned"]] = [np.nan, False]
+    spec = {**study("batch_size")["study"]}
+    spec["effects"] = [
+        {"name": "BN − no norm", "metric": "convergence_epoch", "plus": ["bn"], "minus": ["none"]}
+    ]
+    res = effects(runs, spec).set_index("value")
+    assert res.loc[16, "verdict"] == "inconclusive (did not learn)"  # not "BN converges slower"
+    assert np.isnan(res.loc[16, "estimate"])
+    assert res.drop(16)["estimate"].notna().all()  # the other batch sizes compare as before

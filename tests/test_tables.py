@@ -19,17 +19,12 @@ from normdrop.render import fmt_mean_sd, fmt_signed, to_markdown  # noqa: E402
 from normdrop.seed_stats import variant_stats  # noqa: E402
 from normdrop.summary_data import METRICS, order_variants, paper_variants  # noqa: E402
 
-try:
-    from ._synthetic_summary import make_summary, runs_from_values
-except ImportError:
-    from _synthetic_summary import make_summary, runs_from_values
-
 DATASETS = ("mnist", "cifar10")
 MODELS = ("mlp", "resnet20")
 
 
 @pytest.fixture(scope="module")
-def written(tmp_path_factory):
+def written(tmp_path_factory, make_summary):
     """The CLI run once on a 2 x 2 x 4 x 3 synthetic summary with one diverged run."""
     root = tmp_path_factory.mktemp("tables")
     make_summary(root / "summary", DATASETS, MODELS, diverged=(("cifar10", "mlp", "none", 43),))
@@ -70,7 +65,7 @@ def test_table2_shows_the_diverged_seed(written):
     assert "2/3; diverged (1/3 seeds)" in none_row
 
 
-def test_mean_sd_string_and_diverged_counts():
+def test_mean_sd_string_and_diverged_counts(runs_from_values):
     runs = runs_from_values(
         {
             "none": {"final_test_acc": [0.80, 0.82, 0.84]},
@@ -139,7 +134,7 @@ def test_table1_parameter_counts(written):
     assert set(csv["paper_param_count"]) == {1_200_000, 1_100_000}
 
 
-def test_paper_variants_found_by_norm_and_dropout_not_name():
+def test_paper_variants_found_by_norm_and_dropout_not_name(runs_from_values):
     runs = runs_from_values({k: {"loss_sd": [0.01]} for k in ("none", "bn", "dropout")})
     runs.loc[runs["variant"] == "bn", "variant"] = "batchnorm"
     extra = runs[runs["variant"] == "none"].assign(variant="gn", norm="group")
@@ -154,7 +149,7 @@ def test_missing_file_is_exit_2(tmp_path, capsys):
     assert rc == 2 and "runs.parquet" in err and "not found" in err
 
 
-def test_missing_columns_is_exit_2(tmp_path, capsys):
+def test_missing_columns_is_exit_2(tmp_path, capsys, runs_from_values):
     runs = runs_from_values({"none": {"loss_sd": [0.01]}}).drop(columns=["gen_gap", "seed"])
     runs.to_parquet(tmp_path / "runs.parquet")
     rc = tab.main(["--summary-dir", str(tmp_path), "--out-dir", str(tmp_path / "t")])
@@ -162,7 +157,7 @@ def test_missing_columns_is_exit_2(tmp_path, capsys):
     assert rc == 2 and "runs.parquet" in err and "seed" in err and "gen_gap" in err
 
 
-def test_requested_pair_without_runs_is_exit_2(tmp_path, capsys):
+def test_requested_pair_without_runs_is_exit_2(tmp_path, capsys, runs_from_values):
     runs_from_values({"none": {"loss_sd": [0.01]}}).to_parquet(tmp_path / "runs.parquet")
     args = ["--summary-dir", str(tmp_path), "--out-dir", str(tmp_path / "t")]
     assert tab.main(args + ["--datasets", "cifar10", "cifar100"]) == 2

@@ -17,10 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from conftest import CPU, QUIET, TRAIN_ENV, tiny_config, train_cli
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
-from workflow_helpers import FAST, snakemake, write_config
 
 from normdrop.config import ConfigError
 from normdrop.data import load_prepared
@@ -54,17 +52,21 @@ def assert_equals_epochs(logged: dict, epochs: pd.DataFrame) -> None:
         np.testing.assert_array_equal(np.float32(values), epochs[column].to_numpy(np.float32))
 
 
-def run(out, tiny_data, *extra):
-    res = subprocess.run(
-        train_cli(tiny_data, out, *extra), env=TRAIN_ENV, capture_output=True, text=True,
-        timeout=300,
-    )  # fmt: skip
-    assert res.returncode == 0, res.stderr
-    return pd.read_parquet(out / "epochs.parquet"), json.loads((out / "meta.json").read_text())
+@pytest.fixture(scope="module")
+def run(train_cli, train_env):
+    def run(out, tiny_data, *extra):
+        res = subprocess.run(
+            train_cli(tiny_data, out, *extra), env=train_env, capture_output=True, text=True,
+            timeout=300,
+        )  # fmt: skip
+        assert res.returncode == 0, res.stderr
+        return pd.read_parquet(out / "epochs.parquet"), json.loads((out / "meta.json").read_text())
+
+    return run
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory, tiny_data):
+def finished(tmp_path_factory, tiny_data, run):
     """A CLI run (8 epochs) with its event files in a tree of its own, as the workflow makes."""
     root = tmp_path_factory.mktemp("finished")
     tree = root / "tensorboard"
@@ -86,7 +88,9 @@ def test_event_files_equal_epochs_parquet_and_hold_the_settings(finished):
     assert meta["tensorboard_dir"] == str(logdir)
 
 
-def test_by_hand_run_writes_under_out_and_no_tensorboard_writes_nothing(tmp_path, tiny_data):
+def test_by_hand_run_writes_under_out_and_no_tensorboard_writes_nothing(
+    tmp_path, tiny_data, train_cli
+):
     def by_hand(out, *extra):  # the CLI in this process: no interpreter start per run
         assert main(train_cli(tiny_data, out, "--epochs", "2", "--lr-milestones", *extra)[3:]) == 0
         return pd.read_parquet(out / "epochs.parquet"), json.loads((out / "meta.json").read_text())
@@ -121,7 +125,7 @@ class CrashAfter(TensorBoardTracker):
 
 
 @pytest.fixture(scope="module")
-def crashed(tmp_path_factory, tiny_data):
+def crashed(tmp_path_factory, tiny_data, tiny_config, cpu, quiet):
     """A run (in-process) that dies after logging epoch 4 of 5, before saving it; then resumed."""
     root = tmp_path_factory.mktemp("crashed")
     data, ckpt, logdir = (
@@ -131,15 +135,17 @@ def crashed(tmp_path_factory, tiny_data):
     )
     cfg = tiny_config(epochs=5, lr_milestones=(3,))
     with pytest.raises(Crash):
-        train(cfg, data, CPU, checkpoint=ckpt, tracker=CrashAfter(logdir, 4), **QUIET)
+        train(cfg, data, cpu, checkpoint=ckpt, tracker=CrashAfter(logdir, 4), **quiet)
     assert torch.load(ckpt, weights_only=False)["epoch"] == 3  # epoch 4 logged, not saved
     logged_before = [s for s, _ in scalars(logdir)["val/acc"]]
-    resumed = train(cfg, data, CPU, checkpoint=ckpt, tracker=TensorBoardTracker(logdir), **QUIET)
+    resumed = train(cfg, data, cpu, checkpoint=ckpt, tracker=TensorBoardTracker(logdir), **quiet)
     assert resumed.resumes == [{"epoch": 3, "step": 0}]
     return root / "tensorboard", logdir, resumed.epochs, logged_before
 
 
-def test_points_written_after_the_last_checkpoint_are_not_duplicated(crashed, tmp_path, tiny_data):
+def test_points_written_after_the_last_checkpoint_are_not_duplicated(
+    crashed, tmp_path, tiny_data, tiny_config, cpu, quiet
+):
     _, logdir, epochs, logged_before = crashed
     assert logged_before == [1, 2, 3, 4]
     assert_equals_epochs(scalars(logdir), epochs)  # epoch 4 once: the resumed session's value
@@ -148,7 +154,7 @@ def test_points_written_after_the_last_checkpoint_are_not_duplicated(crashed, tm
     again = tmp_path / "again"
     subprocess.run(["cp", "-r", str(logdir), str(again)], check=True)
     cfg = tiny_config(epochs=2, lr_milestones=())
-    fresh = train(cfg, load_prepared(tiny_data), CPU, tracker=TensorBoardTracker(again), **QUIET)
+    fresh = train(cfg, load_prepared(tiny_data), cpu, tracker=TensorBoardTracker(again), **quiet)
     assert_equals_epochs(scalars(again), fresh.epochs)
     assert logged_hparams(again)["epochs"] == 2  # the new settings, not the old run's 5
 
@@ -161,12 +167,14 @@ class CrashAtTheEnd(TensorBoardTracker):
         raise Crash
 
 
-def test_a_run_resumed_after_its_last_epoch_logs_its_final_values_once(tmp_path, tiny_data):
+def test_a_run_resumed_after_its_last_epoch_logs_its_final_values_once(
+    tmp_path, tiny_data, tiny_config, cpu, quiet
+):
     data, ckpt, logdir = load_prepared(tiny_data), tmp_path / "run.ckpt", tmp_path / "tb"
     cfg = tiny_config(epochs=3, lr_milestones=(2,))
     with pytest.raises(Crash):
-        train(cfg, data, CPU, checkpoint=ckpt, tracker=CrashAtTheEnd(logdir), **QUIET)
-    again = train(cfg, data, CPU, checkpoint=ckpt, tracker=TensorBoardTracker(logdir), **QUIET)
+        train(cfg, data, cpu, checkpoint=ckpt, tracker=CrashAtTheEnd(logdir), **quiet)
+    again = train(cfg, data, cpu, checkpoint=ckpt, tracker=TensorBoardTracker(logdir), **quiet)
     assert again.resumes == [{"epoch": 3, "step": 0}]  # nothing left to train
     logged = scalars(logdir)
     assert_equals_epochs(logged, again.epochs)
@@ -174,7 +182,7 @@ def test_a_run_resumed_after_its_last_epoch_logs_its_final_values_once(tmp_path,
 
 
 @pytest.fixture(scope="module")
-def resumed(tmp_path_factory, tiny_data):
+def resumed(tmp_path_factory, tiny_data, train_cli, train_env, run):
     """A CLI run SIGKILLed after its epoch-3 checkpoint (checkpoints every step), then rerun."""
     root = tmp_path_factory.mktemp("resumed")
     out, ckpt = root / "run", root / "run.ckpt"
@@ -188,7 +196,7 @@ def resumed(tmp_path_factory, tiny_data):
         str(logdir),
     ]
     proc = subprocess.Popen(
-        train_cli(tiny_data, out, *extra), env=TRAIN_ENV, stdout=subprocess.DEVNULL,
+        train_cli(tiny_data, out, *extra), env=train_env, stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )  # fmt: skip
     deadline = time.monotonic() + 120
@@ -229,7 +237,7 @@ def _get_json(url):
 
 
 def test_tensorboard_server_serves_the_scalars_of_a_finished_tree(
-    tmp_path, finished, resumed, crashed
+    tmp_path, finished, resumed, crashed, train_env
 ):
     """The real `tensorboard` on loopback over a tree holding a finished run and two resumed ones
     (one with points to supersede): each run's curve over HTTP equals its record."""
@@ -240,7 +248,7 @@ def test_tensorboard_server_serves_the_scalars_of_a_finished_tree(
     server = subprocess.Popen(
         [sys.executable, "-m", "tensorboard.main", "--logdir", str(tree), "--host", "127.0.0.1",
          "--port", str(port), "--reload_interval", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=TRAIN_ENV,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=train_env,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}/data/plugin/scalars/scalars?"
     try:
@@ -285,10 +293,12 @@ def test_tensorboard_server_serves_the_scalars_of_a_finished_tree(
 
 
 @pytest.mark.slow  # a workflow run
-def test_workflow_writes_one_tree_and_turning_it_off_retrains_nothing(tmp_path):
+def test_workflow_writes_one_tree_and_turning_it_off_retrains_nothing(
+    tmp_path, write_config, fast_config, snakemake
+):
     """The grid's jobs write into <results_dir>/tensorboard, mirroring the run paths; with
     `tracking.tensorboard: false` the jobs still to run write none, and finished ones stay done."""
-    fast = write_config(tmp_path, FAST)
+    fast = write_config(tmp_path, fast_config)
     candidate = "synthetic/mlp/bn/lr0.01"
     res = snakemake(
         tmp_path, "--cores", "1", f"results/demo/lr_search/{candidate}/meta.json", configs=[fast]

@@ -9,29 +9,28 @@ from importlib import metadata
 import pandas as pd
 import pytest
 import torch
-from conftest import CPU, QUIET, curves, run_cli, tiny_config
 
 from normdrop.data import load_prepared
 from normdrop.train import train
 
 
-def test_same_seed_same_metrics_different_seed_differs(tiny_data):
+def test_same_seed_same_metrics_different_seed_differs(tiny_data, tiny_config, cpu, quiet, curves):
     data = load_prepared(tiny_data)
     cfg = tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3)
-    a, b = train(cfg, data, CPU, **QUIET), train(cfg, data, CPU, **QUIET)
+    a, b = train(cfg, data, cpu, **quiet), train(cfg, data, cpu, **quiet)
     pd.testing.assert_frame_equal(curves(a), curves(b))
     pd.testing.assert_frame_equal(a.steps, b.steps)
-    c = train(tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3, seed=7), data, CPU,
-              **QUIET)  # fmt: skip
+    c = train(tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3, seed=7), data, cpu,
+              **quiet)  # fmt: skip
     assert not curves(a).equals(curves(c))
     assert a.status == "completed" and len(a.epochs) == 3
     # 270 training images in batches of 32: 9 steps per epoch, the last one smaller.
     assert len(a.steps) == 27 and a.steps["epoch"].tolist() == [1] * 9 + [2] * 9 + [3] * 9
 
 
-def test_epoch_records(tiny_data):
-    r = train(tiny_config(lr=1e-3, lr_milestones=(2,), lr_gamma=0.1), load_prepared(tiny_data), CPU,
-              **QUIET)  # fmt: skip
+def test_epoch_records(tiny_data, cpu, tiny_config, quiet):
+    r = train(tiny_config(lr=1e-3, lr_milestones=(2,), lr_gamma=0.1), load_prepared(tiny_data), cpu,
+              **quiet)  # fmt: skip
     e = r.epochs
     assert e["epoch"].tolist() == [1, 2, 3]
     assert e["lr"].tolist() == pytest.approx([1e-3, 1e-3, 1e-4])  # decayed after epoch 2
@@ -43,13 +42,13 @@ def test_epoch_records(tiny_data):
     assert 0 <= r.train_eval_acc <= 1 and r.param_count > 0
 
 
-def test_diverging_run_is_recorded_not_raised(tiny_data):
-    r = train(tiny_config(lr=1e20), load_prepared(tiny_data), CPU, **QUIET)
+def test_diverging_run_is_recorded_not_raised(tiny_data, cpu, tiny_config, quiet):
+    r = train(tiny_config(lr=1e20), load_prepared(tiny_data), cpu, **quiet)
     assert r.status == "diverged" and r.diverged_epoch == 1
     assert len(r.epochs) == 1 and r.epochs["val_acc"].isna().all()
 
 
-def test_cli_writes_outputs_and_metadata(tmp_path, tiny_data):
+def test_cli_writes_outputs_and_metadata(tmp_path, tiny_data, run_cli):
     res = run_cli(tmp_path, tiny_data, tmp_path / "run", "--epochs", "2", "--lr-milestones")
     assert res.returncode == 0, res.stderr
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
@@ -73,7 +72,7 @@ def test_cli_writes_outputs_and_metadata(tmp_path, tiny_data):
         (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     ],
 )
-def test_cli_mistakes_exit_2_with_one_line(tmp_path, tiny_data, args, message):
+def test_cli_mistakes_exit_2_with_one_line(tmp_path, tiny_data, args, message, run_cli):
     res = run_cli(tmp_path, tiny_data, tmp_path / "run", *args)
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()

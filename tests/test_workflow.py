@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_helpers import REPO, output, run, snakemake, snakemake_cmd, tail
 
 from normdrop.hypotheses import hypothesis_paths
 from normdrop.plots import figure_paths
 from normdrop.tables import table_paths
+
+REPO = Path(__file__).resolve().parents[1]
 
 MODELS = ["mlp", "cnn", "resnet20"]
 
@@ -39,7 +40,9 @@ def test_dry_run_of_the_paper_grid_plans_108_runs_and_144_searches(tmp_path):
     assert "results/runs/cifar100/resnet20/bn_dropout/seed44/meta.json" in res.stdout
 
 
-def test_workflow_profile_is_used_when_run_from_elsewhere(tmp_path):
+def test_workflow_profile_is_used_when_run_from_elsewhere(
+    tmp_path, run, snakemake_cmd, tail, output
+):
     """README: 'The workflow profile workflow/profiles/default (used automatically) sets
     --keep-going and --rerun-incomplete'. Run as the tests (and a cluster wrapper) run it."""
     res = run(snakemake_cmd(tmp_path, "-n", "--cores", "1"), timeout=300)
@@ -48,7 +51,7 @@ def test_workflow_profile_is_used_when_run_from_elsewhere(tmp_path):
 
 
 @pytest.mark.slow
-def test_demo_runs_end_to_end_and_a_second_run_has_nothing_to_do(tmp_path):
+def test_demo_runs_end_to_end_and_a_second_run_has_nothing_to_do(tmp_path, snakemake):
     # The README's demo itself (workflow/demo.yaml, nothing overridden): 3 models x 4 variants x
     # 3 seeds of 6 epochs, a 2-candidate search of 2 epochs (about 4 minutes on 2 quiet cores).
     res = snakemake(tmp_path, "--cores", "2", timeout=1800)

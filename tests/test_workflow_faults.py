@@ -1,4 +1,4 @@
-"""Workflow faults on the shared faulty grid (`grid`, fault_grid.py): diverged runs and search
+"""Workflow faults on the shared faulty grid (fixture `grid`): diverged runs and search
 candidates, Snakemake SIGKILLed mid-grid and rerun, and two workflows on one folder."""
 
 from __future__ import annotations
@@ -11,18 +11,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from fault_grid import (
-    BIG_LR,
-    DIVERGED,
-    MODELS,
-    RUN_KEYS,
-    SEEDS,
-    VARIANTS,
-    fingerprint,
-    incomplete_keys,
-    job_counts,
-)
-from workflow_helpers import kill_group, output, run, snakemake_cmd, tail
 
 from normdrop.hypotheses import hypothesis_paths
 from normdrop.plots import figure_paths
@@ -36,23 +24,23 @@ def test_diverged_training_runs_are_recorded_and_the_grid_finishes(grid):
     for key, folder in grid.run_dir.items():
         meta = json.loads((folder / "meta.json").read_text())
         epochs = pd.read_parquet(folder / "epochs.parquet")
-        if key[:2] == DIVERGED[1:]:
+        if key[:2] == grid.diverged[1:]:
             assert meta["status"] == "diverged" and meta["diverged_epoch"] == 1, (key, meta)
-            assert meta["lr"] == BIG_LR
+            assert meta["lr"] == grid.big_lr
             assert len(epochs) == 1 and epochs[["val_acc", "test_acc"]].isna().all().all()
         else:
             assert meta["status"] == "completed" and meta["diverged_epoch"] is None, (key, meta)
             assert len(epochs) == 2 and epochs["test_acc"].between(0, 1).all()
 
     runs = pd.read_parquet(grid.results / "summary" / "runs.parquet")
-    assert len(runs) == len(RUN_KEYS)
+    assert len(runs) == len(grid.run_keys)
     div = runs[runs["status"] == "diverged"]
     assert set(zip(div["model"], div["variant"], div["seed"], strict=True)) == {
-        (*DIVERGED[1:], s) for s in SEEDS
+        (*grid.diverged[1:], s) for s in grid.seeds
     }
     assert div["diverged_epoch"].eq(1).all() and div["final_test_acc"].isna().all()
     done = runs[runs["status"] == "completed"]
-    assert len(done) == len(RUN_KEYS) - len(SEEDS)
+    assert len(done) == len(grid.run_keys) - len(grid.seeds)
     assert done["final_test_acc"].between(0, 1).all()
 
     table = (grid.results / "tables" / "synthetic" / "mlp" / "table2.md").read_text()
@@ -65,9 +53,9 @@ def test_diverged_training_runs_are_recorded_and_the_grid_finishes(grid):
 
     # The rest of the grid: every table, hypothesis file, figure and the report.
     expected = [
-        *table_paths(grid.results / "tables", ["synthetic"], MODELS),
+        *table_paths(grid.results / "tables", ["synthetic"], grid.models),
         *hypothesis_paths(grid.results / "tables"),
-        *figure_paths(grid.results / "figures", ["synthetic"], MODELS),
+        *figure_paths(grid.results / "figures", ["synthetic"], grid.models),
         grid.results / "summary" / "report.md",
     ]
     missing = [str(p) for p in expected if not (Path(p).is_file() and Path(p).stat().st_size)]
@@ -84,19 +72,21 @@ def test_diverged_lr_candidate_is_recorded_and_loses_the_search(grid):
         assert small["status"] == "completed"
         assert selected["lr"] == 1e-3, (model, variant, selected)
         statuses = {c["lr"]: c["status"] for c in selected["candidates"]}
-        assert statuses == {1e-3: "completed", BIG_LR: "diverged"}
+        assert statuses == {1e-3: "completed", grid.big_lr: "diverged"}
     search = pd.read_parquet(grid.results / "summary" / "lr_search.parquet")
-    big = search[search["lr"] == BIG_LR]
-    assert len(big) == len(MODELS) * len(VARIANTS)
+    big = search[search["lr"] == grid.big_lr]
+    assert len(big) == len(grid.models) * len(grid.variants)
     assert big["status"].eq("diverged").all() and big["best_val_acc"].isna().all()
     # Not selected anywhere, except in the cell whose selected.json the fixture overwrote.
     chosen = big[big["selected"]]
-    assert list(zip(chosen["model"], chosen["variant"], strict=True)) == [DIVERGED[1:]]
+    assert list(zip(chosen["model"], chosen["variant"], strict=True)) == [grid.diverged[1:]]
 
 
 # --------------------------------------------------------------------------- Snakemake killed
 @pytest.mark.slow
-def test_snakemake_killed_mid_grid_reruns_only_the_unfinished_runs(grid):
+def test_snakemake_killed_mid_grid_reruns_only_the_unfinished_runs(
+    grid, tail, output, fingerprint, job_counts, incomplete_keys
+):
     assert grid.killed_returncode == -signal.SIGKILL
     assert grid.finished_at_kill and grid.pending_at_kill, "kill was not mid-grid"
     assert not grid.unreadable_after_kill  # no partial parquet was ever visible
@@ -107,7 +97,7 @@ def test_snakemake_killed_mid_grid_reruns_only_the_unfinished_runs(grid):
     for key in grid.pending_at_kill:
         assert (grid.run_dir[key] / "meta.json").exists(), key
     trained = job_counts(output(grid.rerun)).get("train")
-    assert trained == len(RUN_KEYS) - len(grid.finished_at_kill), tail(output(grid.rerun))
+    assert trained == len(grid.run_keys) - len(grid.finished_at_kill), tail(output(grid.rerun))
     assert not incomplete_keys(grid.workdir)
     assert not list((grid.workdir / ".snakemake" / "locks").glob("*"))
     assert not list(grid.results.rglob("*.ckpt"))  # resumed runs cleaned their checkpoints
@@ -115,7 +105,9 @@ def test_snakemake_killed_mid_grid_reruns_only_the_unfinished_runs(grid):
 
 # --------------------------------------------------------------------------- two workflows
 @pytest.mark.slow
-def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(grid):
+def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(
+    grid, snakemake_cmd, run, kill_group, tail, output
+):
     locks = grid.workdir / ".snakemake" / "locks"
     cmd = snakemake_cmd(grid.workdir, "--cores", "1", "--forcerun", "aggregate",
                         configs=[grid.override])  # fmt: skip
@@ -142,7 +134,7 @@ def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(grid):
     assert first.returncode == 0, first_out[-3000:]
     assert summary.stat().st_mtime_ns > before  # the first one did redo the summary
     runs = pd.read_parquet(summary)
-    assert len(runs) == len(RUN_KEYS)
+    assert len(runs) == len(grid.run_keys)
     for name in ["epochs", "lr_search"]:
         assert len(pd.read_parquet(grid.results / "summary" / f"{name}.parquet"))
     assert not list(locks.glob("*"))

@@ -75,8 +75,33 @@ onstart:
 # the command with Snakemake's `:q` (shell-quoted): a path may hold spaces, quotes or `$(...)`.
 
 
+# Each dataset's raw flag, prepared file and digest under this config (layout.data_files), and
+# back from a file's name to its dataset.
+DATA_FILES = {d: layout.data_files(config, d) for d in DATASETS}
+RAW_SOURCES = {Path(f["downloaded"]).parent.name: d for d, f in DATA_FILES.items()}
+PREPARED_KEYS = {Path(f["prepared"]).stem: d for d, f in DATA_FILES.items()}
+
+
+def source_dataset(wildcards):
+    return RAW_SOURCES[wildcards.source]
+
+
+def prepared_dataset(wildcards):
+    return PREPARED_KEYS[wildcards.prepared]
+
+
+def raw_flag(wildcards):
+    return DATA_FILES[PREPARED_KEYS[wildcards.prepared]]["downloaded"]
+
+
+def prepared_data(wildcards):
+    """The prepared file of the job's dataset and its digest (for meta.json's data_sha256)."""
+    files = DATA_FILES[wildcards.dataset]
+    return {"data": files["prepared"], "digest": files["digest"]}
+
+
 def synthetic_args(wildcards):
-    if wildcards.dataset != "synthetic":
+    if source_dataset(wildcards) != "synthetic":
         return []
     spec = config["data"]["synthetic"]
     return [

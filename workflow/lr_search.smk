@@ -6,7 +6,7 @@
 
 rule lr_search:
     input:
-        data=layout.prepared(RESOURCES),
+        unpack(prepared_data),
     output:
         **layout.run_files(RESULTS, "lr_search"),
     log:
@@ -37,8 +37,8 @@ EXTEND_AT_EDGE = config["lr_search"].get("extend_at_edge", 0)
 
 rule select_lr:
     input:
+        unpack(prepared_data),
         metas=lr_candidates,
-        data=layout.prepared(RESOURCES),
     output:
         layout.selected(RESULTS),
     log:

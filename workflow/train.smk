@@ -5,7 +5,7 @@
 
 rule train:
     input:
-        data=layout.prepared(RESOURCES),
+        unpack(prepared_data),
         lr=layout.selected(RESULTS),
     output:
         **layout.run_files(RESULTS, "train"),

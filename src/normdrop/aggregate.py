@@ -20,6 +20,7 @@ import pandas as pd
 
 from normdrop import layout
 from normdrop.config import EXECUTION_FIELDS, current_names
+from normdrop.data import DATASETS, synthetic_settings
 from normdrop.grid import grid_config
 from normdrop.lr_search import load_run
 from normdrop.metrics import run_metrics
@@ -56,9 +57,10 @@ def _keys(run: layout.RunSpec) -> dict:
     }
 
 
-def run_row(run: layout.RunSpec, meta: dict, epochs: pd.DataFrame, variant: dict, fraction: float):
+def run_row(run: layout.RunSpec, meta: dict, epochs, variant: dict, fraction: float, classes=None):
     """One training run's row of runs.parquet: its settings, final metrics and provenance;
-    `variant`: its entry of the config's variants (norm, dropout on or off, family)."""
+    `variant`: its entry of the config's variants (norm, dropout on or off, family); `classes`
+    (the dataset's) tells a run that did not learn (metrics.learned)."""
     settings = current_names(meta["settings"])
     return {
         **_keys(run),
@@ -73,12 +75,28 @@ def run_row(run: layout.RunSpec, meta: dict, epochs: pd.DataFrame, variant: dict
         "status": meta["status"],
         "diverged_epoch": meta["diverged_epoch"] or math.nan,
         "epochs": settings["epochs"],
-        **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction),
+        **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction, classes),
         "wall_time_s": meta["wall_time_s"],
         "git_revision": meta["git_revision"],
         "device": meta.get("device", "unknown"),
         "slurm_job_id": meta.get("slurm_job_id"),
     }
+
+
+def check_one_dataset_file(data: dict[str, dict[str | None, list[Path]]]) -> None:
+    """All runs on one dataset (searches and training runs, so every cell) were trained on one
+    prepared file, by its SHA-256: else one line naming the hashes and a run of each."""
+    for dataset, by_hash in data.items():
+        if len(by_hash) > 1:
+            listing = ", ".join(
+                f"{(h or 'not recorded')[:12]} ({len(f)} runs, e.g. {f[0]})"
+                for h, f in by_hash.items()
+            )
+            raise StaleResultsError(
+                f"runs on {dataset} were trained on {len(by_hash)} different data files "
+                f"(data_sha256 in meta.json): {listing}. Rerun the runs that do not match the "
+                "current data (delete them, or --forcerun train lr_search)."
+            )
 
 
 def collect_runs(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -87,7 +105,7 @@ def collect_runs(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
     config = grid_config(config)  # `select` and `sweep` applied (a no-op on the workflow's grid)
     results = config["results_dir"]
     fraction = config["metrics"]["convergence_fraction"]
-    runs, curves, candidates, stale, chosen = [], [], [], [], {}
+    runs, curves, candidates, stale, chosen, data = [], [], [], [], {}, {}
     for run in layout.iter_runs(config):
         cell = (run.dataset, run.model, run.variant)
         if cell not in chosen:  # the cell's first run: its search's choice and candidates
@@ -99,19 +117,24 @@ def collect_runs(config: dict) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame
             ]
         folder = Path(layout.run_dir(results, run.kind, **run.wildcards))
         meta, epochs = load_run(folder)
+        data.setdefault(run.dataset, {}).setdefault(meta.get("data_sha256"), []).append(folder)
         expected = _normalised(run.settings.to_dict())
         if _semantic(_normalised(meta["settings"])) != _semantic(expected):
             stale.append(f"{folder}: {_diff(meta['settings'], expected)}")
         elif run.kind == "train" and meta["lr"] != chosen[cell]["lr"]:
             stale.append(f"{folder}: lr {meta['lr']} on disk vs {chosen[cell]['lr']} selected")
         if run.kind == "train":
-            runs.append(run_row(run, meta, epochs, config["variants"][run.variant], fraction))
+            spec = config["variants"][run.variant]
+            synthetic = synthetic_settings(config["data"].get("synthetic"))["num_classes"]
+            classes = DATASETS[run.dataset][2] or synthetic
+            runs.append(run_row(run, meta, epochs, spec, fraction, classes))
             curves.append(epochs.assign(**_keys(run)))
     if stale:
         raise StaleResultsError(
             f"{len(stale)} result(s) disagree with the current config (delete them, or rerun "
             "with --forcerun train lr_search, to recompute):\n  " + "\n  ".join(stale[:20])
         )
+    check_one_dataset_file(data)
     runs = pd.DataFrame(runs)
     revisions = runs["git_revision"].value_counts()
     if len(revisions) > 1 and not config["metrics"]["allow_mixed_revisions"]:

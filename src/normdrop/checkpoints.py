@@ -139,6 +139,20 @@ def restore_optimizer(optimizer: torch.optim.Optimizer, saved: dict) -> None:
         for group, now in zip(saved["param_groups"], optimizer.param_groups, strict=True)
     ]
     optimizer.load_state_dict({**saved, "param_groups": groups})
+    _state_like_params(optimizer)
+
+
+def _state_like_params(optimizer: torch.optim.Optimizer) -> None:
+    """Each restored state tensor of a param's shape (Adam's moments) laid out as its param:
+    load_state_dict keeps the checkpoint's strides (contiguous from a CPU run), and CUDA's fused
+    Adam refuses params, grads and states of different layouts (channels_last conv weights)."""
+    import torch
+
+    for param, state in optimizer.state.items():
+        for key, value in state.items():
+            same_shape = torch.is_tensor(value) and value.shape == param.shape
+            if same_shape and value.stride() != param.stride():
+                state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def load_checkpoint(path: Path, cfg: RunConfig, log) -> dict | None:

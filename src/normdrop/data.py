@@ -11,14 +11,16 @@ seed, so that the demo and the tests run offline.
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import shlex
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from normdrop.storage import atomic_write_bytes
+from normdrop.storage import atomic_write_bytes, atomic_write_json
 
 # name -> (torchvision class name, sub-folder torchvision creates under root, classes, C, H, W).
 DATASETS = {
@@ -78,6 +80,75 @@ def make_synthetic(spec: SyntheticSpec) -> dict[str, torch.Tensor]:
     train_x, train_y = draw(spec.n_train)
     test_x, test_y = draw(spec.n_test)
     return {"train_x": train_x, "train_y": train_y, "test_x": test_x, "test_y": test_y}
+
+
+# --------------------------------------------------------------------------- content keys
+def synthetic_settings(synthetic: dict | None = None) -> dict:
+    """The synthetic spec as a plain dict: SyntheticSpec's defaults overridden by `synthetic`,
+    each value of its field's type (a YAML `noise: 1` and `noise: 1.0` are one setting)."""
+    spec = asdict(SyntheticSpec())
+    spec.update({k: type(spec[k])(v) for k, v in (synthetic or {}).items() if k in spec})
+    return spec
+
+
+def short_hash(settings: dict) -> str:
+    """10 hex digits of the SHA-256 of `settings` as sorted JSON: a file name's content key."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:10]
+
+
+def raw_source(name: str, synthetic: dict | None = None) -> str:
+    """The raw data's folder name: the dataset itself (torchvision's files have no settings), or
+    for `synthetic` the dataset plus a short hash of its spec, since the spec shapes the data."""
+    if name != "synthetic":
+        return name
+    return f"{name}-{short_hash(synthetic_settings(synthetic))}"
+
+
+def prepared_settings(name, val_fraction, split_seed, synthetic: dict | None = None) -> dict:
+    """Every setting that shapes a prepared file's content: the format version, the dataset, the
+    validation split and (synthetic only) the generator's spec."""
+    settings = {
+        "format": PREPARED_FORMAT,
+        "dataset": name,
+        "val_fraction": float(val_fraction),
+        "split_seed": int(split_seed),
+    }
+    if name == "synthetic":
+        settings["synthetic"] = synthetic_settings(synthetic)
+    return settings
+
+
+def prepared_key(name, val_fraction, split_seed, synthetic: dict | None = None) -> str:
+    """The prepared file's name without its suffix: 'synthetic-1a2b3c4d5e'. Different settings
+    give different names, so their files live side by side and never overwrite each other."""
+    return f"{name}-{short_hash(prepared_settings(name, val_fraction, split_seed, synthetic))}"
+
+
+def digest_path(prepared: Path) -> Path:
+    """The sidecar beside a prepared file that records its SHA-256 (written by `prepare`)."""
+    return Path(prepared).with_suffix(".json")
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def data_sha256(prepared: Path) -> str:
+    """The prepared file's SHA-256, as `prepare` recorded it beside the file (computed once);
+    hashed here only for a file prepared without its sidecar (by an older version, by hand)."""
+    sidecar = digest_path(prepared)
+    try:
+        recorded = json.loads(sidecar.read_text())
+        if recorded["bytes"] == Path(prepared).stat().st_size:
+            return recorded["sha256"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return file_sha256(prepared)
 
 
 # --------------------------------------------------------------------------- download
@@ -223,7 +294,11 @@ def prepare(name: str, raw_dir: Path, out: Path, val_fraction=0.1, split_seed=0)
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    atomic_write_bytes(Path(out), buf.getvalue())
+    content = buf.getvalue()
+    atomic_write_bytes(Path(out), content)
+    # The SHA-256 once, here: every run records it (meta.json's data_sha256).
+    digest = {"sha256": hashlib.sha256(content).hexdigest(), "bytes": len(content)}
+    atomic_write_json(digest_path(out), {**digest, "dataset": name, **payload["split"]})
     return Path(out)
 
 

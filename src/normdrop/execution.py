@@ -18,7 +18,11 @@ import torch.nn.functional as F
 
 from normdrop.config import ConfigError, RunConfig
 
-OLDEST_TESTED_TORCH = (2, 14)  # cuda_graphs: on is refused below it (the lr handling, issue 16)
+# cuda_graphs: on is refused below it. 2.11: the oldest torch this project supports (the loaned
+# GPU machine's); the lr a graph reads follows the schedule whether the scheduler fills
+# group["lr"] in place (2.14) or puts a new tensor or a float there (before): copy_lr_into, and
+# tests/test_gpu_defects.py emulates both older behaviours (docs/gpu.md, "The cuda_graphs gate").
+OLDEST_TESTED_TORCH = (2, 11)
 
 
 def cuda_index(name: str) -> int | None:
@@ -84,6 +88,9 @@ def resolve_execution(cfg: RunConfig, device: torch.device) -> Execution:
             f"setting 'cuda_graphs' = 'on' is tested from torch {oldest} on, not with "
             f"{torch.__version__}; use off or upgrade torch"
         )
+    refusal = graphs_refusal(cfg)
+    if cfg.cuda_graphs == "on" and refusal:
+        raise ConfigError(f"setting 'cuda_graphs' = 'on' {refusal}; use off")
     # channels_last makes cuDNN's bf16 convolutions use tensor cores without transposes.
     channels_last = cfg.memory_format == "channels_last" or (cfg.memory_format == "auto" and cuda)
     return Execution(
@@ -103,6 +110,20 @@ def resolve_execution(cfg: RunConfig, device: torch.device) -> Execution:
         compile=cfg.compile,
         deterministic=cfg.deterministic,
     )
+
+
+def graphs_refusal(cfg: RunConfig) -> str | None:
+    """Why `cfg`'s model cannot train under CUDA graphs, or None. nn.LSTM (the LSTM without a
+    norm) with dropout draws its masks through cuDNN's cached dropout state, not the graph-safe
+    generator: restoring the RNG state after capture clears the generator's reset flag, the next
+    eager step (an epoch's short last batch) replaces that cached buffer and the graph goes on
+    reading the freed block. The hand-written cells (norm layer, batch) use nn.Dropout: safe."""
+    if cfg.model == "lstm" and cfg.norm == "none" and cfg.dropout_rate > 0:
+        return (
+            "cannot run lstm with norm none and dropout (nn.LSTM's cuDNN dropout state "
+            "is not graph-safe)"
+        )
+    return None
 
 
 def _torch_version() -> tuple[int, int]:

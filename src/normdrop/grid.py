@@ -6,6 +6,7 @@ express (`check_grid`, called by `normdrop.workflow_config.validate_workflow_con
 from __future__ import annotations
 
 import itertools
+import math
 import re
 
 from normdrop.config import ConfigError, did_you_mean, run_config
@@ -117,6 +118,9 @@ def _check_study(config: dict, grid: dict) -> None:
             f"config key 'study.axis': {axis!r} is not swept; add sweep.{axis}: [values]"
         )
     families = {spec["family"] for spec in grid["variants"].values()}
+    # A pin (`bn@16`, minus_at) off the axis would only show after training, as a missing group.
+    values = [model_depth(m) for m in grid["models"]] if axis == "depth" else config["sweep"][axis]
+    swept = f"{axis} on the sweep: {', '.join(f'{v:g}' for v in values)}"
     for i, effect in enumerate(study["effects"]):
         for side in ("plus", "minus"):
             unknown = [v for v in effect[side] if not _is_entry(v, families)]
@@ -125,6 +129,21 @@ def _check_study(config: dict, grid: dict) -> None:
                     f"config key 'study.effects.{i}.{side}': {unknown[0]!r} is not a selected "
                     f"variant (or variant@axis value); allowed: {', '.join(sorted(families))}"
                 )
+            off = [v for v in effect[side] if "@" in v and not _on(v.partition("@")[2], values)]
+            if off:
+                raise ConfigError(
+                    f"config key 'study.effects.{i}.{side}': {off[0]!r} pins a value that is not "
+                    f"on the axis; allowed: {swept}"
+                )
+        if effect.get("minus_at") is not None and not _on(effect["minus_at"], values):
+            raise ConfigError(
+                f"config key 'study.effects.{i}.minus_at': {effect['minus_at']!r} is not on the "
+                f"axis; allowed: {swept}"
+            )
+
+
+def _on(value, values) -> bool:
+    return any(math.isclose(float(value), float(v)) for v in values)
 
 
 def _is_entry(entry: str, families: set) -> bool:

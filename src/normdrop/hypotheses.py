@@ -72,12 +72,13 @@ from normdrop.render import (
     to_markdown,
     write_table,
 )
-from normdrop.seed_stats import CONFIDENCE, MISSING, TOO_FEW, contrast
+from normdrop.seed_stats import CONFIDENCE, MISSING, NOT_LEARNED, TOO_FEW, contrast
 from normdrop.storage import atomic_write_text
 from normdrop.summary_data import (
     add_selection_args,
     completed,
     dataset_name,
+    did_not_learn,
     metric_values,
     model_name,
     paper_variants,
@@ -87,6 +88,7 @@ from normdrop.summary_data import (
 )
 
 SUPPORTED = "supported"
+NEEDS_LEARNING = ("convergence_epoch",)  # undefined for a run that did not learn
 REVERSED = "reversed"
 INCONCLUSIVE = "inconclusive"
 PARTLY = "partly supported"
@@ -159,9 +161,13 @@ def combine_h1(a: str, b: str) -> str:
 
 
 def _seed_note(runs: pd.DataFrame, variant: str) -> str:
+    """Seeds left out: diverged (out of every test), did not learn (out of H1b: no convergence
+    epoch, metrics.learned)."""
     sub = runs[runs["variant"] == variant]
-    n_div = int((~completed(sub)).sum())
-    return f"{variant}: {n_div}/{len(sub)} seeds diverged" if n_div else ""
+    n_div, n_flat = int((~completed(sub)).sum()), int(did_not_learn(sub).sum())
+    notes = [f"{n_div}/{len(sub)} seeds diverged"] if n_div else []
+    notes += [f"{n_flat}/{len(sub)} seeds did not learn"] if n_flat else []
+    return f"{variant}: {', '.join(notes)}" if notes else ""
 
 
 def _row(pair, test: HypothesisTest, a: str, b: str, n_a, n_b, mean_a, mean_b, result) -> dict:
@@ -201,6 +207,9 @@ def pair_tests(runs: pd.DataFrame, dataset: str, model: str, confidence=CONFIDEN
     names = paper_variants(sub)
     pair = (dataset, model)
 
+    def flat(key: str) -> bool:
+        return key in names and bool(did_not_learn(sub[sub["variant"] == names[key]]).any())
+
     def values(key: str, metric: str) -> np.ndarray:
         if key not in names:
             return np.array([])
@@ -212,6 +221,8 @@ def pair_tests(runs: pd.DataFrame, dataset: str, model: str, confidence=CONFIDEN
         test = HYPOTHESIS_TESTS[tid]
         va, vb = values(a, test.metric), values(b, test.metric)
         res = contrast([va, vb], [1, -1], confidence)
+        if res[4] == MISSING and any(flat(k) for k in (a, b) if test.metric in NEEDS_LEARNING):
+            res = (*res[:4], NOT_LEARNED)  # seeds ran, but no convergence epoch to compare
         rows.append(
             _row(
                 pair,

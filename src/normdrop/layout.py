@@ -12,7 +12,10 @@ Under the results folder (config key `results_dir`):
     tensorboard/runs/..., tensorboard/lr_search/...   event files, mirroring the run folders
     summary/, tables/, figures/    the aggregate and what is drawn from it
 
-and under `resources_dir`: raw/{dataset}/ (with a .downloaded flag) and prepared/{dataset}.pt.
+and under `resources_dir`: raw/{source}/ (with a .downloaded flag; the source is the dataset, or
+for `synthetic` the dataset plus a hash of its spec) and prepared/{dataset}-{key}.pt with its
+SHA-256 in prepared/{dataset}-{key}.json, the key a hash of every setting that shapes the file
+(normdrop.data.prepared_key), so that different settings never share, nor overwrite, a file.
 
 This module alone spells these paths. The templates hold Snakemake's wildcards ({dataset}, ...):
 a function called without keys returns the template under a root, for a rule's input and output;
@@ -23,11 +26,13 @@ command all go through it, and `iter_runs` is the loop over the grid that they s
 from __future__ import annotations
 
 import re
+from base64 import urlsafe_b64encode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from normdrop.config import RunConfig, run_config, search_config
+from normdrop.data import prepared_key, raw_source
 from normdrop.grid import grid_cells, grid_config
 
 # A run's name: its path below its kind's folder (and below scratch/ and logs/).
@@ -157,17 +162,48 @@ def figures_dir(results) -> str:
 
 
 # --------------------------------------------------------------------------- resources folder
-def raw_dir(resources, dataset: str = "{dataset}") -> str:
-    return _under(resources, "raw", dataset)
+def raw_dir(resources, source: str = "{source}") -> str:
+    """A dataset's raw files: raw/mnist, raw/synthetic-<spec hash> (data.raw_source)."""
+    return _under(resources, "raw", source)
 
 
-def downloaded(resources, dataset: str = "{dataset}") -> str:
+def downloaded(resources, source: str = "{source}") -> str:
     """The flag that download leaves once the raw files are complete."""
-    return _under(raw_dir(resources, dataset), ".downloaded")
+    return _under(raw_dir(resources, source), ".downloaded")
 
 
-def prepared(resources, dataset: str = "{dataset}") -> str:
-    return _under(resources, "prepared", f"{dataset}.pt")
+def prepared(resources, key: str = "{prepared}") -> str:
+    """A prepared file, named by its content key: prepared/synthetic-1a2b3c4d5e.pt."""
+    return _under(resources, "prepared", f"{key}.pt")
+
+
+def prepared_digest(resources, key: str = "{prepared}") -> str:
+    """The prepared file's SHA-256 and size, written by prepare beside it (data.digest_path)."""
+    return _under(resources, "prepared", f"{key}.json")
+
+
+def data_files(config: dict, dataset: str) -> dict[str, str]:
+    """The raw flag, prepared file and its digest that `config` gives `dataset`."""
+    data = config["data"]
+    synthetic = data.get("synthetic")
+    key = prepared_key(dataset, data["val_fraction"], data["split_seed"], synthetic)
+    resources = config["resources_dir"]
+    return {
+        "downloaded": downloaded(resources, raw_source(dataset, synthetic)),
+        "prepared": prepared(resources, key),
+        "digest": prepared_digest(resources, key),
+    }
+
+
+def snakemake_incomplete(workdir, output: str) -> bool:
+    """Whether Snakemake marks `output` (the path as the rule names it) incomplete: it marks each
+    output of a job when the job starts and unmarks it when the job ends, in
+    <workdir>/.snakemake/incomplete/<urlsafe base64 of the path, split at NAME_MAX>, and reruns a
+    marked job (one killed after it wrote its outputs) on the next run."""
+    b64 = urlsafe_b64encode(output.encode()).decode()
+    parts = [b64[i : i + 254] for i in range(0, len(b64), 254)]
+    marker = Path(workdir, ".snakemake", "incomplete", *["@" + p for p in parts[:-1]], parts[-1])
+    return marker.exists()
 
 
 # --------------------------------------------------------------------------- the grid's runs

@@ -31,14 +31,30 @@ def loss_sd_late(epoch_loss_sd, skip: int = 1) -> float:
     return loss_sd(values[skip:]) if len(values) > skip else math.nan
 
 
-def convergence_epoch(val_acc, fraction: float = 0.95) -> float:
+# A run "did not learn" when its final validation accuracy is at most (1 + CHANCE_MARGIN) times
+# chance (1 / classes): 15% for 10 classes, 1.5% for 100 (docs/protocol.md, "Runs that did not
+# learn", gives the argument). Its convergence epoch is undefined, not 1.
+CHANCE_MARGIN = 0.5
+
+
+def learned(final_val_acc: float, num_classes: int | None) -> bool:
+    """Whether a run's final validation accuracy lies beyond the margin above chance (True when
+    the number of classes is unknown: nothing to compare with)."""
+    if not num_classes:
+        return True
+    return bool(final_val_acc > (1 + CHANCE_MARGIN) / num_classes)
+
+
+def convergence_epoch(val_acc, fraction: float = 0.95, num_classes: int | None = None) -> float:
     """First 1-based epoch whose validation accuracy reaches `fraction` of the final epoch's.
 
-    NaN when there is no finite final accuracy (an empty or diverged curve); the final epoch
-    itself always qualifies otherwise.
+    NaN when there is no finite final accuracy (an empty or diverged curve) or, given the number
+    of classes, when the run did not learn (`learned`): 95% of a final accuracy at chance is
+    reached at once, which would score a network that never learned as the fastest. The final
+    epoch itself always qualifies otherwise.
     """
     acc = np.asarray(val_acc, dtype=float)
-    if len(acc) == 0 or not np.isfinite(acc[-1]):
+    if len(acc) == 0 or not np.isfinite(acc[-1]) or not learned(acc[-1], num_classes):
         return math.nan
     reached = np.flatnonzero(acc >= fraction * acc[-1])  # NaN compares False: never 'reached'
     return float(reached[0] + 1)
@@ -59,12 +75,18 @@ def generalization_gap(train_acc: float, test_acc: float) -> float:
 
 
 def run_metrics(
-    epochs: pd.DataFrame, train_eval_acc: float, status: str, convergence_fraction: float = 0.95
+    epochs: pd.DataFrame,
+    train_eval_acc: float,
+    status: str,
+    convergence_fraction: float = 0.95,
+    num_classes: int | None = None,
 ) -> dict[str, float]:
-    """All final metrics of one run from its per-epoch table (sorted by epoch)."""
+    """All final metrics of one run from its per-epoch table (sorted by epoch); `learned` is
+    False for a completed run that ended within the margin of chance (`num_classes` given)."""
     if status != "completed":
         nan = math.nan
         return dict(
+            learned=False,
             loss_sd=nan,
             loss_sd_late=nan,
             convergence_epoch=nan,
@@ -78,9 +100,10 @@ def run_metrics(
     es_epoch, es_test_acc = early_stopping(epochs["val_acc"], epochs["test_acc"])
     final_test = float(epochs["test_acc"].iloc[-1])
     return dict(
+        learned=learned(float(epochs["val_acc"].iloc[-1]), num_classes),
         loss_sd=loss_sd(epochs["train_loss_sd"]),
         loss_sd_late=loss_sd_late(epochs["train_loss_sd"]),
-        convergence_epoch=convergence_epoch(epochs["val_acc"], convergence_fraction),
+        convergence_epoch=convergence_epoch(epochs["val_acc"], convergence_fraction, num_classes),
         final_test_acc=final_test,
         final_val_acc=float(epochs["val_acc"].iloc[-1]),
         final_train_acc=float(train_eval_acc),

@@ -58,6 +58,7 @@ from normdrop.summary_data import (
     PAPER_VARIANTS,
     add_selection_args,
     dataset_name,
+    did_not_learn,
     metric_values,
     model_name,
     order_variants,
@@ -147,7 +148,9 @@ def _bars(ax, runs, variants, styles, column, zoom: bool) -> None:
         vals = metric_values(sub, column)
         st = styles[v]
         if len(vals) == 0:
-            _no_bar(ax, x, "diverged" if len(sub) else "not run", 0.02)
+            flat = column == "convergence_epoch" and did_not_learn(sub).any()  # metrics.learned
+            why = "did not learn" if flat else None
+            _no_bar(ax, x, why or ("diverged" if len(sub) else "not run"), 0.02)
             continue
         mean, yerr = _mean_and_whisker(vals, accuracy)
         ax.bar(x, mean, width=0.7, color=st.color, alpha=0.85, edgecolor=st.color)
@@ -365,7 +368,6 @@ def _overview_panel(ax, sub: pd.DataFrame, variants: Sequence[str], styles) -> N
         ax.scatter(np.full(len(vals), x + 0.22), vals, s=9, color=st.color, alpha=0.8)
     ax.set_xlim(-0.6, len(variants) - 0.4)
     ax.grid(axis="x", visible=False)
-    accuracy_axis(ax)
 
 
 def plot_overview(runs, pairs, styles) -> Figure:
@@ -373,7 +375,8 @@ def plot_overview(runs, pairs, styles) -> Figure:
     datasets = list(dict.fromkeys(d for d, _ in pairs))  # in the requested order
     models = list(dict.fromkeys(m for _, m in pairs))
     fig = new_figure(overview_size(len(datasets), len(models)))
-    axes = fig.subplots(len(datasets), len(models), squeeze=False, sharex=True)
+    # One y axis for every panel: a 0.2-point spread must not look like a 50-point one.
+    axes = fig.subplots(len(datasets), len(models), squeeze=False, sharex=True, sharey=True)
     variants = order_variants(runs)
     for r, d in enumerate(datasets):
         for c, m in enumerate(models):
@@ -387,7 +390,11 @@ def plot_overview(runs, pairs, styles) -> Figure:
                 ax.set_ylabel(f"{dataset_name(d)}\ntest accuracy (%)")
     for ax in axes[-1]:
         ax.set_xticks(np.arange(len(variants)), variants, rotation=35, ha="right")
-    fig.suptitle("Final test accuracy: mean ± SD over seeds (small dots: single seeds)")
+    axes[0][0].autoscale_view()  # over every panel's points (shared), then capped at [0, 100]
+    accuracy_axis(axes[0][0])
+    fig.suptitle(
+        "Final test accuracy: mean ± SD over seeds (small dots: single seeds); one y axis for all"
+    )
     return fig
 
 

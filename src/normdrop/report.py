@@ -39,8 +39,18 @@ METHOD = (
     "entirely on the predicted side of zero, *reversed* when it lies entirely on the other "
     "side, and *inconclusive* when it contains zero or cannot be formed (fewer than two "
     "finished seeds, or no spread at all). H1 needs both of its parts (loss SD and "
-    "convergence epoch). Diverged runs are left out of every mean and counted. The full rule "
+    "convergence epoch). Diverged runs are left out of every mean and counted; a run that did "
+    "not learn (final validation accuracy at most 1.5 x chance) has no convergence epoch and is "
+    "counted as such. The full rule "
     "is in `normdrop/hypotheses.py`."
+)
+
+
+# A search of two rates has no inside: each pick is the largest or smallest rate (docs/protocol.md).
+TWO_RATES = (
+    "Note: the learning-rate search tried two rates per cell, so every pick is at the edge of the "
+    "rates tried and the edge says nothing here; give lr_search.candidates three or more rates "
+    "to learn whether the best rate lies beyond them."
 )
 
 
@@ -73,6 +83,8 @@ def lr_edge_note(summary_dir: Path, pairs) -> list[str]:
     if not (Path(summary_dir) / "lr_search.parquet").is_file():
         return []
     search = read_summary(summary_dir, "lr_search")
+    if search.groupby(["dataset", "model", "variant"]).size().le(2).all():
+        return [TWO_RATES, ""]  # every pick is at an edge: one line, not one per cell
     cells = []
     for (d, m, v), group in search.groupby(["dataset", "model", "variant"], sort=False):
         rows = group.to_dict("records")
@@ -121,7 +133,10 @@ def build_report(
         out += [f"- {s}" for s in lines]
         out.append("")
     comparison, _, _ = tab.paper_comparison(stats, runs, ms)
-    out.append(_demote(to_markdown(comparison), 2))
+    if comparison.header == ["Comparison"]:  # no run on the paper's dataset: its one sentence
+        out += [f"## {comparison.title}", "", comparison.rows[0][0], ""]
+    else:
+        out.append(_demote(to_markdown(comparison), 2))
     out += ["## Table 2 per dataset and model", ""]
     out += [_demote(to_markdown(tab.table2(stats, d, m, variants))) for d, m in pairs]
     out += lr_edge_note(summary_dir, pairs)

@@ -18,7 +18,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats as sps
 
-from normdrop.summary_data import METRICS, completed, describe_variant, metric_values
+from normdrop.summary_data import (
+    METRICS,
+    completed,
+    describe_variant,
+    did_not_learn,
+    metric_values,
+)
 
 CONFIDENCE = 0.95
 
@@ -26,6 +32,7 @@ CONFIDENCE = 0.95
 TOO_FEW = "inconclusive (too few seeds)"
 ZERO_VAR = "inconclusive (zero variance)"
 MISSING = "inconclusive (variant missing)"
+NOT_LEARNED = "inconclusive (did not learn)"  # runs exist, none with a convergence epoch
 
 
 def mean_sd(values: np.ndarray) -> tuple[float, float, int]:
@@ -58,6 +65,7 @@ def variant_stats(runs: pd.DataFrame) -> pd.DataFrame:
             n_runs=int(len(group)),
             n_completed=int(done.sum()),
             n_diverged=int((~done).sum()),
+            n_not_learned=int(did_not_learn(group).sum()),  # no convergence epoch
             diverged_epochs=", ".join(f"{e:g}" for e in sorted(set(diverged_epochs.dropna()))),
         )
         for metric in METRICS:

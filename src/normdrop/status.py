@@ -42,7 +42,7 @@ from normdrop.checkpoints import read_summary
 from normdrop.config import ConfigError, current_names
 from normdrop.progress import parse_epoch_line
 from normdrop.time_left import duration, estimate, estimate_note, time_left_line
-from normdrop.workflow_config import load_config
+from normdrop.workflow_config import load_config, parse_overrides
 
 STATES = ("finished", "diverged", "running", "stopped", "failed", "not started")
 LOG_TAIL_BYTES = 256 * 1024  # enough for a long traceback; logs grow with each retry
@@ -203,6 +203,15 @@ def inspect(run: RunStatus, now: float) -> RunStatus:
     return run
 
 
+def marked_incomplete(runs: list[RunStatus], workdir: Path, results_dir: str) -> None:
+    """A run whose files say finished but whose job Snakemake still marks incomplete (killed
+    after it wrote its outputs) is rerun by Snakemake: shown as stopped, not done."""
+    for run in runs:
+        meta = f"{results_dir}/{layout.KINDS[run.kind][1]}/{run.name}/meta.json"  # as the rule
+        if run.state in ("finished", "diverged") and layout.snakemake_incomplete(workdir, meta):
+            run.state, run.last_line = "stopped", "Snakemake marks its job incomplete: reruns it"
+
+
 # --------------------------------------------------------------------------- rendering
 def cell_summary(runs: list[RunStatus]) -> str:
     """One cell's runs in words: '2/3 done, 1 running (ep 37/100)'."""
@@ -244,15 +253,20 @@ def counts(runs: list[RunStatus]) -> dict[str, int]:
 
 
 def status_text(
-    runs: list[RunStatus], est: dict, results: Path, source: str, show_all: bool
-) -> str:
+    runs: list[RunStatus], est: dict, results: Path, source: str, show_all: bool, grid=True
+):
+    """The report; `grid` False (runs found in a folder): what was not started is not known, so
+    nothing is claimed done beyond the runs found."""
     out = [f"normdrop status of {results} ({source}), {time.strftime('%Y-%m-%d %H:%M %Z')}"]
     train = [r for r in runs if r.kind == "train"]
     search = [r for r in runs if r.kind == "lr_search"]
     for title, group in (("Learning-rate search", search), ("Training runs", train)):
         out += ["", f"{title}:", cell_table(group) if group else "  (none)"]
     edges = edge_picks(results)
-    if edges:  # the best rate may lie outside the grid (docs/protocol.md)
+    if edges and two_rate_searches(results):  # no rate lies inside: one line, not one per cell
+        out += ["", f"Learning-rate pick at the grid's edge: {len(edges)}, as every search tried "
+                "two rates; give lr_search.candidates three or more to tell"]  # fmt: skip
+    elif edges:  # the best rate may lie outside the grid (docs/protocol.md)
         out += ["", f"Learning-rate pick at the grid's edge ({len(edges)}): " + ", ".join(edges)]
     moved = [r for r in runs if r.folder_variant]
     if moved:
@@ -283,8 +297,8 @@ def status_text(
             for r in runs
         )
         out += ["", "Every run:", left_aligned(frame)]
-    out += ["", "Time left: " + time_left_line(est), *estimate_note(est)]
-    out += ["", total_line(train, search, est)]
+    out += ["", "Time left: " + time_left_line(est, grid), *estimate_note(est)]
+    out += ["", total_line(train, search, est, grid)]
     return "\n".join(out)
 
 
@@ -299,7 +313,19 @@ def edge_picks(results: Path) -> list[str]:
     return out
 
 
-def total_line(train: list[RunStatus], search: list[RunStatus], est: dict) -> str:
+def two_rate_searches(results: Path) -> bool:
+    """Every search tried two rates: each pick is at an edge, which then says nothing."""
+    sizes = {
+        len(json.loads(p.read_text())["candidates"]) for _, p in layout.selected_files(results)
+    }
+    return sizes == {2}
+
+
+def total_line(
+    train: list[RunStatus], search: list[RunStatus], est: dict, grid: bool = True
+) -> str:
+    found = "" if grid else " found"
+
     def part(runs, label):
         c = counts(runs)
         done = c["finished"] + c["diverged"]
@@ -310,7 +336,10 @@ def total_line(train: list[RunStatus], search: list[RunStatus], est: dict) -> st
         return ", ".join(words)
 
     left = "0 s left" if est["runs_left"] == 0 else f"{duration(est['wall_s'])} left"
-    return f"Total: {part(train, 'training runs')}; {part(search, 'search runs')}; {left}"
+    return (
+        f"Total: {part(train, 'training runs' + found)}; {part(search, 'search runs' + found)}; "
+        f"{left}"
+    )
 
 
 # --------------------------------------------------------------------------- CLI
@@ -328,13 +357,22 @@ def _slots(value: str) -> int:
 
 
 def main(argv=None) -> int:
-    p = _Parser(prog="python -m normdrop.status", description=__doc__.split("\n")[0])
+    p = _Parser(
+        prog="python -m normdrop.status", description=__doc__.split("\n")[0], allow_abbrev=False
+    )
     p.add_argument(
         "--configfile",
         type=Path,
         nargs="+",
         default=[],
         help="config file(s) merged over config.yaml, as given to snakemake",
+    )
+    p.add_argument(
+        "--config",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config values over the config files, as given to snakemake (e.g. seeds=[42])",
     )
     p.add_argument(
         "--directory",
@@ -359,13 +397,13 @@ def main(argv=None) -> int:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     args = p.parse_args(argv)
 
-    if args.configfile or args.results is None:
+    if args.configfile or args.config or args.results is None:
         try:
-            config = load_config(args.configfile)
+            config = load_config(args.configfile, parse_overrides(args.config))
         except ConfigError as err:
             print(f"{p.prog}: error: invalid config: {err}", file=sys.stderr)
             return 2
-        files = " + ".join(str(f) for f in ["config.yaml", *args.configfile])
+        files = " + ".join(str(f) for f in ["config.yaml", *args.configfile, *args.config])
         results = args.results or args.directory / config["results_dir"]
         given = "given by --results" if args.results else f"results_dir of {files}"
         source = f"grid of {files}"
@@ -381,6 +419,8 @@ def main(argv=None) -> int:
 
     now = time.time()
     runs = [inspect(r, now) for r in runs]
+    if config is not None:
+        marked_incomplete(runs, args.directory, config["results_dir"])
     est = estimate(runs, args.resources)
     if args.json:
         rows = [{**asdict(r), "paths": {k: str(v) for k, v in r.paths.items()}} for r in runs]
@@ -389,6 +429,7 @@ def main(argv=None) -> int:
         report = {
             "results": str(results),
             "source": source,
+            "grid_known": config is not None,  # else runs not started are not counted
             "counts": {"train": counts(train), "lr_search": counts(search)},
             "lr_at_edge": edge_picks(results),
             "estimate": est,
@@ -396,7 +437,7 @@ def main(argv=None) -> int:
         }
         print(json.dumps(report, indent=2, default=str))
     else:
-        print(status_text(runs, est, results, source, args.all))
+        print(status_text(runs, est, results, source, args.all, grid=config is not None))
     return 0
 
 

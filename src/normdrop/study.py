@@ -55,12 +55,13 @@ from normdrop.figure_style import (
 )
 from normdrop.grid import model_depth
 from normdrop.render import TABLE_FORMATS, TextTable, fmt_num, fmt_signed, write_table
-from normdrop.seed_stats import CONFIDENCE, contrast
+from normdrop.seed_stats import CONFIDENCE, MISSING, NOT_LEARNED, contrast
 from normdrop.summary_data import (
     DATASET_ORDER,
     METRIC_BY_COLUMN,
     SummaryError,
     dataset_name,
+    did_not_learn,
     metric_values,
     model_name,
     ordered,
@@ -158,15 +159,17 @@ def effects(runs: pd.DataFrame, study: dict, confidence: float = CONFIDENCE) -> 
                 if sorted(plus_at) == sorted(minus_at):
                     continue  # the same groups on both sides: zero by construction
 
-                def values(family, at, metric=metric, sub=sub):
-                    sel = sub[(sub["family"] == family) & np.isclose(sub["x"], at)]
-                    return metric_values(sel, metric)
+                def select(family, at, sub=sub):
+                    return sub[(sub["family"] == family) & np.isclose(sub["x"], at)]
 
-                plus = [values(f, at) for f, at in plus_at]
-                minus = [values(f, at) for f, at in minus_at]
+                plus = [metric_values(select(f, at), metric) for f, at in plus_at]
+                minus = [metric_values(select(f, at), metric) for f, at in minus_at]
                 groups = plus + minus
                 weights = [1.0] * len(plus) + [-1.0] * len(minus)
                 estimate, low, high, p, problem = contrast(groups, weights, confidence)
+                if problem == MISSING and metric == "convergence_epoch":
+                    flat = [did_not_learn(select(f, at)).any() for f, at in plus_at + minus_at]
+                    problem = NOT_LEARNED if any(flat) else problem  # no epoch to compare
                 rows.append(
                     dict(
                         dataset=dataset,

@@ -228,6 +228,18 @@ def completed(runs: pd.DataFrame) -> pd.Series:
     return runs["status"].astype(str) == "completed"
 
 
+def did_not_learn(runs: pd.DataFrame) -> pd.Series:
+    """Boolean mask of completed runs that ended within the margin of chance (metrics.learned);
+    none in a summary written before the `learned` column existed."""
+    if "learned" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return completed(runs) & ~runs["learned"].astype(bool)
+
+
+def did_not_learn_text(n: int, n_runs: int) -> str:
+    return f"did not learn ({n}/{n_runs} seeds)"
+
+
 def metric_values(runs: pd.DataFrame, column: str) -> np.ndarray:
     """Finite values of one metric over the completed runs, in displayed units."""
     metric = METRIC_BY_COLUMN.get(column)

@@ -47,6 +47,7 @@ from normdrop.summary_data import (
     PAPER_VARIANTS,
     add_selection_args,
     dataset_name,
+    did_not_learn_text,
     model_name,
     order_variants,
     paper_key,
@@ -66,7 +67,9 @@ def diverged_text(n_diverged: int, n_runs: int) -> str:
 SEED_NOTE = (
     "Mean ± SD over seeds (SD with ddof=1). Diverged runs are left out of the means and counted "
     "in the Seeds column. Conv. epoch: first epoch whose validation accuracy reaches 95% of the "
-    "final one. Gen. gap: train accuracy (eval mode) minus test accuracy, in percentage points. "
+    "final one; none for a run that did not learn (final validation accuracy at most 1.5 x "
+    "chance), counted in the Seeds column. Gen. gap: train accuracy (eval mode) minus test "
+    "accuracy, in percentage points. "
     "ES: early stopping at the epoch of best validation accuracy."
 )
 
@@ -83,10 +86,14 @@ def table2(stats: pd.DataFrame, dataset: str, model: str, variants: Sequence[str
             if s.diverged_epochs:
                 plural = "s" if "," in s.diverged_epochs else ""
                 seeds += f" at epoch{plural} {s.diverged_epochs}"
+        if s.n_not_learned:
+            seeds += f"; {did_not_learn_text(s.n_not_learned, s.n_runs)}"
         cells = [variant, s.configuration, seeds]
         for m in METRICS:
             if s.n_completed == 0:
                 cells.append(diverged_text(s.n_diverged, s.n_runs))
+            elif s[f"{m.csv_name}_n"] == 0 and s.n_not_learned:
+                cells.append(did_not_learn_text(s.n_not_learned, s.n_runs))
             else:
                 cells.append(
                     fmt_mean_sd(
@@ -221,6 +228,8 @@ def _ours(stats_row: pd.Series | None, metric) -> tuple[float, float, int, str]:
     text = fmt_mean_sd(mean, sd, n, metric.decimals)
     if n == 0 and s.n_diverged:
         text = diverged_text(s.n_diverged, s.n_runs)
+    elif n == 0 and s.get("n_not_learned", 0):
+        text = did_not_learn_text(s.n_not_learned, s.n_runs)
     return mean, sd, n, text
 
 
@@ -311,10 +320,16 @@ def paper_comparison(stats: pd.DataFrame, runs: pd.DataFrame, models: Sequence[s
         f"Paper: Table 2 of the paper ({dataset_name(dataset)}; it does not say which model). "
         "Ours: mean ± SD over seeds on the same dataset, per model; Δ = ours − paper."
     ]
-    if not rows:
-        notes.append(f"No runs on {dataset_name(dataset)}: nothing to compare.")
+    title = f"Paper's Table 2 ({dataset_name(dataset)}) beside ours"
+    if not rows:  # one sentence, not an empty table
+        why = (
+            f"Nothing to compare: this grid has no runs on {dataset_name(dataset)}, the dataset of "
+            "the paper's Table 2."
+        )
+        table = TextTable(title=title, header=["Comparison"], rows=[[why]], align="l")
+        return table, pd.DataFrame({"note": [why]}), []
     table = TextTable(
-        title=f"Paper's Table 2 ({dataset_name(dataset)}) beside ours",
+        title=title,
         header=header,
         rows=rows,
         align="ll" + "rrr" * len(COMPARED),

@@ -70,7 +70,9 @@ def duration(seconds: float | None) -> str:
     return f"{s // 86400} d {s % 86400 // 3600} h"
 
 
-def time_left_line(est: dict) -> str:
+def time_left_line(est: dict, grid: bool = True) -> str:
+    if est["runs_left"] == 0 and not grid:
+        return "0 s for the runs found (without --configfile runs not started are not known)"
     if est["runs_left"] == 0:
         return "0 s (every run is done)"
     if est["wall_s"] is None:

@@ -42,6 +42,7 @@ from normdrop.data import (
     DataError,
     Prepared,
     crop_flip,
+    data_sha256,
     load_prepared,
     normalize,
     prepare_command,
@@ -412,6 +413,7 @@ def main(argv=None) -> int:
     except ConfigError as err:
         return _fail(str(err))
     extra["data_file"] = str(args.data)
+    extra["data_sha256"] = data_sha256(args.data)  # what the run saw, whatever the path holds later
     extra["device"] = str(device) + (
         f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     )

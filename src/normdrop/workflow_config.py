@@ -172,21 +172,38 @@ def validate_workflow_config(config: dict, schema_path: Path = SCHEMA) -> dict:
     return config
 
 
-def load_config(configfiles: list[Path]) -> dict:
-    """The repository's config.yaml with each --configfile merged over it, as Snakemake does,
-    validated: the workflow's config for tools that read results without Snakemake."""
+def load_config(configfiles: list[Path], overrides: dict | None = None) -> dict:
+    """The repository's config.yaml with each --configfile merged over it and the --config
+    overrides (KEY=VALUE strings, dotted keys allowed) over those, as Snakemake does, validated:
+    the workflow's config for tools that read results without Snakemake."""
     import yaml
 
     config = {}
     for path in [SCHEMA.parents[2] / "config.yaml", *configfiles]:
         try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise ConfigError(f"config file {path}: {err}") from None
+            with open(path) as f:
+                loaded = yaml.safe_load(f) or {}
+        except OSError as err:
+            raise ConfigError(f"config file {path}: {err.strerror or err}") from None
+        except yaml.YAMLError as err:  # the file, line and column, on one line
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            what = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"config file {path}: not valid YAML{where}: {what}") from None
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path}: not a mapping of keys to values")
         config = deep_merge(config, loaded)
+    config = deep_merge(config, overrides or {})
     return validate_workflow_config(coerce_workflow_config(config))
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """--config KEY=VALUE ... as a dict of strings (typed later by the schema, as the Snakefile
+    types Snakemake's); an item without '=' is a ConfigError."""
+    bad = [i for i in items if "=" not in i]
+    if bad:
+        raise ConfigError(f"--config {bad[0]!r}: give KEY=VALUE (e.g. seeds=[42])")
+    return dict(i.split("=", 1) for i in items)
 
 
 def deep_merge(base: dict, override: dict) -> dict:
@@ -200,6 +217,47 @@ def deep_merge(base: dict, override: dict) -> dict:
     return out
 
 
+# --resources names: the rules' own (gpu) and Snakemake's standard ones.
+RESOURCES = ("gpu", "mem_mb", "mem_mib", "mem", "disk_mb", "disk_mib", "disk", "runtime", "tmpdir")
+
+
+def check_resources(items: list[str]) -> None:
+    """--resources NAME=N ...: a name no rule asks for would be accepted silently by Snakemake
+    (`gpus=4` for `gpu=4` then limits nothing); a ConfigError naming it instead."""
+    for item in items:
+        name, _, value = item.partition("=")
+        if name not in RESOURCES:
+            raise ConfigError(
+                f"--resources {item!r}: no rule uses {name!r}{did_you_mean(name, RESOURCES)}; "
+                f"allowed: {', '.join(RESOURCES)}"
+            )
+        if name == "gpu" and not value.isdigit():
+            raise ConfigError(f"--resources {item!r}: give gpu=N, a whole number")
+
+
+def main(argv=None) -> int:
+    """`python -m normdrop.workflow_config [snakemake arguments]`: what Snakemake reads before
+    the Snakefile can check it (config files, --config values, --resources), checked first with
+    one line and exit status 2 each; prints the results folder. dev.sh runs it before Snakemake."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m normdrop.workflow_config", allow_abbrev=False)
+    # As Snakemake reads them: a later --configfile replaces an earlier one's list.
+    p.add_argument("--configfile", "--configfiles", nargs="+", type=Path, default=[])
+    p.add_argument("--config", "-C", nargs="+", default=[])
+    p.add_argument("--resources", "--res", nargs="+", default=[])
+    p.add_argument("--directory", "-d", type=Path, default=Path("."))
+    args, _ = p.parse_known_args(argv)
+    try:
+        check_resources(args.resources)
+        config = load_config(args.configfile, parse_overrides(args.config))
+    except ConfigError as err:
+        print(f"invalid config: {err}", file=sys.stderr)
+        return 2
+    print(args.directory / config["results_dir"])
+    return 0
+
+
 __all__ = [
     "SCHEMA",
     "check_workflow_config",
@@ -207,5 +265,10 @@ __all__ = [
     "deep_merge",
     "expand_dotted_keys",
     "load_config",
+    "parse_overrides",
     "validate_workflow_config",
 ]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

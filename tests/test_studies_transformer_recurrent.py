@@ -6,17 +6,19 @@ from __future__ import annotations
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from workflow_helpers import FAST, REPO, snakemake, write_config
 
 from normdrop.config import ConfigError
 from normdrop.grid import grid_cells, grid_config
 from normdrop.study import study_paths
 from normdrop.workflow_config import deep_merge
 from normdrop.workflow_config import validate_workflow_config as validate
+
+REPO = Path(__file__).resolve().parents[1]
 
 PAPER = yaml.safe_load((REPO / "config.yaml").read_text())
 
@@ -96,7 +98,7 @@ BAD_INPUT = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
-def test_bad_input_stops_with_one_line_naming_the_key_before_any_job(tmp_path, case):
+def test_bad_input_stops_with_one_line_naming_the_key_before_any_job(tmp_path, case, write_config):
     override, message = BAD_INPUT[case]
     with pytest.raises(ConfigError) as err:
         validate(deep_merge(PAPER, override))
@@ -107,26 +109,32 @@ def test_bad_input_stops_with_one_line_naming_the_key_before_any_job(tmp_path, c
     assert len(lines) == 1 and f"invalid config: {message}" in lines[0], out
 
 
-def tiny(name: str, **train) -> dict:
-    """The study at toy size on the synthetic data: 2 seeds, one lr candidate, a few epochs."""
-    spec = study(name)
-    model = next(iter(spec["models"]))
-    return deep_merge(
-        spec,
-        {
-            **FAST,
-            "results_dir": f"results/tiny_{name}",
-            "datasets": ["synthetic"],
-            "models": {model: {"width": 16}},
-            "train": {"epochs": 3, "lr_milestones": [2], **train},
-            "lr_search": {"epochs": 2, "candidates": [3.0e-3]},
-        },
-    )
+@pytest.fixture
+def tiny(fast_config):
+    def tiny(name: str, **train) -> dict:
+        """The study at toy size on the synthetic data: 2 seeds, one lr candidate, a few epochs."""
+        spec = study(name)
+        model = next(iter(spec["models"]))
+        return deep_merge(
+            spec,
+            {
+                **fast_config,
+                "results_dir": f"results/tiny_{name}",
+                "datasets": ["synthetic"],
+                "models": {model: {"width": 16}},
+                "train": {"epochs": 3, "lr_milestones": [2], **train},
+                "lr_search": {"epochs": 2, "candidates": [3.0e-3]},
+            },
+        )
+
+    return tiny
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, warmup", [("transformer", 1), ("recurrent", 0)])
-def test_a_tiny_future_work_study_runs_end_to_end(tmp_path, name, warmup):
+def test_a_tiny_future_work_study_runs_end_to_end(
+    tmp_path, name, warmup, write_config, snakemake, tiny
+):
     override = write_config(tmp_path, tiny(name, warmup_epochs=warmup))
     res = snakemake(tmp_path, "--cores", "2", configs=[override])
     assert res.returncode == 0, res.stderr[-3000:]
