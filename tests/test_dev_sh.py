@@ -11,7 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from workflow_helpers import REPO, output
+
+REPO = Path(__file__).resolve().parents[1]
 
 # dev.sh's virtual environment: the one running the tests (its setup is then a no-op).
 ENV = {**os.environ, "NORMDROP_VENV": sys.prefix}
@@ -43,7 +44,7 @@ pytestmark = pytest.mark.skipif(
          "column 1: found character '\\t' that cannot start any token"),
     ],
 )  # fmt: skip
-def test_what_snakemake_reads_first_is_checked_first_in_one_line(tmp_path, args, line):
+def test_what_snakemake_reads_first_is_checked_first_in_one_line(tmp_path, args, line, output):
     tab = tmp_path / "tab.yaml"
     tab.write_text("seeds: [42]\n\tdatasets: [synthetic]\n")
     args = [a.format(tab=tab) for a in args]
@@ -54,7 +55,7 @@ def test_what_snakemake_reads_first_is_checked_first_in_one_line(tmp_path, args,
 
 
 @pytest.mark.slow
-def test_a_dry_run_of_the_demo_passes_its_arguments_and_builds_no_report(tmp_path):
+def test_a_dry_run_of_the_demo_passes_its_arguments_and_builds_no_report(tmp_path, output):
     res = dev_sh("demo", "-n", "--directory", tmp_path, "--config", "results_dir=elsewhere")
     assert res.returncode == 0, output(res)[-3000:]
     assert "dry run: no report built" in res.stdout

@@ -177,3 +177,61 @@ def test_resnet20_global_pool_backward_is_mean_backward():
         todo.extend(next_fn for next_fn, _ in node.next_functions)
     assert "MeanBackward1" in names
     assert not [n for n in names if "AdaptiveAvgPool" in n], names
+
+
+# --------------------------------------------------------------------------- the gate, the lr
+@pytest.mark.parametrize(("version", "allowed"), [("2.10.1+cu128", False), ("2.11.0+cu130", True)])
+def test_cuda_graphs_gate_is_torch_2_11(monkeypatch, version, allowed, tiny_config):
+    monkeypatch.setattr(torch, "__version__", version)
+    cfg = tiny_config(cuda_graphs="on", precision="fp32")
+    if allowed:
+        assert resolve_execution(cfg, CUDA).cuda_graphs is True
+    else:
+        with pytest.raises(ConfigError, match=r"tested from torch 2\.11 on, not with 2\.10"):
+            resolve_execution(cfg, CUDA)
+
+
+# --------------------------------------------------------------------------- LSTM
+@pytest.mark.parametrize(
+    ("norm", "dropout", "refused"),
+    [("none", 0.3, True), ("none", 0.0, False), ("layer", 0.3, False), ("batch", 0.3, False)],
+)
+def test_cuda_graphs_refuse_nn_lstm_with_dropout(norm, dropout, refused, tiny_config):
+    cfg = tiny_config(model="lstm", norm=norm, dropout=dropout, cuda_graphs="on", precision="fp32")
+    if not refused:
+        assert resolve_execution(cfg, CUDA).cuda_graphs is True
+        return
+    with pytest.raises(ConfigError) as err:
+        resolve_execution(cfg, CUDA)
+    message = str(err.value)
+    assert "\n" not in message and "lstm with norm none and dropout" in message
+    assert message.endswith("use off")
+    off = tiny_config(model="lstm", norm=norm, dropout=dropout, cuda_graphs="off")
+    assert resolve_execution(off, CUDA).cuda_graphs is False  # eager stays allowed
+
+
+@pytest.mark.parametrize("norm", ["none", "layer", "batch"])
+def test_lstm_recurrence_is_fp32_under_bf16_autocast_for_every_norm(norm):
+    torch.manual_seed(0)
+    model = build_model("lstm", (1, 16, 16), 4, 8, norm, 0.3).eval()
+    seen = {}
+
+    def record(name):
+        def hook(module, inputs, output):
+            seen[name] = (output[0] if isinstance(output, tuple) else output).detach()
+
+        return hook
+
+    for name, module in model.named_modules():
+        if name == "rnn" or name.endswith("w_h"):  # the recurrence, and its recurrent matmuls
+            module.register_forward_hook(record(name))
+    x = torch.randn(5, 1, 16, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(x)
+    autocast = dict(seen)
+    model(x)
+    assert logits.dtype == torch.bfloat16  # the head runs under autocast
+    assert autocast and all(t.dtype == torch.float32 for t in autocast.values()), {
+        k: t.dtype for k, t in autocast.items()
+    }
+    assert all(torch.equal(autocast[k], seen[k]) for k in seen)  # the fp32 recurrence itself

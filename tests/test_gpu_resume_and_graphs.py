@@ -265,3 +265,78 @@ def test_resume_under_another_torch_version_is_marked_not_bitwise(
     monkeypatch.setattr(torch, "__version__", "2.99.0")  # kernels may differ between versions
     (entry,) = train(cfg, data, cpu, checkpoint=ckpt, **quiet).resumes
     assert entry["bitwise"] is False and entry["before"]["torch"] != "2.99.0"
+
+
+# ---------------------------------------------- older schedulers (lr replaced), Adam state layout
+def older_scheduler(monkeypatch, kind: str) -> None:
+    """The schedulers before torch 2.14: group["lr"] replaced, by a new tensor or by a float,
+    where 2.14 fills the tensor in place."""
+
+    def replace(group, key, value):
+        group[key] = torch.tensor(float(value)) if kind == "new tensor" else float(value)
+
+    monkeypatch.setattr(torch.optim.lr_scheduler, "_update_param_group_val", replace)
+
+
+class RecordingGraphs(EmulatedGraphs):
+    """EmulatedGraphs recording the lr every replay's Adam step reads."""
+
+    def capture(self, step_fn, model, optimizer, *args, **kwargs):
+        graph_step = super().capture(step_fn, model, optimizer, *args, **kwargs)
+        self.replay_lrs, replaying = [], []
+        optimizer.register_step_pre_hook(
+            lambda opt, a, k: (
+                self.replay_lrs.append(float(opt.param_groups[0]["lr"])) if replaying else None
+            )
+        )
+
+        def replay(x, y):
+            replaying.append(True)
+            try:
+                return graph_step(x, y)
+            finally:
+                replaying.clear()
+
+        return replay
+
+
+@pytest.mark.parametrize("kind", ["new tensor", "float"])
+def test_captured_lr_follows_the_milestones_under_older_schedulers(
+    tiny_data, monkeypatch, kind, tiny_config, cpu
+):
+    older_scheduler(monkeypatch, kind)
+    graphs_execution(monkeypatch)
+    cfg = tiny_config(epochs=3, lr_milestones=(1, 2), gamma=0.1, batch_size=32)  # 8 full + 1 short
+    data = load_prepared(tiny_data)
+    fake = RecordingGraphs(monkeypatch)
+    result = train_module.train(cfg, data, cpu, log=lambda line: None)
+    assert fake.captures == 1 and result.epochs["lr"].tolist() == pytest.approx([1e-3, 1e-4, 1e-5])
+    assert fake.replay_lrs == pytest.approx([1e-3] * 8 + [1e-4] * 8 + [1e-5] * 8, rel=1e-6)
+    # the emulation is real: without copy_lr_into every replay reads the first rate
+    monkeypatch.setattr(train_module, "copy_lr_into", lambda captured, optimizer: None)
+    train_module.train(cfg, data, cpu, log=lambda line: None)
+    assert fake.replay_lrs == pytest.approx([1e-3] * 24)
+
+
+# --------------------------------------------------------------------------- Adam state strides
+def test_restored_adam_state_is_laid_out_as_channels_last_params(
+    tiny_data, tmp_path, tiny_config, cpu
+):
+    # A contiguous CPU run's checkpoint resumed with channels_last weights (as on CUDA): CUDA's
+    # fused Adam needs every moment in its param's layout, CPU's does not check.
+    data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
+    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3, epochs=3, batch_size=30)
+    with pytest.raises(Interrupt):
+        train_module.train(cfg, data, cpu, checkpoint=ckpt, log=stop_at("epoch 2/"))
+    cfg_cl = tiny_config(**{**cfg.to_dict(), "memory_format": "channels_last"})
+    ex = resolve_execution(cfg_cl, cpu)
+    run, history = train_module._start_or_resume(cfg_cl, data, cpu, ex, ckpt, print)
+    assert history.resumes, "the checkpoint was not resumed"
+    state = run.optimizer.state
+    conv = [p for p in state if p.dim() == 4]
+    assert conv and all(not p.is_contiguous() for p in conv)  # channels_last weights
+    for p, s in state.items():
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert s[key].stride() == p.stride(), (key, tuple(p.shape))
+    steps = [s["step"] for s in state.values()]
+    assert all(float(t) > 0 for t in steps)  # the checkpoint's state, not a fresh one

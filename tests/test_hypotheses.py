@@ -199,7 +199,7 @@ def test_paper_claims_reference_file():
     assert tab.load_paper_table("paper_table2")["variant"].tolist() == list(PAPER_VARIANTS)
 
 
-def test_runs_that_did_not_learn_have_no_convergence_epoch_and_are_counted():
+def test_runs_that_did_not_learn_have_no_convergence_epoch_and_are_counted(runs_from_values):
     flat = {"convergence_epoch": [np.nan] * 3, "learned": [False] * 3, "final_val_acc": [0.1] * 3}
     runs = runs_from_values({"none": flat, "bn": {"convergence_epoch": [3.0, 4.0, 5.0]}})
     r = {row["test"]: row for _, row in hyp.run_hypothesis_tests(runs).iterrows()}

@@ -192,7 +192,7 @@ def test_the_schema_offers_extend_at_edge_off_by_default():
     assert yaml.safe_load((REPO / "config.yaml").read_text())["lr_search"]["extend_at_edge"] == 0
 
 
-def test_a_two_rate_search_is_all_edge_said_once(tmp_path):
+def test_a_two_rate_search_is_all_edge_said_once(tmp_path, make_summary, fake_candidate):
     # The demo's search: two rates per cell, so every pick is the largest or the smallest.
     summary = tmp_path / "summary"
     make_summary(summary, ("mnist",), ("mlp",))

@@ -130,7 +130,7 @@ def test_overview_panels_share_one_y_axis(summary):
     assert 0 <= low <= acc.min() and acc.max() <= high <= 100
 
 
-def test_report_without_the_papers_dataset_says_why_in_one_sentence(tmp_path):
+def test_report_without_the_papers_dataset_says_why_in_one_sentence(tmp_path, make_summary):
     make_summary(tmp_path / "summary", ("synthetic",), ("mlp",))
     text = rep.build_report(tmp_path / "summary", tmp_path / "report.md")
     section = text.split("## Paper's Table 2 (CIFAR-10) beside ours\n\n", 1)[1].split("\n## ")[0]
@@ -185,12 +185,7 @@ def test_the_reports_opening_text_describes_the_grid_that_ran(extra, says):
     assert " ".join(says.split()) in " ".join(shown.split())
 
 
-def test_a_variant_that_did_not_learn_is_named_in_the_convergence_panel():
-    try:
-        from ._synthetic_summary import runs_from_values
-    except ImportError:
-        from _synthetic_summary import runs_from_values
-
+def test_a_variant_that_did_not_learn_is_named_in_the_convergence_panel(runs_from_values):
     flat = {"convergence_epoch": [math.nan] * 3, "learned": [False] * 3}
     runs = runs_from_values({"none": flat, "bn": {"convergence_epoch": [3.0, 4.0, 5.0]}})
     fig = plots.plot_metrics(runs, "cifar10", "cnn", figure_style.variant_styles(runs))

@@ -8,7 +8,6 @@ import json
 from pathlib import Path
 
 import pytest
-from workflow_helpers import FAST, output, snakemake, write_config
 
 from normdrop import layout
 from normdrop.aggregate import StaleResultsError, check_one_dataset_file
@@ -58,24 +57,26 @@ def test_the_aggregate_refuses_runs_of_one_dataset_on_different_data():
     assert "abababababab (1 runs, e.g. r/a)" in line and "cdcdcdcdcdcd (2 runs" in line
 
 
-# One cell, one seed, two epochs: the cheapest chain download -> prepare -> search -> train.
-TINY = {
-    **FAST,
-    "seeds": [42],
-    "select": {"models": ["mlp"], "variants": ["bn"]},
-    "train": {"epochs": 2, "lr_milestones": [1]},
-}
 CELL = {"dataset": "synthetic", "model": "mlp", "variant": "bn"}
 
 
 @pytest.mark.slow
-def test_demo_then_other_data_settings_then_demo_again_has_nothing_to_do(tmp_path):
+def test_demo_then_other_data_settings_then_demo_again_has_nothing_to_do(
+    tmp_path, fast_config, output, snakemake, write_config
+):
+    # One cell, one seed, two epochs: the cheapest chain download -> prepare -> search -> train.
+    tiny = {
+        **fast_config,
+        "seeds": [42],
+        "select": {"models": ["mlp"], "variants": ["bn"]},
+        "train": {"epochs": 2, "lr_milestones": [1]},
+    }
     work = tmp_path / "work"
     work.mkdir()
-    demo = write_config(tmp_path, {**TINY, "results_dir": "results/demo"}, "demo.yaml")
-    other_data = {"synthetic": {**TINY["data"]["synthetic"], "n_train": 600}}
+    demo = write_config(tmp_path, {**tiny, "results_dir": "results/demo"}, "demo.yaml")
+    other_data = {"synthetic": {**tiny["data"]["synthetic"], "n_train": 600}}
     other = write_config(
-        tmp_path, {**TINY, "results_dir": "results/other", "data": other_data}, "other.yaml"
+        tmp_path, {**tiny, "results_dir": "results/other", "data": other_data}, "other.yaml"
     )
     target = {
         name: layout.run_files(f"results/{name}", "train", seed=42, **CELL)["meta.json"]
@@ -96,7 +97,7 @@ def test_demo_then_other_data_settings_then_demo_again_has_nothing_to_do(tmp_pat
     # data and its flag stay.
     (tmp_path / "a_file").write_text("")
     bad = write_config(
-        tmp_path, {**TINY, "results_dir": str(tmp_path / "a_file" / "r")}, "bad.yaml"
+        tmp_path, {**tiny, "results_dir": str(tmp_path / "a_file" / "r")}, "bad.yaml"
     )
     res = snakemake(work, "--cores", "1", configs=[bad])
     assert res.returncode != 0

@@ -104,7 +104,7 @@ def test_the_demos_first_jobs_run_under_a_folder_with_a_space_a_quote_and_a_doll
     assert res.returncode == 0, res.stderr[-4000:]
     meta = json.loads(Path(target).read_text())
     assert meta["status"] == "completed" and meta["variant"] == "bn"
-    spec = FAST["data"]["synthetic"]
+    spec = fast_config["data"]["synthetic"]
     key = prepared_key("synthetic", 0.1, 0, spec)  # config.yaml's split
     assert meta["data_file"] == layout.prepared(resources, key)
     assert meta["data_sha256"] == data_sha256(meta["data_file"])

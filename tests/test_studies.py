@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from test_workflow import job_counts
 
 from normdrop.config import ConfigError, run_config, search_config
 from normdrop.grid import grid_cells, grid_config
@@ -28,13 +27,17 @@ def study(name: str) -> dict:
     return yaml.safe_load((REPO / "studies" / f"{name}.yaml").read_text())
 
 
-def dry_run(tmp_path, *configs) -> tuple[dict[str, int], str]:
-    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n",
-           "--directory", str(tmp_path), "--cores", "4",
-           "--configfile", *map(str, configs)]  # fmt: skip
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stderr[-3000:]
-    return job_counts(res.stdout), res.stdout
+@pytest.fixture(name="dry_run")
+def _dry_run(job_counts):
+    def dry_run(tmp_path, *configs) -> tuple[dict[str, int], str]:
+        cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n",
+               "--directory", str(tmp_path), "--cores", "4",
+               "--configfile", *map(str, configs)]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr[-3000:]
+        return job_counts(res.stdout), res.stdout
+
+    return dry_run
 
 
 # (train, lr_search, select_lr, download) per shipped study, as docs/studies.md's table says.
@@ -47,7 +50,7 @@ STUDY_JOBS = {
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", sorted(STUDY_JOBS))
-def test_each_shipped_study_dry_runs_with_its_readme_job_count(tmp_path, name):
+def test_each_shipped_study_dry_runs_with_its_readme_job_count(tmp_path, name, dry_run):
     counts, stdout = dry_run(tmp_path, REPO / "studies" / f"{name}.yaml")
     train, search, select, download = STUDY_JOBS[name]
     assert (counts["train"], counts["lr_search"], counts["select_lr"]) == (train, search, select)
@@ -62,7 +65,7 @@ def test_each_shipped_study_dry_runs_with_its_readme_job_count(tmp_path, name):
 
 
 @pytest.mark.slow
-def test_a_user_file_selects_the_mlp_alone(tmp_path, write_config):
+def test_a_user_file_selects_the_mlp_alone(tmp_path, write_config, dry_run):
     user = write_config(tmp_path, {"datasets": ["mnist"], "select": {"models": ["mlp"]}})
     counts, stdout = dry_run(tmp_path, user)
     assert counts["train"] == 12 and counts["lr_search"] == 16  # 4 variants x 3 seeds / x 4 lrs

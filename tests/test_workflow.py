@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +21,8 @@ REPO = Path(__file__).resolve().parents[1]
 MODELS = ["mlp", "cnn", "resnet20"]
 
 
-def job_counts(stdout: str) -> dict[str, int]:
-    table = stdout[stdout.index("Job stats:") :]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M)}
-
-
 @pytest.mark.slow
-def test_dry_run_of_the_paper_grid_plans_108_runs_and_144_searches(tmp_path):
+def test_dry_run_of_the_paper_grid_plans_108_runs_and_144_searches(tmp_path, job_counts):
     cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n",
            "--directory", str(tmp_path), "--cores", "4"]  # fmt: skip
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)

@@ -21,7 +21,8 @@ from normdrop.config import ConfigError, RunConfig
 # cuda_graphs: on is refused below it. 2.11: the oldest torch this project supports (the loaned
 # GPU machine's); the lr a graph reads follows the schedule whether the scheduler fills
 # group["lr"] in place (2.14) or puts a new tensor or a float there (before): copy_lr_into, and
-# tests/test_gpu_defects.py emulates both older behaviours (docs/gpu.md, "The cuda_graphs gate").
+# tests/test_gpu_resume_and_graphs.py emulates both older behaviours (docs/gpu.md, "The
+# cuda_graphs gate").
 OLDEST_TESTED_TORCH = (2, 11)
 
 
@@ -138,7 +139,7 @@ def use_deterministic_algorithms() -> None:
     An op with no deterministic CUDA kernel warns instead of stopping the run. (ResNet-20's
     global pooling is not one: adaptive_avg_pool2d to a 1x1 output dispatches to `mean` in
     aten's AdaptiveAveragePooling.cpp, so its backward is MeanBackward, with no atomics and no
-    warning; tests/test_gpu_defects.py checks the autograd node.)"""
+    warning; tests/test_gpu_device_settings.py checks the autograd node.)"""
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.deterministic = True
