@@ -306,7 +306,8 @@ def test_captured_lr_follows_the_milestones_under_older_schedulers(
 ):
     older_scheduler(monkeypatch, kind)
     graphs_execution(monkeypatch)
-    cfg = tiny_config(epochs=3, lr_milestones=(1, 2), gamma=0.1, batch_size=32)  # 8 full + 1 short
+    # 8 full batches + 1 short one
+    cfg = tiny_config(epochs=3, lr_milestones=(1, 2), lr_gamma=0.1, batch_size=32)
     data = load_prepared(tiny_data)
     fake = RecordingGraphs(monkeypatch)
     result = train_module.train(cfg, data, cpu, log=lambda line: None)
