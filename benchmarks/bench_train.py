@@ -11,12 +11,12 @@ For each model (variant bn_dropout, the heaviest; batch 128) it times, in this o
   textbook  the deliberate baseline of speed.textbook_images_per_s (CIFAR-shaped only): the
             same images as CIFAR-10 pickles, torchvision + DataLoader + `.item()` per step, fp32,
 
-and prints images/s, their ratio, the rate of normdrop.train.loss_and_accuracy, and the projected
-time of config.yaml's grid (speed.grid_hours: MNIST at the MNIST-shaped rate, CIFAR at the CIFAR-
-shaped one, every variant at the bn_dropout rate, an upper bound). With `--concurrent K`, K
-processes of ours train at once and the projection uses their aggregate rate. Each timing says how
-many cores other processes of the machine used meanwhile (a shared machine makes figures
-pessimistic).
+and prints images/s, their ratio, the rate of normdrop.evaluation.loss_and_accuracy, and the
+projected time of config.yaml's grid (speed.grid_hours: MNIST at the MNIST-shaped rate, CIFAR at
+the CIFAR-shaped one, every variant at the bn_dropout rate, an upper bound). With
+`--concurrent K`, K processes of ours train at once and the projection uses their aggregate
+rate. Each timing says how many cores other processes of the machine used meanwhile (a shared
+machine makes figures pessimistic).
 `--tiny` (2 steps of narrow models) is what the test suite runs, so that the script cannot rot;
 its figures mean nothing.
 """
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
                 cfg, shape, steps, device, Path(tmp), settings, textbook, processes
             )
             rows.append(measured)
-    print("\n## Results (images/s; eval: of normdrop.train.loss_and_accuracy)\n")
+    print("\n## Results (images/s; eval: of normdrop.evaluation.loss_and_accuracy)\n")
     print(speed.markdown_table(rows))
     rates = speed.grid_rates(rows)
     hours = {m: speed.grid_hours({**config, "select": {"models": [m]}}, rates) for m in args.models}

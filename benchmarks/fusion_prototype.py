@@ -31,7 +31,7 @@ def fused_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device, see
     for seed in seeds:
         torch.manual_seed(seed)
         m = build_model(
-            cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout
+            cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout_rate
         )
         models.append(m.to(device))
     params, buffers = stack_module_state(models)  # (k, ...) each
@@ -42,7 +42,7 @@ def fused_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device, see
         return functional_call(skeleton, (p, b), (x,))
 
     forward = vmap(one_model, randomness="different")
-    optimizer = torch.optim.Adam(params.values(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    optimizer = torch.optim.Adam(params.values(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps)
     scale, shift = standardization(data.mean, data.std)  # (1, C, 1, 1): broadcasts over k too
     gens = [torch.Generator(device=device).manual_seed(s) for s in seeds]
     n_steps = len(data.train_y) // batch

@@ -63,7 +63,8 @@ from graph_steps import graph_vs_eager, lr_reaches_graph, no_host_sync
 
 from normdrop.config import ConfigError, run_config, to_cli_args
 from normdrop.execution import resolve_execution, use_deterministic_algorithms
-from normdrop.train import train, write_outputs
+from normdrop.outputs import write_outputs
+from normdrop.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 # Resumed vs uninterrupted run without --deterministic: non-deterministic kernels (atomics in
@@ -131,7 +132,7 @@ class Check:
     def cell(self, model: str, variant: str = "bn_dropout", seed=SEEDS[0], **overrides):
         """The workflow's settings for one cell, one epoch unless overridden."""
         width = speed.TINY_WIDTH[model] if self.tiny else self.models[model]["width"]
-        settings = dict(width=width, batch_size=self.sizes.batch, epochs=1, milestones=())
+        settings = dict(width=width, batch_size=self.sizes.batch, epochs=1, lr_milestones=())
         config = {**self.config, "models": self.models}
         return run_config(config, "synthetic", model, variant, seed, **settings | overrides)
 
@@ -298,7 +299,7 @@ def _run_cmd(c: Check, out: Path, flags: list[str]) -> list[str]:
     (eager under CUDA graphs), the CNN with BN and dropout, checkpointing after every step."""
     n_train = round((c.sizes.resume_steps - 0.5) * c.sizes.batch)
     data = speed.synthetic_file(c.tmp, n_train, "cifar", seed=3)
-    cfg = c.cell("cnn", epochs=3, milestones=(2,), checkpoint_every_s=0.0)
+    cfg = c.cell("cnn", epochs=3, lr_milestones=(2,), checkpoint_every_s=0.0)
     paths = ["--data", data, "--out", out, "--checkpoint", out.with_suffix(".ckpt")]
     device = ["--device", c.device, "--gpu-lock-dir", c.tmp / "locks"]
     cli = [sys.executable, "-m", "normdrop.train"]

@@ -79,14 +79,18 @@ def _setup_steps(c: Check, model_name: str) -> SimpleNamespace:
     train() makes them under CUDA graphs (on CPU: eager), deterministic; `capture()` makes the
     graph; GRAPH_STEPS + 1 normalized batches."""
     graphs_on = "on" if c.cuda else "off"
-    cfg = c.cell(model_name, deterministic=True, cuda_graphs=graphs_on, epochs=3, milestones=(1,))
+    cfg = c.cell(
+        model_name, deterministic=True, cuda_graphs=graphs_on, epochs=3, lr_milestones=(1,)
+    )
     ex = resolve_execution(cfg, c.device)
     data = c.data(GRAPH_STEPS + 1).to(c.device)
     x = normalize(data.train_x, *standardization(data.mean, data.std))
     x = x.contiguous(memory_format=ex.memory_format)
     batches = list(zip(x.split(cfg.batch_size), data.train_y.split(cfg.batch_size), strict=True))
     torch.manual_seed(cfg.seed)
-    model = build_model(model_name, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout, cfg.init)
+    model = build_model(
+        model_name, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate, cfg.init
+    )
     model = model.to(c.device, memory_format=ex.memory_format).train()
     optimizer = make_optimizer(model, cfg, ex)
     s = SimpleNamespace(model=model, optimizer=optimizer, scheduler=make_scheduler(optimizer, cfg))

@@ -38,10 +38,11 @@ from normdrop.data import (
     prepare,
     standardization,
 )
+from normdrop.evaluation import Inputs, loss_and_accuracy
 from normdrop.execution import make_train_step, resolve_execution
 from normdrop.layout import iter_runs
 from normdrop.models import build_model, count_parameters
-from normdrop.train import Inputs, loss_and_accuracy, make_optimizer, train
+from normdrop.train import make_optimizer, train
 
 BATCH = 128
 SHAPES = {"cifar": (3, 32), "mnist": (1, 28)}  # channels, height = width
@@ -100,7 +101,9 @@ def synthetic(
 
 def bench_config(model: str, width: int, dropout: float, **overrides) -> RunConfig:
     """The benchmarked run: BatchNorm + dropout (the heaviest variant), one epoch, batch 128."""
-    settings = dict(variant="bn_dropout", norm="batch", dropout=dropout, epochs=1, milestones=())
+    settings = dict(
+        variant="bn_dropout", norm="batch", dropout_rate=dropout, epochs=1, lr_milestones=()
+    )
     return RunConfig(dataset="synthetic", model=model, width=width, **settings | overrides)
 
 
@@ -137,7 +140,7 @@ def ours_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device) -> d
     graph capture and autotuning), from train()'s own epoch clock; the epoch's evaluation of the
     EVAL_IMAGES-image validation and test splits counts as training time (conservative)."""
     meter = Meter()
-    r = train(replace(cfg, epochs=2, milestones=()), data, device, log=quiet)
+    r = train(replace(cfg, epochs=2, lr_milestones=()), data, device, log=quiet)
     epoch_2_s = float(r.epochs.wall_time_s.iloc[1] - r.epochs.wall_time_s.iloc[0])
     return {**meter.stop(), "images_per_s": len(data.train_y) / epoch_2_s}
 
@@ -146,7 +149,7 @@ def eval_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device) -> f
     """Images/s of train()'s evaluation (`loss_and_accuracy`) over data's training split, with
     the run's precision and memory format on this device (best of 2)."""
     ex, data = resolve_execution(cfg, device), data.to(device)
-    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout)
+    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
     model = model.to(device, memory_format=ex.memory_format)
     inputs = Inputs(*standardization(data.mean, data.std), ex.memory_format, ex.bf16)
     best = float("inf")
@@ -203,9 +206,11 @@ def textbook_images_per_s(cfg: RunConfig, data: Prepared, device, root: Path, wo
     pin = device.type == "cuda"
     loader = DataLoader(dataset, cfg.batch_size, shuffle=True, num_workers=workers, pin_memory=pin)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout)
+    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
     model = model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=cfg.betas, eps=cfg.eps)
+    optimizer = torch.optim.Adam(
+        model.parameters(), lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps
+    )
     criterion = torch.nn.CrossEntropyLoss()
     timings = []
     for _ in range(2):
@@ -235,7 +240,7 @@ def prepare_window(cfg: RunConfig, data: Prepared, device: torch.device):
     from wall-clock time `start` until `start + seconds` and counts the images."""
     ex, data = resolve_execution(replace(cfg, cuda_graphs="off"), device), data.to(device)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout)
+    model = build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
     model = model.to(device, memory_format=ex.memory_format).train()
     step = make_train_step(model, make_optimizer(model, cfg, ex), device, ex.bf16)
     scale, shift = standardization(data.mean, data.std)
@@ -324,7 +329,7 @@ def measure(
     raises gets None and its error under "failed"; the others are still measured."""
     data = synthetic(tmp, steps * BATCH, shape)
     params = count_parameters(
-        build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout)
+        build_model(cfg.model, data.in_shape, 10, cfg.width, cfg.norm, cfg.dropout_rate)
     )
     r = {"model": cfg.model, "shape": shape, "width": cfg.width, "params": params, "steps": steps}
     others, failed = [], {}

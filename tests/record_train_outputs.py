@@ -32,20 +32,28 @@ from normdrop.train import train  # noqa: E402
 
 CPU, TIME = torch.device("cpu"), ["wall_time_s"]
 RUNS = {
-    "mlp": dict(model="mlp", width=32, norm="batch", dropout=0.2, epochs=4, milestones=(2,)),
+    "mlp": dict(
+        model="mlp", width=32, norm="batch", dropout_rate=0.2, epochs=4, lr_milestones=(2,)
+    ),
     "cnn": dict(
-        model="cnn", width=8, norm="batch", dropout=0.3, epochs=4, milestones=(3,), batch_size=16
+        model="cnn",
+        width=8,
+        norm="batch",
+        dropout_rate=0.3,
+        epochs=4,
+        lr_milestones=(3,),
+        batch_size=16,
     ),
     "resnet20": dict(
-        model="resnet20", width=4, norm="batch", dropout=0.1, epochs=2, milestones=(1,)
+        model="resnet20", width=4, norm="batch", dropout_rate=0.1, epochs=2, lr_milestones=(1,)
     ),
     "cnn_crop": dict(
         model="cnn",
         width=4,
         norm="group",
-        dropout=0.3,
+        dropout_rate=0.3,
         epochs=2,
-        milestones=(1,),
+        lr_milestones=(1,),
         augment="crop_flip",
     ),
     "diverge": dict(lr=1e20),
@@ -137,14 +145,15 @@ def record(out: Path) -> None:
 
     cli = out / "cli"
     res = subprocess.run(
-        train_cli(tiny, cli, "--epochs", "3", "--milestones", "2"),
+        train_cli(tiny, cli, "--epochs", "3", "--lr-milestones", "2"),
         env=TRAIN_ENV,
         capture_output=True,
         text=True,
     )
     assert res.returncode == 0, res.stderr
     meta = json.loads((cli / "meta.json").read_text())
-    for key in ["wall_time_s", "finished_at", "started_at", "git_revision", "data_file"]:
+    paths = ["data_file", "tensorboard_dir"]  # under the record's own folder
+    for key in ["wall_time_s", "finished_at", "started_at", "git_revision", *paths]:
         meta.pop(key, None)
     (out / "cli.meta.json").write_text(json.dumps(meta, indent=1, sort_keys=True))
     pd.read_parquet(cli / "epochs.parquet").drop(columns=TIME).to_parquet(

@@ -68,7 +68,7 @@ def test_sigkilled_run_resumes_to_identical_metrics(tmp_path, tiny_data, run_cli
 
 def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, tiny_data, tiny_config, cpu, quiet, curves):
     data = load_prepared(tiny_data)
-    cfg = tiny_config(model="cnn", width=4, dropout=0.3, epochs=3, checkpoint_every_s=0.0)
+    cfg = tiny_config(model="cnn", width=4, dropout_rate=0.3, epochs=3, checkpoint_every_s=0.0)
     ref = train(cfg, data, cpu, **quiet)
 
     class Interrupt(Exception):
@@ -91,7 +91,7 @@ def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, tiny_data, tiny_config, 
 def test_checkpoint_of_other_settings_is_set_aside(tmp_path, tiny_data, cpu, tiny_config, quiet):
     data = load_prepared(tiny_data)
     ckpt = tmp_path / "run.ckpt"
-    train(tiny_config(epochs=1, milestones=()), data, cpu, checkpoint=ckpt, **quiet)
+    train(tiny_config(epochs=1, lr_milestones=()), data, cpu, checkpoint=ckpt, **quiet)
     assert ckpt.exists()
     r = train(tiny_config(epochs=3, seed=5), data, cpu, checkpoint=ckpt, **quiet)
     assert r.resumes == [] and len(r.epochs) == 3  # started over: other settings
@@ -126,7 +126,7 @@ def test_resume_reads_the_checkpoint_with_weights_only(
 
 def test_checkpoint_that_needs_code_to_load_is_moved_aside(tmp_path, tiny_data, tiny_config, cpu):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
-    cfg = tiny_config(epochs=2, milestones=())
+    cfg = tiny_config(epochs=2, lr_milestones=())
     train(cfg, data, cpu, checkpoint=ckpt, log=lambda s: None)  # a complete, valid checkpoint
     marker = tmp_path / "code-ran"
 

@@ -92,7 +92,7 @@ def test_help_gives_every_option_a_sentence_its_default_and_allowed_values():
             assert f"allowed: {allowed_text(f.metadata['allowed'])})" in help, f.name
     assert "(required; allowed: mlp, cnn, resnet20" in actions["model"].help
     assert "(default: 0.001; allowed: > 0)" in actions["lr"].help
-    assert "(default: 50 75; allowed: strictly increasing" in actions["milestones"].help
+    assert "(default: 50 75; allowed: strictly increasing" in actions["lr_milestones"].help
 
 
 def test_help_from_the_command_line_documents_every_flag(train_env):

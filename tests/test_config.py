@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from normdrop.config import ConfigError, RunConfig, run_config, search_config, to_cli_args
+from normdrop.config import (
+    LEGACY_NAMES,
+    ConfigError,
+    RunConfig,
+    run_config,
+    search_config,
+    to_cli_args,
+)
 from normdrop.train import _parser
 from normdrop.workflow_config import validate_workflow_config
 
@@ -25,7 +32,26 @@ def test_frozen_and_typed():
         RunConfig(**BASE, epochs="10")
     with pytest.raises(ConfigError, match="setting 'compile' must be of type bool"):
         RunConfig(**BASE, compile=1)
-    assert RunConfig(**BASE, milestones=[50, 75]).milestones == (50, 75)  # lists from JSON
+    assert RunConfig(**BASE, lr_milestones=[50, 75]).lr_milestones == (50, 75)  # lists from JSON
+
+
+def test_renamed_settings_keep_the_hash_and_old_records_still_read():
+    # RunConfig's names became the config's and the CLI's (issue 23: dropout -> dropout_rate,
+    # milestones -> lr_milestones, gamma -> lr_gamma, betas -> adam_betas, eps -> adam_eps). The
+    # hashes below are main's before that renaming (d21efdc): existing runs and checkpoints keep
+    # theirs, so nothing is recomputed.
+    paper = RunConfig(**BASE, norm="batch", dropout_rate=0.3, lr_milestones=(50, 75))
+    assert paper.settings_hash() == "9826c85d1dff2679"
+    other = dict(dataset="synthetic", model="mlp", width=8, dropout_rate=0.2, lr_gamma=0.5,
+                 adam_betas=(0.8, 0.99), adam_eps=1e-6, warmup_epochs=1, epochs=4)  # fmt: skip
+    assert RunConfig(**other, lr_milestones=(2,)).settings_hash() == "e9f52d26a487910b"
+    # A meta.json written before the renaming holds the old names: read under the new ones.
+    old = {k: v for k, v in paper.to_dict().items() if k not in LEGACY_NAMES}
+    old |= {old_name: paper.to_dict()[new] for new, old_name in LEGACY_NAMES.items()}
+    assert "dropout" in old and "dropout_rate" not in old
+    assert RunConfig.from_recorded(old) == paper
+    with pytest.raises(ConfigError, match=r"unknown setting\(s\) \['betas', 'dropout', "):
+        RunConfig.from_dict(old)  # the CLI and the config take the new names only
 
 
 def test_unknown_and_missing_keys_are_refused():
@@ -46,13 +72,13 @@ def test_settings_hash_ignores_execution_only_settings():
 def test_grid_cell_and_cli_round_trip():
     config = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg = run_config(config, "cifar10", "resnet20", "bn_dropout", 44, lr=3e-4)
-    assert (cfg.norm, cfg.dropout, cfg.width, cfg.seed) == ("batch", 0.3, 32, 44)
+    assert (cfg.norm, cfg.dropout_rate, cfg.width, cfg.seed) == ("batch", 0.3, 32, 44)
     assert cfg.init == "stable"
-    assert (cfg.epochs, cfg.milestones, cfg.batch_size) == (100, (50, 75), 128)
+    assert (cfg.epochs, cfg.lr_milestones, cfg.batch_size) == (100, (50, 75), 128)
     args = _parser().parse_args([*to_cli_args(cfg), "--data", "x.pt", "--out", "o"])
     assert RunConfig(**{f: getattr(args, f) for f in cfg.to_dict()}) == cfg
     search = search_config(config, "mnist", "mlp", "dropout", 1e-3)
-    assert (search.epochs, search.milestones, search.seed) == (10, (), 42)
+    assert (search.epochs, search.lr_milestones, search.seed) == (10, (), 42)
 
 
 # --------------------------------------------------------------------------- config faults

@@ -197,7 +197,9 @@ def test_cuda_graphs_gate_is_torch_2_11(monkeypatch, version, allowed, tiny_conf
     [("none", 0.3, True), ("none", 0.0, False), ("layer", 0.3, False), ("batch", 0.3, False)],
 )
 def test_cuda_graphs_refuse_nn_lstm_with_dropout(norm, dropout, refused, tiny_config):
-    cfg = tiny_config(model="lstm", norm=norm, dropout=dropout, cuda_graphs="on", precision="fp32")
+    cfg = tiny_config(
+        model="lstm", norm=norm, dropout_rate=dropout, cuda_graphs="on", precision="fp32"
+    )
     if not refused:
         assert resolve_execution(cfg, CUDA).cuda_graphs is True
         return
@@ -206,7 +208,7 @@ def test_cuda_graphs_refuse_nn_lstm_with_dropout(norm, dropout, refused, tiny_co
     message = str(err.value)
     assert "\n" not in message and "lstm with norm none and dropout" in message
     assert message.endswith("use off")
-    off = tiny_config(model="lstm", norm=norm, dropout=dropout, cuda_graphs="off")
+    off = tiny_config(model="lstm", norm=norm, dropout_rate=dropout, cuda_graphs="off")
     assert resolve_execution(off, CUDA).cuda_graphs is False  # eager stays allowed
 
 

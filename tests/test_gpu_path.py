@@ -46,7 +46,7 @@ def gap(a: pd.Series, b: pd.Series) -> float:
     return float((a - b).abs().max())
 
 
-CNN = dict(model="cnn", width=4, norm="batch", dropout=0.3)  # 3 epochs of 9 steps, 270 images
+CNN = dict(model="cnn", width=4, norm="batch", dropout_rate=0.3)  # 3 epochs of 9 steps, 270 images
 
 
 def test_bf16_autocast_stays_close_to_fp32(tiny_data, run):
@@ -74,7 +74,7 @@ def test_channels_last_gives_the_contiguous_numbers(tiny_data, run):
     # stream): a statistically equivalent run, measured 3.6% apart in mean loss and 3 of 30
     # images in validation accuracy; there only the bounds of a different draw (10%, 6 of 30).
     data = load_prepared(tiny_data)
-    no_drop = {**CNN, "dropout": 0.0}
+    no_drop = {**CNN, "dropout_rate": 0.0}
     cont = run(data, memory_format="contiguous", **no_drop)
     last = run(data, memory_format="channels_last", **no_drop)
     assert last.execution["memory_format"] == "channels_last"
@@ -120,7 +120,7 @@ def test_compile_gives_the_eager_numbers(tiny_data, run):
     # relative, as another inductor version may fuse the sums differently. One tiny model: the
     # compilation alone takes 20-35 s on a loaded core.
     data = load_prepared(tiny_data)
-    settings = dict(model="mlp", norm="batch", dropout=0.0)
+    settings = dict(model="mlp", norm="batch", dropout_rate=0.0)
     eager, compiled = run(data, **settings), run(data, compile=True, **settings)
     assert compiled.execution["compile"] is True
     a, b = compiled.epochs[COLS], eager.epochs[COLS]

@@ -112,7 +112,7 @@ def test_lr_reaches_the_graph_when_the_scheduler_replaces_the_tensor(
     monkeypatch.setattr(torch.optim.lr_scheduler, "_update_param_group_val", assign)
     graphs_execution(monkeypatch)
     fake = EmulatedGraphs(monkeypatch)
-    cfg = tiny_config(epochs=3, milestones=(1,), gamma=1e-30, batch_size=30)  # 9 full batches
+    cfg = tiny_config(epochs=3, lr_milestones=(1,), lr_gamma=1e-30, batch_size=30)  # 9 full batches
     result = train(cfg, load_prepared(tiny_data), cpu, **quiet)
     assert fake.captures == 1 and result.execution["cuda_graphs"] is True
     e = result.epochs
@@ -170,7 +170,7 @@ def test_cuda_checkpoint_resumes_on_cpu_marked_not_bitwise(
     tiny_data, tmp_path, tiny_config, cpu, quiet, interrupted_checkpoint
 ):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
-    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout=0.3, epochs=3)
+    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3, epochs=3)
     torch.save(cuda_checkpoint(interrupted_checkpoint(data, cfg, ckpt)), ckpt)
     lines = []
     first = train(cfg, data, cpu, checkpoint=ckpt, log=lines.append)
@@ -240,7 +240,7 @@ def test_checkpoint_that_cannot_be_resumed_is_moved_aside_once(
     tiny_data, tmp_path, tiny_config, cpu, quiet, interrupted_checkpoint
 ):
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
-    cfg = tiny_config(epochs=2, milestones=())
+    cfg = tiny_config(epochs=2, lr_milestones=())
     broken = interrupted_checkpoint(data, cfg, ckpt)
     name = next(iter(broken["model"]))
     broken["model"][name] = torch.zeros(3)  # a tensor of the wrong shape: load_state_dict fails
@@ -306,7 +306,8 @@ def test_captured_lr_follows_the_milestones_under_older_schedulers(
 ):
     older_scheduler(monkeypatch, kind)
     graphs_execution(monkeypatch)
-    cfg = tiny_config(epochs=3, milestones=(1, 2), gamma=0.1, batch_size=32)  # 8 full + 1 short
+    # 8 full batches + 1 short one
+    cfg = tiny_config(epochs=3, lr_milestones=(1, 2), lr_gamma=0.1, batch_size=32)
     data = load_prepared(tiny_data)
     fake = RecordingGraphs(monkeypatch)
     result = train_module.train(cfg, data, cpu, log=lambda line: None)
@@ -325,7 +326,7 @@ def test_restored_adam_state_is_laid_out_as_channels_last_params(
     # A contiguous CPU run's checkpoint resumed with channels_last weights (as on CUDA): CUDA's
     # fused Adam needs every moment in its param's layout, CPU's does not check.
     data, ckpt = load_prepared(tiny_data), tmp_path / "run.ckpt"
-    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout=0.3, epochs=3, batch_size=30)
+    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3, epochs=3, batch_size=30)
     with pytest.raises(Interrupt):
         train_module.train(cfg, data, cpu, checkpoint=ckpt, log=stop_at("epoch 2/"))
     cfg_cl = tiny_config(**{**cfg.to_dict(), "memory_format": "channels_last"})

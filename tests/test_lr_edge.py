@@ -13,9 +13,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from normdrop import aggregate, status
+from normdrop import lr_search, status
 from normdrop import report as rep
-from normdrop.aggregate import lr_edge, next_candidate, select_lr, select_lr_extended
+from normdrop.lr_search import lr_edge, next_candidate, select_lr, select_lr_extended
+from normdrop.time_left import estimate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def fake_candidate(tiny_config):
         None: diverged. Its settings are a real RunConfig's: an extension trains beside it."""
         folder = cell / f"lr{lr:g}"
         folder.mkdir(parents=True)
-        cfg = tiny_config(lr=lr, epochs=2, milestones=(1,), width=8)
+        cfg = tiny_config(lr=lr, epochs=2, lr_milestones=(1,), width=8)
         meta = {
             "settings": cfg.to_dict(),
             "settings_hash": cfg.settings_hash(),
@@ -77,7 +78,7 @@ def test_select_lr_cli_writes_at_edge_and_one_warning_line(tmp_path, fake_candid
     cell = tmp_path / "lr_search" / "synthetic" / "mlp" / "none"
     folders = [fake_candidate(cell, lr, acc) for lr, acc in ((1e-4, 0.7), (3e-4, 0.5))]
     out = cell / "selected.json"
-    cmd = [sys.executable, "-m", "normdrop.aggregate", "select-lr", "--out", str(out)]
+    cmd = [sys.executable, "-m", "normdrop.lr_search", "--out", str(out)]
     res = subprocess.run(
         [*cmd, *(str(f / "meta.json") for f in folders)], capture_output=True, text=True, env=ENV
     )
@@ -96,8 +97,8 @@ def test_an_interior_pick_has_no_warning(tmp_path, fake_candidate):
     rates = ((1e-4, 0.5), (3e-4, 0.7), (1e-3, 0.6))
     folders = [fake_candidate(tmp_path, lr, acc) for lr, acc in rates]
     out = tmp_path / "selected.json"
-    argv = ["select-lr", "--out", str(out), *(str(f / "meta.json") for f in folders)]
-    assert aggregate.main(argv) == 0
+    argv = ["--out", str(out), *(str(f / "meta.json") for f in folders)]
+    assert lr_search.main(argv) == 0
     assert json.loads(out.read_text())["at_edge"] is None
     assert status.edge_picks(tmp_path) == []
 
@@ -207,9 +208,9 @@ def test_a_two_rate_search_is_all_edge_said_once(tmp_path, make_summary, fake_ca
         cell = tmp_path / "lr_search" / "synthetic" / "mlp" / variant
         folders = [fake_candidate(cell, lr, acc) for lr, acc in ((1e-4, 0.7), (3e-4, 0.5))]
         argv = ["--out", str(cell / "selected.json"), *(str(f / "meta.json") for f in folders)]
-        assert aggregate.main(["select-lr", *argv]) == 0
+        assert lr_search.main(argv) == 0
     assert len(status.edge_picks(tmp_path)) == 2 and status.two_rate_searches(tmp_path)
-    shown = status.render([], status.estimate([], None), tmp_path, "test", False)
+    shown = status.status_text([], estimate([], None), tmp_path, "test", False)
     lines = [line for line in shown.splitlines() if "grid's edge" in line]
     assert lines == [
         "Learning-rate pick at the grid's edge: 2, as every search tried two rates; give "

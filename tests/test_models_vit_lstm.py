@@ -61,7 +61,7 @@ def test_norm_and_dropout_switches(name, norm, dropout):
         # One residual-branch dropout per block (after attention and after the MLP), and the
         # attention weights' dropout at the same rate.
         assert len(drops) == (6 if dropout else 0)
-        assert {b.attn.dropout for b in model.blocks} == {dropout}
+        assert {b.attn.dropout_rate for b in model.blocks} == {dropout}
     else:
         # Between the two layers and before the head (nn.LSTM holds the first as its `dropout`).
         between = model.rnn.dropout if norm == "none" else sum(
@@ -142,7 +142,7 @@ def test_vit_refuses_images_it_cannot_cut_into_patches():
 
 def lrs(warmup, epochs=8, milestones=(4, 6)):
     cfg = RunConfig(dataset="mnist", model="mlp", width=8, lr=1.0, epochs=epochs,
-                    milestones=milestones, gamma=0.1, warmup_epochs=warmup)  # fmt: skip
+                    lr_milestones=milestones, lr_gamma=0.1, warmup_epochs=warmup)  # fmt: skip
     opt = torch.optim.Adam([nn.Parameter(torch.zeros(1))], lr=cfg.lr)
     sched, out = make_scheduler(opt, cfg), []
     for _ in range(epochs):

@@ -44,7 +44,7 @@ def summary(tmp_path_factory, make_summary) -> Path:
 def figures(summary) -> Path:
     out = summary.parent / "figures"
     rc = plots.main(
-        ["--summary-dir", str(summary), "--out-dir", str(out), "--milestones", "3", "4"]
+        ["--summary-dir", str(summary), "--out-dir", str(out), "--lr-milestones", "3", "4"]
     )
     assert rc == 0
     return out

@@ -12,20 +12,37 @@ import subprocess
 import termios
 
 from normdrop.cli import _EpochBar, reporters
+from normdrop.progress import EpochProgress, epoch_line, parse_epoch_line
 
 EPOCHS = 3
+
+
+def test_the_epoch_line_reads_back_as_written():
+    row = dict(epoch=3, lr=1e-3, train_loss_mean=0.41234, train_loss_sd=0.0311, train_acc=0.87,
+               val_acc=0.865, test_acc=0.859, wall_time_s=12.34)  # fmt: skip
+    line = epoch_line(row, 100)
+    assert line == (
+        "epoch 3/100 lr 1.00e-03 loss 0.4123 (sd 0.0311) train 0.8700 val 0.8650 test 0.8590 "
+        "[12.3s]"
+    )
+    assert parse_epoch_line(line) == EpochProgress(done=3, epochs=100)
+    assert parse_epoch_line(f"  {line}\n") == (3, 100)  # as a log's line, read back
+    for other in ["", "epoch", "epochs 3/100", "resuming from ckpt: epoch 2, step 17", "epoch 3"]:
+        assert parse_epoch_line(other) is None, other
 
 
 def test_output_to_a_file_is_one_plain_line_per_epoch(tmp_path, tiny_data, train_cli, train_env):
     log = tmp_path / "run.log"
     with open(log, "w") as f:  # as the workflow's `>> {log} 2>&1`
-        cmd = train_cli(tiny_data, tmp_path / "run", "--epochs", str(EPOCHS), "--milestones")
+        cmd = train_cli(tiny_data, tmp_path / "run", "--epochs", str(EPOCHS), "--lr-milestones")
         res = subprocess.run(cmd, env=train_env, stdout=f, stderr=subprocess.STDOUT, timeout=300)
     assert res.returncode == 0, log.read_text()
     text = log.read_text()
     assert "\r" not in text and "\x1b" not in text  # no bar, no terminal control characters
     lines = text.splitlines()
     assert [line.split()[1] for line in lines if line.startswith("epoch ")] == ["1/3", "2/3", "3/3"]
+    # ... each of which the status command reads back (normdrop.progress's parser).
+    assert [parse_epoch_line(line) for line in lines[2:-1]] == [(k, EPOCHS) for k in (1, 2, 3)]
     assert lines[0].startswith("synthetic/cnn/bn_dropout seed 42") and lines[-1].startswith(
         "completed"
     )
@@ -37,7 +54,7 @@ def test_output_to_a_terminal_shows_a_bar(tmp_path, tiny_data, train_cli, train_
     main_fd, child_fd = pty.openpty()
     # A terminal of 24 x 120 characters (a fresh pty says 0 x 0, for which tqdm draws nothing).
     fcntl.ioctl(child_fd, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))
-    cmd = train_cli(tiny_data, tmp_path / "run", "--epochs", str(EPOCHS), "--milestones")
+    cmd = train_cli(tiny_data, tmp_path / "run", "--epochs", str(EPOCHS), "--lr-milestones")
     proc = subprocess.Popen(cmd, env=train_env, stdout=child_fd, stderr=child_fd)
     os.close(child_fd)
     out = b""

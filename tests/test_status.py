@@ -19,8 +19,9 @@ import pytest
 import torch
 import yaml
 
+from normdrop.checkpoints import CheckpointSummary, read_summary
 from normdrop.data import load_prepared
-from normdrop.status import main, read_checkpoint
+from normdrop.status import main
 from normdrop.train import train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -306,10 +307,64 @@ def test_checkpoint_mid_epoch_counts_the_steps_done(tmp_path, real_checkpoint):
     path = tmp_path / "run.ckpt"
     mid = {"step": 3, "tensors": [torch.arange(270), torch.zeros(9), torch.tensor(0)]}
     torch.save({**real_checkpoint, "epoch": 1, "mid_epoch": mid, "elapsed": 8.0}, path)
-    got = read_checkpoint(path)
-    assert got["done"] == pytest.approx(1 + 3 / 9) and got["elapsed"] == 8.0
-    path.write_bytes(path.read_bytes()[:1000])  # truncated: unknown, not a crash
-    assert read_checkpoint(path) is None
+    got = read_summary(path)
+    assert got.done == pytest.approx(1 + 3 / 9) and got.elapsed_s == 8.0 and got.problem is None
+    assert got.settings["epochs"] == 6
+    path.write_bytes(path.read_bytes()[:1000])  # truncated: said so, not a crash
+    got = read_summary(path)
+    assert got.done is None and got.problem.startswith("unreadable ("), got
+    assert read_summary(tmp_path / "absent.ckpt") is None
+
+
+def test_a_checkpoint_of_another_format_is_reported_as_such(tree, real_checkpoint):
+    ckpt = tree / "results/demo/scratch/runs/synthetic/cnn/none/seed42.ckpt"
+    torch.save({**real_checkpoint, "format": 2}, ckpt)
+    assert read_summary(ckpt) == CheckpointSummary(problem="format 2, not 1")
+    report = status_json("--results", tree / "results/demo", cwd=tree)
+    run = next(r for r in report["runs"] if r["name"] == "synthetic/cnn/none/seed42")
+    assert run["checkpoint_problem"] == "format 2, not 1" and run["done"] == 2  # from its log
+    text = status("--results", tree / "results/demo", cwd=tree).stdout
+    assert "Checkpoints not read, progress from the log (1):" in text
+    assert "  train synthetic/cnn/none/seed42: format 2, not 1" in text
+
+
+# `python -m normdrop.status` with every import of torch refused, as on a login node without it.
+WITHOUT_TORCH = """
+import runpy, sys
+
+class NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError(f"no module named {name!r} (blocked by the test)")
+
+sys.meta_path.insert(0, NoTorch())
+sys.argv[0] = "normdrop.status"
+try:
+    runpy.run_module("normdrop.status", run_name="__main__", alter_sys=True)
+except SystemExit as done:
+    assert "torch" not in sys.modules
+    raise
+"""
+
+
+def test_status_runs_where_torch_cannot_be_imported(tree, train_env):
+    results = tree / "results" / "demo"
+    cmd = [sys.executable, "-c", WITHOUT_TORCH]
+    run = dict(env=train_env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([*cmd, "--results", results, "--json"], cwd=tree, **run)
+    assert res.returncode == 0, res.stderr
+    report = json.loads(res.stdout)
+    got = states(report)
+    assert got["train mlp/none/seed43"] == "running" and got["train cnn/none/seed42"] == "stopped"
+    runs = {r["name"]: r for r in report["runs"]}
+    # The checkpoints are not read: progress from the logs' epoch lines, and the summary says why.
+    assert runs["synthetic/mlp/none/seed43"]["done"] == 3
+    no_torch = "torch is not installed here: checkpoint not read"
+    assert runs["synthetic/cnn/none/seed42"]["checkpoint_problem"] == no_torch
+    grid = ["--configfile", DEMO, tree / "seeds.yaml", "-d", tree]
+    res = subprocess.run([*cmd, *grid], cwd=REPO, **run)
+    assert res.returncode == 0, res.stderr
+    assert "1/3 done, 1 running (ep 3/6), 1 failed (ep 1/6)" in res.stdout
 
 
 @pytest.mark.parametrize("study,train,search", [("batch_size", 60, 80), ("depth", 48, 64)])

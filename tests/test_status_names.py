@@ -58,7 +58,7 @@ def test_a_run_trained_by_hand_is_named_as_its_meta_json_records_it(
     results = tmp_path / "results"
     keys = {"dataset": "synthetic", "model": "cnn", "variant": "none", "seed": 42}
     out = layout.run_dir(results, "train", **keys)
-    cmd = train_cli(tiny_data, out, "--epochs", "1", "--milestones")
+    cmd = train_cli(tiny_data, out, "--epochs", "1", "--lr-milestones")
     res = subprocess.run(cmd, env=train_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     meta_path = results / "runs/synthetic/cnn/none/seed42/meta.json"
@@ -90,7 +90,7 @@ def test_a_run_named_as_its_folder_has_no_note(capsys, tmp_path, tiny_data, trai
     results = tmp_path / "results"
     keys = {"dataset": "synthetic", "model": "cnn", "variant": "bn_dropout", "seed": 42}
     out = layout.run_dir(results, "train", **keys)
-    cmd = train_cli(tiny_data, out, "--epochs", "1", "--milestones", "--variant", "bn_dropout")
+    cmd = train_cli(tiny_data, out, "--epochs", "1", "--lr-milestones", "--variant", "bn_dropout")
     res = subprocess.run(cmd, env=train_env, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     code, text, _ = status(capsys, "--results", results)

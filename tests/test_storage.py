@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+import normdrop.outputs as outputs_module
 import normdrop.train as train_module
 from normdrop import storage
 
@@ -40,14 +41,14 @@ def test_disk_full_while_writing_outputs_keeps_previous_outputs(
     (out / "meta.json").write_text('{"status": "completed", "note": "the previous run"}\n')
     old = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
 
-    real_group = train_module.atomic_write_group
+    real_group = outputs_module.atomic_write_group
 
     def group(writes):  # the disk fills up while one of the three files is being written
         return real_group(
             {p: _disk_full_writer if Path(p).name == failing else w for p, w in writes.items()}
         )
 
-    monkeypatch.setattr(train_module, "atomic_write_group", group)
+    monkeypatch.setattr(outputs_module, "atomic_write_group", group)
     assert train_module.main(train_args(tiny_data, out, ckpt)) == 1
     err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("error:")]

@@ -95,7 +95,7 @@ def test_sweeps_make_variants_whose_settings_differ_and_are_hashed():
 
     grid = grid_config(deep_merge(PAPER, study("dropout_rate")))
     assert grid_cells(grid) == [("mnist", "mlp"), ("cifar10", "cnn")]
-    rates = {v: run_config(grid, "mnist", "mlp", v, 42).dropout for v in grid["variants"]}
+    rates = {v: run_config(grid, "mnist", "mlp", v, 42).dropout_rate for v in grid["variants"]}
     assert rates["dropout_p0"] == 0.0 and rates["bn_dropout_p0.2"] == 0.2
     assert rates["dropout_p0.5"] == 0.5 and len(rates) == 10
     assert run_config(grid, "mnist", "mlp", "bn_dropout_p0", 42).norm == "batch"
@@ -205,11 +205,11 @@ def constructed_runs(name: str, rng_seed: int = 0) -> pd.DataFrame:
             for seed in (42, 43, 44):
                 rows.append(
                     dict(dataset=dataset, model=model, variant=variant, family=spec["family"],
-                         norm=cfg.norm, dropout=cfg.dropout > 0, dropout_rate=cfg.dropout,
+                         norm=cfg.norm, dropout=cfg.dropout_rate > 0, dropout_rate=cfg.dropout_rate,
                          batch_size=cfg.batch_size, seed=seed, status="completed",
                          final_test_acc=0.5 + 0.01 * fams.index(spec["family"]) + 0.001 * i
                          + rng.normal(0, 0.002),
-                         gen_gap=10 * cfg.dropout + rng.normal(0, 0.1),
+                         gen_gap=10 * cfg.dropout_rate + rng.normal(0, 0.1),
                          loss_sd=0.05 + rng.normal(0, 0.005), convergence_epoch=30 + seed % 3)
                 )  # fmt: skip
     return pd.DataFrame(rows)

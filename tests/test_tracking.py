@@ -92,7 +92,7 @@ def test_by_hand_run_writes_under_out_and_no_tensorboard_writes_nothing(
     tmp_path, tiny_data, train_cli
 ):
     def by_hand(out, *extra):  # the CLI in this process: no interpreter start per run
-        assert main(train_cli(tiny_data, out, "--epochs", "2", "--milestones", *extra)[3:]) == 0
+        assert main(train_cli(tiny_data, out, "--epochs", "2", "--lr-milestones", *extra)[3:]) == 0
         return pd.read_parquet(out / "epochs.parquet"), json.loads((out / "meta.json").read_text())
 
     epochs, meta = by_hand(tmp_path / "a")
@@ -133,7 +133,7 @@ def crashed(tmp_path_factory, tiny_data, tiny_config, cpu, quiet):
         root / "run.ckpt",
         root / "tensorboard" / "crashed",
     )
-    cfg = tiny_config(epochs=5, milestones=(3,))
+    cfg = tiny_config(epochs=5, lr_milestones=(3,))
     with pytest.raises(Crash):
         train(cfg, data, cpu, checkpoint=ckpt, tracker=CrashAfter(logdir, 4), **quiet)
     assert torch.load(ckpt, weights_only=False)["epoch"] == 3  # epoch 4 logged, not saved
@@ -153,7 +153,7 @@ def test_points_written_after_the_last_checkpoint_are_not_duplicated(
     # A fresh start in the same folder (no checkpoint) replaces everything the folder held.
     again = tmp_path / "again"
     subprocess.run(["cp", "-r", str(logdir), str(again)], check=True)
-    cfg = tiny_config(epochs=2, milestones=())
+    cfg = tiny_config(epochs=2, lr_milestones=())
     fresh = train(cfg, load_prepared(tiny_data), cpu, tracker=TensorBoardTracker(again), **quiet)
     assert_equals_epochs(scalars(again), fresh.epochs)
     assert logged_hparams(again)["epochs"] == 2  # the new settings, not the old run's 5
@@ -171,7 +171,7 @@ def test_a_run_resumed_after_its_last_epoch_logs_its_final_values_once(
     tmp_path, tiny_data, tiny_config, cpu, quiet
 ):
     data, ckpt, logdir = load_prepared(tiny_data), tmp_path / "run.ckpt", tmp_path / "tb"
-    cfg = tiny_config(epochs=3, milestones=(2,))
+    cfg = tiny_config(epochs=3, lr_milestones=(2,))
     with pytest.raises(Crash):
         train(cfg, data, cpu, checkpoint=ckpt, tracker=CrashAtTheEnd(logdir), **quiet)
     again = train(cfg, data, cpu, checkpoint=ckpt, tracker=TensorBoardTracker(logdir), **quiet)

@@ -16,11 +16,11 @@ from normdrop.train import train
 
 def test_same_seed_same_metrics_different_seed_differs(tiny_data, tiny_config, cpu, quiet, curves):
     data = load_prepared(tiny_data)
-    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout=0.3)
+    cfg = tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3)
     a, b = train(cfg, data, cpu, **quiet), train(cfg, data, cpu, **quiet)
     pd.testing.assert_frame_equal(curves(a), curves(b))
     pd.testing.assert_frame_equal(a.steps, b.steps)
-    c = train(tiny_config(model="cnn", width=4, norm="batch", dropout=0.3, seed=7), data, cpu,
+    c = train(tiny_config(model="cnn", width=4, norm="batch", dropout_rate=0.3, seed=7), data, cpu,
               **quiet)  # fmt: skip
     assert not curves(a).equals(curves(c))
     assert a.status == "completed" and len(a.epochs) == 3
@@ -29,7 +29,7 @@ def test_same_seed_same_metrics_different_seed_differs(tiny_data, tiny_config, c
 
 
 def test_epoch_records(tiny_data, cpu, tiny_config, quiet):
-    r = train(tiny_config(lr=1e-3, milestones=(2,), gamma=0.1), load_prepared(tiny_data), cpu,
+    r = train(tiny_config(lr=1e-3, lr_milestones=(2,), lr_gamma=0.1), load_prepared(tiny_data), cpu,
               **quiet)  # fmt: skip
     e = r.epochs
     assert e["epoch"].tolist() == [1, 2, 3]
@@ -49,7 +49,7 @@ def test_diverging_run_is_recorded_not_raised(tiny_data, cpu, tiny_config, quiet
 
 
 def test_cli_writes_outputs_and_metadata(tmp_path, tiny_data, run_cli):
-    res = run_cli(tmp_path, tiny_data, tmp_path / "run", "--epochs", "2", "--milestones")
+    res = run_cli(tmp_path, tiny_data, tmp_path / "run", "--epochs", "2", "--lr-milestones")
     assert res.returncode == 0, res.stderr
     meta = json.loads((tmp_path / "run" / "meta.json").read_text())
     assert meta["status"] == "completed" and meta["settings"]["epochs"] == 2
@@ -67,8 +67,8 @@ def test_cli_writes_outputs_and_metadata(tmp_path, tiny_data, run_cli):
         (["--model", "vgg"], "setting 'model' = 'vgg': allowed: mlp, cnn, resnet20"),
         (["--norm", "instance"], "setting 'norm' = 'instance': allowed: none, batch, group"),
         (["--epochs", "ten"], "argument --epochs: invalid int value: 'ten'"),
-        (["--milestones", "9"], "setting 'milestones' = (9,): strictly increasing epochs"),
-        (["--dropout", "1.5"], "setting 'dropout' = 1.5: must lie in [0, 1)"),
+        (["--lr-milestones", "9"], "setting 'lr_milestones' = (9,): strictly increasing epochs"),
+        (["--dropout-rate", "1.5"], "setting 'dropout_rate' = 1.5: must lie in [0, 1)"),
         (["--bogus", "1"], "unrecognized arguments: --bogus 1"),
     ],
 )

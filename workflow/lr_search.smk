@@ -30,7 +30,7 @@ rule lr_search:
 
 
 # lr_search.extend_at_edge > 0: at a pick at the grid's edge, this job trains the next rate on
-# that side (x3 or /3) and chooses again, up to that many times (normdrop/aggregate.py; off by
+# that side (x3 or /3) and chooses again, up to that many times (normdrop/lr_search.py; off by
 # default, the paper's grid is fixed). It then trains, so it is no local rule and holds a GPU slot.
 EXTEND_AT_EDGE = config["lr_search"].get("extend_at_edge", 0)
 
@@ -55,7 +55,7 @@ rule select_lr:
     conda:
         "../envs/normdrop.yaml"
     shell:
-        "OMP_NUM_THREADS={threads:q} python -m normdrop.aggregate select-lr --out {output:q}"
+        "OMP_NUM_THREADS={threads:q} python -m normdrop.lr_search --out {output:q}"
         " --extend-at-edge {params.extensions:q} --data {input.data:q}"
         " --scratch {params.scratch:q} --device-args={params.device:q}"
         ' --tensorboard-dir {params.tensorboard:q} --tracking-args="$NORMDROP_TRACKING"'

@@ -57,7 +57,7 @@ rule figures:
         out_dir=figures_dir,
         datasets=DATASETS,
         models=MODELS,
-        milestones=config["train"]["lr_milestones"],
+        lr_milestones=config["train"]["lr_milestones"],
     resources:
         gpu=0,
         mem_mb=4000,
@@ -67,7 +67,7 @@ rule figures:
         "MPLBACKEND=Agg python -m normdrop.plots --summary-dir {params.summary:q}"
         " --out-dir {params.out_dir:q}"
         " --datasets {params.datasets:q} --models {params.models:q}"
-        " --milestones {params.milestones:q} > {log:q} 2>&1"
+        " --lr-milestones {params.lr_milestones:q} > {log:q} 2>&1"
 
 
 rule summary_report:

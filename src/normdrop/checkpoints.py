@@ -3,6 +3,11 @@
 where it stopped, RNG states included. A checkpoint of other settings, or one that cannot be
 read or resumed, is moved aside (never deleted) and the run starts over; one written on another
 device type or under another execution resumes, marked "not bitwise" in its resume entry.
+
+The file format is this module's: `Checkpointer.save` writes it, `load_checkpoint` and `resume`
+read it for training, and `read_summary` gives the status command what it needs (progress,
+elapsed time, settings) as a `CheckpointSummary`. torch is imported inside the functions that
+use it, not at the top: the status command imports this module where torch may be absent.
 """
 
 from __future__ import annotations
@@ -12,13 +17,25 @@ import pickle
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from normdrop.config import RunConfig
 from normdrop.storage import atomic_write_torch
 
+if TYPE_CHECKING:
+    import torch
+
 CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class Resumable:
+    """The live objects of a run that a checkpoint saves and puts back."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any  # a torch.optim.lr_scheduler (MultiStepLR or LambdaLR)
+    gen: torch.Generator  # data order and augmentation, on the run's device
 
 
 @dataclass
@@ -37,9 +54,9 @@ class Checkpointer:
     """Writes the run's checkpoint atomically: after each epoch and, mid-epoch, when `due()`
     (every cfg.checkpoint_every_s seconds). No path: writes nothing and is never due."""
 
-    def __init__(self, path, cfg, device, ex, run, history: History, t0: float):
+    def __init__(self, path, cfg, device, ex, live: Resumable, history: History, t0: float):
         self.path, self.cfg, self.device, self.ex = path, cfg, device, ex
-        self.run, self.history, self.t0 = run, history, t0
+        self.live, self.history, self.t0 = live, history, t0
         self.last_save = time.monotonic()
 
     def due(self) -> bool:
@@ -48,7 +65,7 @@ class Checkpointer:
     def save(self, epoch: int, step: int, mid: dict | None) -> None:
         if not self.path:
             return
-        run, history = self.run, self.history
+        live, history = self.live, self.history
         atomic_write_torch(
             self.path,
             {
@@ -59,10 +76,10 @@ class Checkpointer:
                 "epoch": epoch,  # 0-based epoch to run next (or to continue, if mid-epoch)
                 "step": step,
                 "mid_epoch": mid,
-                "model": run.model.state_dict(),
-                "optimizer": run.optimizer.state_dict(),
-                "scheduler": run.scheduler.state_dict(),
-                "rng": _rng_state(self.device, run.gen),
+                "model": live.model.state_dict(),
+                "optimizer": live.optimizer.state_dict(),
+                "scheduler": live.scheduler.state_dict(),
+                "rng": _rng_state(self.device, live.gen),
                 "epoch_rows": history.epoch_rows,
                 "step_losses": history.step_losses,
                 "resumes": history.resumes,
@@ -73,6 +90,8 @@ class Checkpointer:
 
 
 def _rng_state(device, gen):
+    import torch
+
     state = {"cpu": torch.get_rng_state(), "data": gen.get_state()}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
@@ -85,6 +104,8 @@ def restore_rng(state: dict, device: torch.device, gen: torch.Generator) -> bool
     not fit (a CPU generator's state is 5056 bytes, a CUDA one's 16: seed and Philox offset);
     that generator is then seeded from the saved state's bytes instead (deterministic, but not
     the stream an uninterrupted run would have drawn). True if every state was put back as is."""
+    import torch
+
     torch.set_rng_state(state["cpu"])
     bitwise = True
     if state["data"].numel() == gen.get_state().numel():
@@ -125,6 +146,8 @@ def _state_like_params(optimizer: torch.optim.Optimizer) -> None:
     """Each restored state tensor of a param's shape (Adam's moments) laid out as its param:
     load_state_dict keeps the checkpoint's strides (contiguous from a CPU run), and CUDA's fused
     Adam refuses params, grads and states of different layouts (channels_last conv weights)."""
+    import torch
+
     for param, state in optimizer.state.items():
         for key, value in state.items():
             same_shape = torch.is_tensor(value) and value.shape == param.shape
@@ -138,6 +161,8 @@ def load_checkpoint(path: Path, cfg: RunConfig, log) -> dict | None:
 
     It is read with weights_only=True: a file on a shared filesystem must not be able to run code
     when loaded, so only tensors and plain containers are accepted (what `train` saves)."""
+    import torch
+
     if not path.exists():
         return None
     try:
@@ -173,16 +198,16 @@ def first_line(err: Exception) -> str:
     return (str(err).strip().splitlines() or [""])[0]
 
 
-def resume(ckpt: dict, run, device: torch.device, ex) -> History:
+def resume(ckpt: dict, live: Resumable, device: torch.device, ex) -> History:
     """The run's objects and history as `ckpt` left them. A checkpoint written on another device
     type or under another execution (not in the settings hash, on purpose) resumes too, with the
     optimizer set for this execution; as its numbers cannot continue bitwise, that is logged and
     recorded in the resume's entry (meta.json "resumes")."""
-    run.model.load_state_dict(ckpt["model"])
-    restore_optimizer(run.optimizer, ckpt["optimizer"])
-    run.scheduler.load_state_dict(ckpt["scheduler"])
-    _lr_as_float(run.optimizer)
-    rng_kept = restore_rng(ckpt["rng"], device, run.gen)
+    live.model.load_state_dict(ckpt["model"])
+    restore_optimizer(live.optimizer, ckpt["optimizer"])
+    live.scheduler.load_state_dict(ckpt["scheduler"])
+    _lr_as_float(live.optimizer)
+    rng_kept = restore_rng(ckpt["rng"], device, live.gen)
     now = ran_as(device, ex)
     # Checkpoints from before "ran_as" tell only their device, by a CUDA RNG state.
     before = ckpt.get("ran_as", {"device": "cuda" if "cuda" in ckpt["rng"] else "cpu"})
@@ -204,6 +229,8 @@ def resume(ckpt: dict, run, device: torch.device, ex) -> History:
 def ran_as(device: torch.device, ex) -> dict:
     """How a session ran, as its checkpoints record it: device type, torch version (kernels
     change between versions) and the Execution's description."""
+    import torch
+
     return {
         "device": device.type,
         "torch": str(torch.__version__),
@@ -215,3 +242,44 @@ def _lr_as_float(optimizer) -> None:
     """The learning rate as a float (eager Adam); checkpoints may hold a tensor (graphs)."""
     for group in optimizer.param_groups:
         group["lr"] = float(group["lr"])
+
+
+# --------------------------------------------------------------------------- for the status
+@dataclass(frozen=True)
+class CheckpointSummary:
+    """What the status command reads of a checkpoint: `done` (epochs finished, fractional when
+    saved mid-epoch), `elapsed_s` (training seconds so far) and the run's `settings`; or, when
+    the file cannot be read here, `problem` (one line: why) and the rest None."""
+
+    done: float | None = None
+    elapsed_s: float | None = None
+    settings: dict | None = None
+    problem: str | None = None
+
+
+def read_summary(path: Path) -> CheckpointSummary | None:
+    """The summary of the checkpoint at `path`; None when there is no file. A checkpoint being
+    replaced, of another format, refused by weights_only, or unreadable because torch is not
+    installed gives a summary whose `problem` says so (never an exception): the run's state then
+    comes from its log."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        import torch
+    except ImportError:
+        return CheckpointSummary(problem="torch is not installed here: checkpoint not read")
+    try:  # mmap: only the few numbers read here come off the disk, not the model's weights
+        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except FileNotFoundError:  # renamed away (moved aside, or the run finished) meanwhile
+        return None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as err:
+        return CheckpointSummary(problem=f"unreadable ({type(err).__name__}: {first_line(err)})")
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        return CheckpointSummary(problem=f"format {found}, not {CHECKPOINT_FORMAT}")
+    done = float(ckpt["epoch"])
+    mid = ckpt["mid_epoch"]
+    if mid:  # tensors = (perm, per-step losses, correct): len(losses) = steps per epoch
+        done += mid["step"] / len(mid["tensors"][1])
+    return CheckpointSummary(done, float(ckpt["elapsed"]), ckpt["settings"])

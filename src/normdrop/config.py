@@ -45,6 +45,24 @@ EXECUTION_FIELDS = (
 )
 
 
+# RunConfig's names are the workflow config's and the training CLI's (--dropout-rate,
+# --lr-milestones, ...). Runs recorded before that renaming (issue 23) carry the old names in
+# meta.json and in their checkpoints: new name -> old name, for reading those and for the hash.
+LEGACY_NAMES = {
+    "dropout_rate": "dropout",
+    "lr_milestones": "milestones",
+    "lr_gamma": "gamma",
+    "adam_betas": "betas",
+    "adam_eps": "eps",
+}
+
+
+def current_names(settings: dict) -> dict:
+    """Recorded settings under RunConfig's names (old names of LEGACY_NAMES renamed)."""
+    old_to_new = {old: new for new, old in LEGACY_NAMES.items()}
+    return {old_to_new.get(k, k): v for k, v in settings.items()}
+
+
 class ConfigError(ValueError):
     """A setting is unknown, of the wrong type or out of range; the message says which."""
 
@@ -85,7 +103,7 @@ class RunConfig:
     variant: str = _setting(
         "custom",
         help="label of the run in paths and tables (none, bn, dropout, bn_dropout in the "
-        "workflow); --norm and --dropout decide what is trained",
+        "workflow); --norm and --dropout-rate decide what is trained",
         allowed="any name",
     )
     norm: str = _setting(
@@ -94,7 +112,7 @@ class RunConfig:
         "catalog.MODEL_NORMS)",
         allowed=NORMS,
     )
-    dropout: float = _setting(0.0, help="dropout rate; 0 turns dropout off", allowed="[0, 1)")
+    dropout_rate: float = _setting(0.0, help="dropout rate; 0 turns dropout off", allowed="[0, 1)")
     seed: int = _setting(
         42, help="seed of the initialization, dropout masks, data order and augmentation",
         allowed=">= 0",
@@ -104,9 +122,9 @@ class RunConfig:
     batch_size: int = _setting(
         128, help="mini-batch size (an epoch's last, smaller batch is kept)", allowed=">= 1"
     )
-    milestones: tuple[int, ...] = _setting(
+    lr_milestones: tuple[int, ...] = _setting(
         (50, 75),
-        help="epochs after which the learning rate is multiplied by --gamma (none: constant)",
+        help="epochs after which the learning rate is multiplied by --lr-gamma (none: constant)",
         allowed="strictly increasing epochs in [1, epochs-1]",
     )
     warmup_epochs: int = _setting(
@@ -115,13 +133,13 @@ class RunConfig:
         "(0: none, the paper's; docs/protocol.md)",
         allowed="[0, epochs - 1]",
     )
-    gamma: float = _setting(
+    lr_gamma: float = _setting(
         0.1, help="factor applied to the learning rate at each milestone", allowed="(0, 1]"
     )
-    betas: tuple[float, float] = _setting(
+    adam_betas: tuple[float, float] = _setting(
         (0.9, 0.999), help="Adam's two betas", allowed="two values in [0, 1)"
     )
-    eps: float = _setting(1e-8, help="Adam's epsilon", allowed="> 0")
+    adam_eps: float = _setting(1e-8, help="Adam's epsilon", allowed="> 0")
     weight_decay: float = _setting(0.0, help="Adam's L2 weight decay", allowed=">= 0")
     augment: str = _setting(
         "none",
@@ -190,7 +208,7 @@ class RunConfig:
             if isinstance(choices, tuple):
                 need(getattr(self, key) in choices, key)
         # The ranges below are the `allowed` texts of the fields above, in code.
-        need(0 <= self.dropout < 1, "dropout")
+        need(0 <= self.dropout_rate < 1, "dropout_rate")
         need(self.width >= 1, "width")
         need(self.seed >= 0, "seed")
         need(self.lr > 0, "lr")
@@ -203,20 +221,26 @@ class RunConfig:
             )
         need(self.batch_size >= 1, "batch_size")
         need(self.eval_batch_size >= 1, "eval_batch_size")
-        need(0 < self.gamma <= 1, "gamma")
-        need(self.eps > 0, "eps")
+        need(0 < self.lr_gamma <= 1, "lr_gamma")
+        need(self.adam_eps > 0, "adam_eps")
         need(self.weight_decay >= 0, "weight_decay")
         need(self.checkpoint_every_s >= 0, "checkpoint_every_s")
-        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "betas")
+        need(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), "adam_betas")
         if not (
-            all(1 <= m < self.epochs for m in self.milestones)
-            and list(self.milestones) == sorted(set(self.milestones))
+            all(1 <= m < self.epochs for m in self.lr_milestones)
+            and list(self.lr_milestones) == sorted(set(self.lr_milestones))
         ):
             raise ConfigError(
-                f"setting 'milestones' = {self.milestones!r}: strictly increasing epochs in "
+                f"setting 'lr_milestones' = {self.lr_milestones!r}: strictly increasing epochs in "
                 f"[1, epochs-1] = [1, {self.epochs - 1}] (a milestone at or beyond the last epoch "
                 "never takes effect)"
             )
+
+    @classmethod
+    def from_recorded(cls, d: dict) -> RunConfig:
+        """The RunConfig of settings as a meta.json or checkpoint recorded them, those written
+        before the renames of LEGACY_NAMES included."""
+        return cls.from_dict(current_names(d))
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -237,8 +261,13 @@ class RunConfig:
         return dataclasses.asdict(self)
 
     def settings_hash(self) -> str:
-        """Hash of what determines the run's numbers (execution-only settings left out)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in EXECUTION_FIELDS}
+        """Hash of what determines the run's numbers (execution-only settings left out). Hashed
+        under the settings' names before LEGACY_NAMES' renames: a run keeps its hash."""
+        d = {
+            LEGACY_NAMES.get(k, k): v
+            for k, v in self.to_dict().items()
+            if k not in EXECUTION_FIELDS
+        }
         if d["warmup_epochs"] == 0:  # added later: left out at its default, so that the runs
             del d["warmup_epochs"]  # made before it keep their hash
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -280,16 +309,16 @@ def run_config(
         variant=variant,
         norm=v["norm"],
         # A variant may override the model's rate (a dropout-rate sweep; rate 0 = off).
-        dropout=v.get("dropout_rate", m["dropout_rate"]) if v["dropout"] else 0.0,
+        dropout_rate=v.get("dropout_rate", m["dropout_rate"]) if v["dropout"] else 0.0,
         seed=seed,
         lr=lr,
         epochs=t["epochs"],
         batch_size=v.get("batch_size", t["batch_size"]),
-        milestones=tuple(t["lr_milestones"]),
+        lr_milestones=tuple(t["lr_milestones"]),
         warmup_epochs=t["warmup_epochs"],
-        gamma=t["lr_gamma"],
-        betas=tuple(t["adam_betas"]),
-        eps=t["adam_eps"],
+        lr_gamma=t["lr_gamma"],
+        adam_betas=tuple(t["adam_betas"]),
+        adam_eps=t["adam_eps"],
         weight_decay=t["weight_decay"],
         augment=config["data"]["augment"],
         precision=x["precision"],
@@ -314,7 +343,7 @@ def search_config(config: dict, dataset: str, model: str, variant: str, lr: floa
     milestones = tuple(m for m in config["train"]["lr_milestones"] if m < epochs)
     seed = config["lr_search"]["seed"]
     return run_config(
-        config, dataset, model, variant, seed, lr=lr, epochs=epochs, milestones=milestones
+        config, dataset, model, variant, seed, lr=lr, epochs=epochs, lr_milestones=milestones
     )
 
 
@@ -335,8 +364,10 @@ def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
 
 
 __all__ = [
+    "LEGACY_NAMES",
     "ConfigError",
     "RunConfig",
+    "current_names",
     "allowed_text",
     "did_you_mean",
     "run_config",

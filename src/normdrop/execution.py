@@ -119,7 +119,7 @@ def graphs_refusal(cfg: RunConfig) -> str | None:
     generator: restoring the RNG state after capture clears the generator's reset flag, the next
     eager step (an epoch's short last batch) replaces that cached buffer and the graph goes on
     reading the freed block. The hand-written cells (norm layer, batch) use nn.Dropout: safe."""
-    if cfg.model == "lstm" and cfg.norm == "none" and cfg.dropout > 0:
+    if cfg.model == "lstm" and cfg.norm == "none" and cfg.dropout_rate > 0:
         return (
             "cannot run lstm with norm none and dropout (nn.LSTM's cuDNN dropout state "
             "is not graph-safe)"

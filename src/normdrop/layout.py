@@ -213,7 +213,7 @@ def _key_wildcard(kind: str) -> str:
 
 
 @dataclass(frozen=True)
-class GridRun:
+class RunSpec:
     """One training run or learning-rate candidate: where it sits in the grid and, when it comes
     from a config, its settings."""
 
@@ -250,7 +250,7 @@ class GridRun:
         }
 
 
-def iter_runs(config: dict) -> Iterator[GridRun]:
+def iter_runs(config: dict) -> Iterator[RunSpec]:
     """Every run of the config's grid (`select` applied, `sweep` expanded: grid.grid_config):
     per (dataset, model) cell and variant, its learning-rate candidates, then its seeds."""
     config = grid_config(config)
@@ -258,10 +258,10 @@ def iter_runs(config: dict) -> Iterator[GridRun]:
         for variant in config["variants"]:
             for lr in config["lr_search"]["candidates"]:
                 cfg = search_config(config, dataset, model, variant, lr)
-                yield GridRun("lr_search", dataset, model, variant, lr_tag(lr), cfg)
+                yield RunSpec("lr_search", dataset, model, variant, lr_tag(lr), cfg)
             for seed in config["seeds"]:
                 cfg = run_config(config, dataset, model, variant, seed)
-                yield GridRun("train", dataset, model, variant, str(seed), cfg)
+                yield RunSpec("train", dataset, model, variant, str(seed), cfg)
 
 
 def _pattern(template: str) -> tuple[str, re.Pattern]:
@@ -272,7 +272,7 @@ def _pattern(template: str) -> tuple[str, re.Pattern]:
     return glob, re.compile(regex + "$")
 
 
-def discover(results) -> list[GridRun]:
+def discover(results) -> list[RunSpec]:
     """Without a config: every run that has a meta.json, a checkpoint or a log under `results`."""
     results = Path(results)
     found = set()
@@ -283,12 +283,12 @@ def discover(results) -> list[GridRun]:
             for path in results.glob(glob):
                 if m := regex.match(path.relative_to(results).as_posix()):
                     cell = m.group("dataset", "model", "variant")
-                    found.add(GridRun(kind, *cell, m[which]))
+                    found.add(RunSpec(kind, *cell, m[which]))
     return sorted(found, key=lambda r: (r.kind, r.dataset, r.model, r.variant, r.key))
 
 
-def variant_name(norm: str, dropout: float) -> str:
-    """The grid's name for a (norm, dropout) pair: none, bn, dropout, bn_dropout, gn, ...; what a
-    run trained by hand without --variant records, so that it reads as the grid's would."""
+def variant_name(norm: str, dropout_rate: float) -> str:
+    """The grid's name for a (norm, dropout rate) pair: none, bn, dropout, bn_dropout, gn, ...;
+    what a run trained by hand without --variant records, so that it reads as the grid's would."""
     parts = [] if norm == "none" else [NORM_TAGS.get(norm, norm)]
-    return "_".join(parts + (["dropout"] if dropout > 0 else [])) or "none"
+    return "_".join(parts + (["dropout"] if dropout_rate > 0 else [])) or "none"

@@ -18,9 +18,9 @@ their (norm, dropout) pair) always get the same four colours; other variants get
 in their sort order. Every figure's size is fixed (FIG_SIZES, overview_size), so the PNG's pixel
 size is known in advance. Legends sit below the axes, never over data.
 
-CLI: python -m normdrop.plots --summary-dir D --out-dir F [--milestones 50 75]
+CLI: python -m normdrop.plots --summary-dir D --out-dir F [--lr-milestones 50 75]
                               [--datasets ...] [--models ...]
-Without --milestones the epochs where the logged learning rate drops are used.
+Without --lr-milestones the epochs where the logged learning rate drops are used.
 Output paths: `catalog.figure_paths(F, datasets, models)`.
 """
 
@@ -437,7 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Draw the study's figures (PNG and PDF).")
     add_selection_args(parser)
     parser.add_argument(
-        "--milestones",
+        "--lr-milestones",
         nargs="*",
         type=float,
         default=None,
@@ -446,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run_report_cli(
         parser,
         argv,
-        lambda a: write_figures(a.summary_dir, a.out_dir, a.milestones, a.datasets, a.models),
+        lambda a: write_figures(a.summary_dir, a.out_dir, a.lr_milestones, a.datasets, a.models),
         "figure",
     )
 

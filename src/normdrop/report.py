@@ -20,8 +20,8 @@ from pathlib import Path
 
 from normdrop import hypotheses as hyp
 from normdrop import tables as tab
-from normdrop.aggregate import pick_edge
 from normdrop.catalog import REPORT_FILE, SUMMARY_FILES, figure_paths, load_claims
+from normdrop.lr_search import pick_edge
 from normdrop.render import to_markdown
 from normdrop.seed_stats import variant_stats
 from normdrop.storage import atomic_write_text
@@ -80,7 +80,7 @@ def _demote(markdown: str, level: int = 3) -> str:
 
 def lr_edge_note(summary_dir: Path, pairs) -> list[str]:
     """A note under Table 2 naming the cells whose learning-rate pick is the largest or smallest
-    rate tried (normdrop.aggregate.pick_edge): their best rate may lie outside the grid."""
+    rate tried (normdrop.lr_search.pick_edge): their best rate may lie outside the grid."""
     if not (Path(summary_dir) / SUMMARY_FILES["lr_search"]).is_file():
         return []
     search = read_summary(summary_dir, "lr_search")

@@ -21,13 +21,7 @@ A run is
 Progress ("ep k/N": k epochs done of N) comes from the checkpoint, else from the log's last
 `epoch k/N` line.
 
-Time left: seconds per epoch are measured per (dataset, model) from the finished runs'
-epochs.parquet (wall_time_s of the last epoch / epochs) and the checkpoints' elapsed time of
-unfinished ones (search and training runs alike); a (dataset, model) without a measurement uses the
-mean over all. The remaining work (epochs left x seconds per epoch, summed over every unfinished
-run, failed ones included) is divided by the number of runs that run at once: `--resources gpu=N`
-(what Snakemake was given), else the runs running now (at least 1); and it is never less than the
-longest single remaining run. The order of the DAG (search before training) is not modelled.
+Time left: normdrop.time_left.
 """
 
 from __future__ import annotations
@@ -42,15 +36,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from normdrop import layout
-from normdrop.config import ConfigError
+from normdrop.checkpoints import read_summary
+from normdrop.config import ConfigError, current_names
+from normdrop.progress import parse_epoch_line
+from normdrop.time_left import duration, estimate, estimate_note, time_left_line
 from normdrop.workflow_config import load_config, parse_overrides
 
 STATES = ("finished", "diverged", "running", "stopped", "failed", "not started")
 LOG_TAIL_BYTES = 256 * 1024  # enough for a long traceback; logs grow with each retry
-EPOCH_LINE = re.compile(r"^epoch (\d+)/(\d+)\b")
 # The last line of a Python traceback ("RuntimeError: ...", "torch.OutOfMemoryError: ..."), or
 # an error line of our CLIs ("error: ...", "python -m normdrop.train: error: ...").
 ERROR_LINE = re.compile(
@@ -61,7 +56,9 @@ CONTROL = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
 @dataclass
-class Run:
+class RunStatus:
+    """One run as the status command sees it: where it is, and its state read from its files."""
+
     kind: str  # "train" or "lr_search"
     dataset: str
     model: str
@@ -78,6 +75,7 @@ class Run:
     last_write_s: float | None = None  # seconds since the checkpoint or log was last written
     active_s: float = 900.0  # a write within this many seconds means the run is alive
     folder_variant: str | None = None  # the folder's variant where meta.json records another
+    checkpoint_problem: str | None = None  # why its checkpoint could not be read here
 
     def progress(self) -> str:
         n = "?" if self.epochs is None else self.epochs
@@ -85,30 +83,30 @@ class Run:
 
 
 # --------------------------------------------------------------------------- the grid
-def _run(where: layout.GridRun, results: Path) -> Run:
+def _status_of(where: layout.RunSpec, results: Path) -> RunStatus:
     names = ("kind", "dataset", "model", "variant", "key", "name")
-    run = Run(**{k: getattr(where, k) for k in names}, paths=where.paths(results))
+    run = RunStatus(**{k: getattr(where, k) for k in names}, paths=where.paths(results))
     if where.settings is not None:
         run.epochs = where.settings.epochs
         run.active_s = _active_s(where.settings.checkpoint_every_s)
     return run
 
 
-def grid_runs(config: dict, results: Path | None = None) -> list[Run]:
+def grid_runs(config: dict, results: Path | None = None) -> list[RunStatus]:
     """Every search candidate and training run of the config's grid, as the workflow runs it
     (layout.iter_runs: `select` applied, `sweep` expanded), under `results` (default: the
     config's results_dir)."""
     results = Path(config["results_dir"] if results is None else results)
-    return [_run(where, results) for where in layout.iter_runs(config)]
+    return [_status_of(where, results) for where in layout.iter_runs(config)]
 
 
 def _active_s(checkpoint_every_s: float) -> float:
     return 2 * float(checkpoint_every_s) + 300
 
 
-def discover(results: Path) -> list[Run]:
+def found_runs(results: Path) -> list[RunStatus]:
     """Without a config: every run that has a meta.json, a checkpoint or a log under `results`."""
-    return [_run(where, results) for where in layout.discover(results)]
+    return [_status_of(where, results) for where in layout.discover(results)]
 
 
 # --------------------------------------------------------------------------- one run's files
@@ -127,23 +125,6 @@ def _mtime(path: Path) -> float | None:
         return None
 
 
-def read_checkpoint(path: Path) -> dict | None:
-    """epoch (done), fraction of the next one, elapsed seconds and settings, or None if absent or
-    unreadable (a file that would need code to load counts as unreadable: weights_only)."""
-    if not path.exists():
-        return None
-    try:
-        # mmap: only the few numbers read here come off the disk, not the model's weights.
-        ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        done = float(ckpt["epoch"])
-        mid = ckpt.get("mid_epoch")
-        if mid:  # tensors = (perm, per-step losses, correct): len(losses) = steps per epoch
-            done += mid["step"] / len(mid["tensors"][1])
-        return {"done": done, "elapsed": float(ckpt["elapsed"]), "settings": ckpt["settings"]}
-    except Exception:  # partial, foreign or unsafe: the run's state then comes from its log
-        return None
-
-
 def read_log(path: Path) -> dict | None:
     """The last `epoch k/N` line's k and N, and the last non-blank line, of a run's log."""
     try:
@@ -156,8 +137,7 @@ def read_log(path: Path) -> dict | None:
     lines = [line for line in lines if line]
     epoch = None
     for line in reversed(lines):
-        if m := EPOCH_LINE.match(line):
-            epoch = (int(m[1]), int(m[2]))
+        if epoch := parse_epoch_line(line):
             break
     last = lines[-1] if lines else None
     return {
@@ -170,14 +150,14 @@ def read_log(path: Path) -> dict | None:
 def recorded_variant(meta: dict) -> str | None:
     """The variant meta.json records; for a run trained by hand without --variant ('custom'),
     the grid's name of its norm and dropout (layout.variant_name), as a rerun would record."""
-    settings = meta.get("settings") or {}
+    settings = current_names(meta.get("settings") or {})
     variant = meta.get("variant") or settings.get("variant")
-    if variant in (None, "custom") and "norm" in settings and "dropout" in settings:
-        return layout.variant_name(settings["norm"], settings["dropout"])
+    if variant in (None, "custom") and "norm" in settings and "dropout_rate" in settings:
+        return layout.variant_name(settings["norm"], settings["dropout_rate"])
     return variant
 
 
-def inspect(run: Run, now: float) -> Run:
+def inspect(run: RunStatus, now: float) -> RunStatus:
     """Fill in `run`'s state, progress and measured time from its files."""
     paths = run.paths
     meta = _read_json(paths["meta"])
@@ -201,12 +181,14 @@ def inspect(run: Run, now: float) -> Run:
             pass
         return run
 
-    ckpt, log = read_checkpoint(paths["checkpoint"]), read_log(paths["log"])
-    if ckpt is not None:
-        run.epochs = run.epochs or ckpt["settings"].get("epochs")
-        run.active_s = _active_s(ckpt["settings"].get("checkpoint_every_s", 300))
-        run.done, run.measured_s = ckpt["done"], ckpt["elapsed"]
-    elif log and log["epoch"]:
+    ckpt, log = read_summary(paths["checkpoint"]), read_log(paths["log"])
+    if ckpt is not None and ckpt.problem:  # its state then comes from the log
+        run.checkpoint_problem = ckpt.problem
+    elif ckpt is not None:
+        run.epochs = run.epochs or ckpt.settings.get("epochs")
+        run.active_s = _active_s(ckpt.settings.get("checkpoint_every_s", 300))
+        run.done, run.measured_s = ckpt.done, ckpt.elapsed_s
+    if (ckpt is None or ckpt.problem) and log and log["epoch"]:
         run.done = float(log["epoch"][0])
     if log and log["epoch"]:
         run.epochs = run.epochs or log["epoch"][1]
@@ -221,7 +203,7 @@ def inspect(run: Run, now: float) -> Run:
     return run
 
 
-def marked_incomplete(runs: list[Run], workdir: Path, results_dir: str) -> None:
+def marked_incomplete(runs: list[RunStatus], workdir: Path, results_dir: str) -> None:
     """A run whose files say finished but whose job Snakemake still marks incomplete (killed
     after it wrote its outputs) is rerun by Snakemake: shown as stopped, not done."""
     for run in runs:
@@ -230,66 +212,8 @@ def marked_incomplete(runs: list[Run], workdir: Path, results_dir: str) -> None:
             run.state, run.last_line = "stopped", "Snakemake marks its job incomplete: reruns it"
 
 
-# --------------------------------------------------------------------------- time left
-def estimate(runs: list[Run], slots: int | None) -> dict:
-    """Seconds of work and of wall-clock left; see the module's docstring for how."""
-    samples = [r for r in runs if r.measured_s and r.done > 0]
-    per_cell: dict[tuple, list[float]] = {}
-    for r in samples:
-        s = per_cell.setdefault((r.dataset, r.model), [0.0, 0.0])
-        s[0], s[1] = s[0] + r.measured_s, s[1] + r.done
-    rates = {cell: sec / ep for cell, (sec, ep) in per_cell.items()}
-    overall = sum(r.measured_s for r in samples) / sum(r.done for r in samples) if samples else None
-    running = sum(r.state == "running" for r in runs)
-    concurrency = slots or max(1, running)
-    out = {
-        "seconds_per_epoch": {f"{d}/{m}": round(v, 3) for (d, m), v in sorted(rates.items())},
-        "overall_seconds_per_epoch": overall,
-        "runs_left": 0,
-        "runs_from_overall_mean": 0,
-        "runs_unknown": 0,
-        "work_s": 0.0,
-        "longest_run_s": 0.0,
-        "concurrency": concurrency,
-        "concurrency_from": "--resources" if slots else "the runs running now, at least 1",
-        "wall_s": 0.0,
-    }
-    for r in runs:
-        if r.state in ("finished", "diverged"):
-            continue
-        out["runs_left"] += 1
-        rate = rates.get((r.dataset, r.model))
-        if rate is None:
-            out["runs_from_overall_mean"] += overall is not None
-            rate = overall
-        if rate is None or r.epochs is None:
-            out["runs_unknown"] += 1
-            continue
-        left = max(0.0, r.epochs - r.done) * rate
-        out["work_s"] += left
-        out["longest_run_s"] = max(out["longest_run_s"], left)
-    if out["runs_unknown"]:
-        out["wall_s"] = None
-    else:
-        out["wall_s"] = max(out["work_s"] / concurrency, out["longest_run_s"])
-    return out
-
-
-def duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "unknown"
-    s = round(seconds)
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    if s < 86400:
-        return f"{s // 3600} h {s % 3600 // 60} min"
-    return f"{s // 86400} d {s % 86400 // 3600} h"
-
-
 # --------------------------------------------------------------------------- rendering
-def cell_summary(runs: list[Run]) -> str:
+def cell_summary(runs: list[RunStatus]) -> str:
     """One cell's runs in words: '2/3 done, 1 running (ep 37/100)'."""
     by = {state: [r for r in runs if r.state == state] for state in STATES}
     done = len(by["finished"]) + len(by["diverged"])
@@ -305,7 +229,7 @@ def cell_summary(runs: list[Run]) -> str:
     return ", ".join(parts)
 
 
-def cell_table(runs: list[Run]) -> str:
+def cell_table(runs: list[RunStatus]) -> str:
     rows = {}
     for r in runs:
         rows.setdefault((r.dataset, r.model, r.variant), []).append(r)
@@ -324,11 +248,13 @@ def left_aligned(frame: pd.DataFrame) -> str:
     return "\n".join(line.rstrip() for line in text.splitlines())
 
 
-def counts(runs: list[Run]) -> dict[str, int]:
+def counts(runs: list[RunStatus]) -> dict[str, int]:
     return {state: sum(r.state == state for r in runs) for state in STATES}
 
 
-def render(runs: list[Run], est: dict, results: Path, source: str, show_all: bool, grid=True):
+def status_text(
+    runs: list[RunStatus], est: dict, results: Path, source: str, show_all: bool, grid=True
+):
     """The report; `grid` False (runs found in a folder): what was not started is not known, so
     nothing is claimed done beyond the runs found."""
     out = [f"normdrop status of {results} ({source}), {time.strftime('%Y-%m-%d %H:%M %Z')}"]
@@ -349,6 +275,10 @@ def render(runs: list[Run], est: dict, results: Path, source: str, show_all: boo
             f"Recorded in meta.json as another variant than the folder says ({len(moved)}):",
         ]
         out += [f"  {r.kind} {r.name}: {r.variant}" for r in moved]
+    unread = [r for r in runs if r.checkpoint_problem]
+    if unread:
+        out += ["", f"Checkpoints not read, progress from the log ({len(unread)}):"]
+        out += [f"  {r.kind} {r.name}: {r.checkpoint_problem}" for r in unread]
     failed = [r for r in runs if r.state == "failed"]
     if failed:
         out += ["", f"Failed ({len(failed)}), last line of each log:"]
@@ -374,7 +304,7 @@ def render(runs: list[Run], est: dict, results: Path, source: str, show_all: boo
 
 def edge_picks(results: Path) -> list[str]:
     """'cell (largest, lr 0.003)' for each selected.json whose pick is at the edge of the rates
-    tried (its `at_edge`, written by normdrop.aggregate select-lr)."""
+    tried (its `at_edge`, written by normdrop.lr_search)."""
     out = []
     for cell, path in layout.selected_files(results):
         choice = json.loads(path.read_text())
@@ -391,31 +321,9 @@ def two_rate_searches(results: Path) -> bool:
     return sizes == {2}
 
 
-def time_left_line(est: dict, grid: bool = True) -> str:
-    if est["runs_left"] == 0 and not grid:
-        return "0 s for the runs found (without --configfile runs not started are not known)"
-    if est["runs_left"] == 0:
-        return "0 s (every run is done)"
-    if est["wall_s"] is None:
-        return f"unknown ({est['runs_unknown']} of {est['runs_left']} runs left have no timing)"
-    return (
-        f"about {duration(est['wall_s'])} ({est['runs_left']} runs left, "
-        f"{duration(est['work_s'])} of work, {est['concurrency']} at once)"
-    )
-
-
-def estimate_note(est: dict) -> list[str]:
-    """How the time left was estimated, in two indented lines."""
-    rates = ", ".join(f"{k} {v:.3g} s" for k, v in est["seconds_per_epoch"].items()) or "none"
-    first = f"  from the measured seconds per epoch: {rates}"
-    if est["runs_from_overall_mean"]:
-        first += f" (runs of other models: the mean, {est['overall_seconds_per_epoch']:.3g} s)"
-    second = f"  x epochs left, summed, / {est['concurrency']} at once ({est['concurrency_from']})"
-    second += "; never less than the longest run left"
-    return [first, second]
-
-
-def total_line(train: list[Run], search: list[Run], est: dict, grid: bool = True) -> str:
+def total_line(
+    train: list[RunStatus], search: list[RunStatus], est: dict, grid: bool = True
+) -> str:
     found = "" if grid else " found"
 
     def part(runs, label):
@@ -507,7 +415,7 @@ def main(argv=None) -> int:
             f"{p.prog}: error: results folder {results} does not exist ({given})", file=sys.stderr
         )
         return 2
-    runs = discover(results) if config is None else grid_runs(config, results)
+    runs = found_runs(results) if config is None else grid_runs(config, results)
 
     now = time.time()
     runs = [inspect(r, now) for r in runs]
@@ -529,7 +437,7 @@ def main(argv=None) -> int:
         }
         print(json.dumps(report, indent=2, default=str))
     else:
-        print(render(runs, est, results, source, args.all, grid=config is not None))
+        print(status_text(runs, est, results, source, args.all, grid=config is not None))
     return 0
 
 

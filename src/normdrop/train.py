@@ -1,7 +1,7 @@
-"""One training run of the study: `train(settings, data, device) -> RunResult`, and its CLI.
+"""One training run of the study: `train(settings, data, device) -> TrainingResult`, and its CLI.
 
     python -m normdrop.train --data resources/prepared/cifar10.pt --dataset cifar10 \
-        --model resnet20 --width 32 --norm batch --dropout 0.3 --seed 42 --lr 1e-3 \
+        --model resnet20 --width 32 --norm batch --dropout-rate 0.3 --seed 42 --lr 1e-3 \
         --out results/runs/cifar10/resnet20/bn_dropout/seed42
 
 The whole dataset lives on the run's device as uint8; shuffling, augmentation and normalization
@@ -25,12 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 import torch
-import torch.nn.functional as F
 
 from normdrop import layout, provenance
 from normdrop.checkpoints import (
     Checkpointer,
     History,
+    Resumable,
     first_line,
     load_checkpoint,
     move_aside,
@@ -48,6 +48,7 @@ from normdrop.data import (
     prepare_command,
     standardization,
 )
+from normdrop.evaluation import Inputs, train_split_accuracy, val_and_test
 from normdrop.execution import (
     Execution,
     capture_train_step,
@@ -60,12 +61,15 @@ from normdrop.execution import (
     use_deterministic_algorithms,
 )
 from normdrop.models import build_model, count_parameters
-from normdrop.storage import atomic_write_group
+from normdrop.outputs import steps_frame, write_outputs
+from normdrop.progress import epoch_line
 from normdrop.tracking import TensorBoardTracker, Tracker
 
 
 @dataclass
-class RunResult:
+class TrainingResult:
+    """What `train` returns; `write_outputs` (normdrop.outputs) turns it into the run's files."""
+
     steps: pd.DataFrame  # one row per optimizer step: epoch, step, loss
     epochs: pd.DataFrame  # one row per epoch (see `train`)
     status: str  # "completed" or "diverged"
@@ -78,31 +82,23 @@ class RunResult:
 
 
 # --------------------------------------------------------------------------- the run's parts
-@dataclass(frozen=True)
-class Inputs:
-    """How uint8 images become the model's input on the device, and the autocast they run under."""
-
-    scale: torch.Tensor  # (1, C, 1, 1): standardization, on the device
-    shift: torch.Tensor  # (1, C, 1, 1)
-    memory_format: torch.memory_format
-    bf16: bool
-
-
 def make_optimizer(model: torch.nn.Module, cfg: RunConfig, ex: Execution) -> torch.optim.Adam:
     """Adam with the settings' hyperparameters, fused and capturable as the execution needs."""
-    hyper = dict(lr=cfg.lr, betas=cfg.betas, eps=cfg.eps, weight_decay=cfg.weight_decay)
+    hyper = dict(lr=cfg.lr, betas=cfg.adam_betas, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
     return torch.optim.Adam(
         model.parameters(), **hyper, fused=ex.fused_adam or None, capturable=ex.cuda_graphs
     )
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig):
-    """The learning-rate schedule, stepped once per epoch: x gamma after each milestone
+    """The learning-rate schedule, stepped once per epoch: x lr_gamma after each milestone
     (MultiStepLR); with `warmup_epochs` w > 0, the rate of epoch e < w is first scaled by
     (e + 1) / (w + 1), a linear warm-up (docs/protocol.md)."""
     if cfg.warmup_epochs == 0:
-        return torch.optim.lr_scheduler.MultiStepLR(optimizer, list(cfg.milestones), cfg.gamma)
-    w, milestones, gamma = cfg.warmup_epochs, cfg.milestones, cfg.gamma
+        return torch.optim.lr_scheduler.MultiStepLR(
+            optimizer, list(cfg.lr_milestones), cfg.lr_gamma
+        )
+    w, milestones, gamma = cfg.warmup_epochs, cfg.lr_milestones, cfg.lr_gamma
 
     def factor(epoch: int) -> float:  # MultiStepLR's decay times the warm-up's ramp
         decay = gamma ** sum(m <= epoch for m in milestones)
@@ -112,22 +108,19 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig):
 
 
 @dataclass
-class _Run:
-    """One run's live objects, built by `_build_run` from the settings alone."""
+class RunObjects(Resumable):
+    """One run's live objects, built by `build_objects` from the settings alone: what its
+    checkpoint saves (checkpoints.Resumable) and the forward function."""
 
-    model: torch.nn.Module
     forward: object  # the model, or torch.compile(model)
-    optimizer: torch.optim.Adam
-    scheduler: object
-    gen: torch.Generator  # data order and augmentation, on the run's device
     param_count: int
 
 
-def _build_run(cfg: RunConfig, data: Prepared, device: torch.device, ex: Execution) -> _Run:
+def build_objects(cfg: RunConfig, data: Prepared, device, ex: Execution) -> RunObjects:
     """Model, optimizer, scheduler and data generator, seeded: the same objects on every call."""
     torch.manual_seed(cfg.seed)  # model initialization and dropout masks
     model = build_model(
-        cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout, cfg.init
+        cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout_rate, cfg.init
     )
     model = model.to(device, memory_format=ex.memory_format)
     param_count = count_parameters(model)
@@ -135,31 +128,13 @@ def _build_run(cfg: RunConfig, data: Prepared, device: torch.device, ex: Executi
     scheduler = make_scheduler(optimizer, cfg)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     forward = torch.compile(model) if cfg.compile else model
-    return _Run(model, forward, optimizer, scheduler, gen, param_count)
+    return RunObjects(model, optimizer, scheduler, gen, forward, param_count)
 
 
-# --------------------------------------------------------------------------- evaluation
-@torch.no_grad()
-def loss_and_accuracy(model, x_u8, y, *, inputs: Inputs, batch_size: int) -> tuple[float, float]:
-    """(mean cross-entropy, accuracy) of `model` over a whole split, in eval mode, in batches of
-    `batch_size`; x_u8 (N, C, H, W) uint8 and y (N,) int64 on the model's device."""
-    model.eval()
-    loss_sum = torch.zeros((), device=y.device)
-    correct = torch.zeros((), device=y.device, dtype=torch.long)
-    for i in range(0, len(y), batch_size):
-        x = normalize(x_u8[i : i + batch_size], inputs.scale, inputs.shift)
-        x = x.contiguous(memory_format=inputs.memory_format)
-        with torch.autocast(y.device.type, dtype=torch.bfloat16, enabled=inputs.bf16):
-            logits = model(x).float()
-        loss_sum += F.cross_entropy(logits, y[i : i + batch_size], reduction="sum")
-        correct += (logits.argmax(1) == y[i : i + batch_size]).sum()
-    return loss_sum.item() / len(y), correct.item() / len(y)
-
-
-def _start_or_resume(cfg, data, device, ex, checkpoint, log) -> tuple[_Run, History]:
+def _start_or_resume(cfg, data, device, ex, checkpoint, log) -> tuple[RunObjects, History]:
     """The run's objects, fresh or as `checkpoint` left them. A checkpoint that cannot be
     resumed here is moved aside with one line and the run starts over: never a crash loop."""
-    run = _build_run(cfg, data, device, ex)
+    run = build_objects(cfg, data, device, ex)
     ckpt = load_checkpoint(Path(checkpoint), cfg, log) if checkpoint else None
     if ckpt is None:
         return run, History()
@@ -168,7 +143,7 @@ def _start_or_resume(cfg, data, device, ex, checkpoint, log) -> tuple[_Run, Hist
     except (RuntimeError, ValueError, KeyError, TypeError, IndexError) as err:
         why = f"cannot be resumed ({type(err).__name__}: {first_line(err)})"
         move_aside(Path(checkpoint), why, log)
-        return _build_run(cfg, data, device, ex), History()
+        return build_objects(cfg, data, device, ex), History()
     log(f"resuming from {checkpoint}: epoch {history.start_epoch + 1}, step {ckpt['step']}")
     if history.resumes[-1].get("bitwise") is False:
         before = history.resumes[-1]["before"]
@@ -185,7 +160,7 @@ def train(
     log=print,
     progress=None,
     tracker: Tracker | None = None,
-) -> RunResult:
+) -> TrainingResult:
     """Train cfg.model on `data` for cfg.epochs epochs; resume from `checkpoint` if it exists.
 
     Per epoch it records: epoch (1-based), lr (the rate used during the epoch), train_loss_mean
@@ -226,11 +201,11 @@ def train(
         epoch_losses = losses.cpu()  # the epoch's one host sync
         history.step_losses.append(epoch_losses)
         finite = bool(torch.isfinite(epoch_losses).all())
-        scores = _val_and_test(run.model, data, inputs, cfg.eval_batch_size) if finite else {}
+        scores = val_and_test(run.model, data, inputs, cfg.eval_batch_size) if finite else {}
         row = _epoch_record(epoch, lr, epoch_losses, correct.item() / len(data.train_y), scores)
         row["wall_time_s"] = time.perf_counter() - t0
         history.epoch_rows.append(row)
-        log(_epoch_line(row, cfg.epochs))
+        log(epoch_line(row, cfg.epochs))
         if progress:
             progress(epoch + 1, cfg.epochs, row)
         if tracker:
@@ -243,11 +218,11 @@ def train(
 
     train_eval_acc = math.nan  # a diverged run is not evaluated
     if diverged_epoch is None:
-        train_eval_acc = _train_eval_acc(run.model, data, inputs, cfg.eval_batch_size)
+        train_eval_acc = train_split_accuracy(run.model, data, inputs, cfg.eval_batch_size)
     if tracker:
         tracker.finish(cfg.to_dict(), {**history.epoch_rows[-1], "train_eval_acc": train_eval_acc})
-    return RunResult(
-        steps=_steps_frame(history.step_losses),
+    return TrainingResult(
+        steps=steps_frame(history.step_losses),
         epochs=pd.DataFrame(history.epoch_rows),
         status="diverged" if diverged_epoch else "completed",
         diverged_epoch=diverged_epoch,
@@ -259,7 +234,7 @@ def train(
     )
 
 
-def _train_steps(run: _Run, ex: Execution, x_shape, device) -> tuple:
+def _train_steps(run: RunObjects, ex: Execution, x_shape, device) -> tuple:
     """(eager_step, graph_step, the lr tensors the graph reads): the training step, and under
     CUDA graphs its capture for full batches of `x_shape`; (eager_step, None, []) when eager. The
     last, smaller batch of an epoch always runs eagerly."""
@@ -307,22 +282,6 @@ def _train_epoch(epoch, run, data, *, inputs, cfg, history, saver, steps) -> tup
     return losses, correct
 
 
-def _val_and_test(model, data: Prepared, inputs: Inputs, batch_size: int) -> dict:
-    """Validation and test loss and accuracy, in eval mode."""
-    on = dict(inputs=inputs, batch_size=batch_size)
-    val_loss, val_acc = loss_and_accuracy(model, data.val_x, data.val_y, **on)
-    test_loss, test_acc = loss_and_accuracy(model, data.test_x, data.test_y, **on)
-    return dict(val_loss=val_loss, val_acc=val_acc, test_loss=test_loss, test_acc=test_acc)
-
-
-def _train_eval_acc(model, data: Prepared, inputs: Inputs, batch_size: int) -> float:
-    """Accuracy on the training split in eval mode, after the last epoch."""
-    _, acc = loss_and_accuracy(
-        model, data.train_x, data.train_y, inputs=inputs, batch_size=batch_size
-    )
-    return acc
-
-
 def _epoch_record(epoch, lr, epoch_losses, train_acc, scores) -> dict:
     """The epoch's row of epochs.parquet, wall_time_s to come; `scores` from `_val_and_test`,
     empty (NaN) when the epoch's loss was not finite, as nothing is evaluated then."""
@@ -336,61 +295,6 @@ def _epoch_record(epoch, lr, epoch_losses, train_acc, scores) -> dict:
     }
 
 
-def _epoch_line(r: dict, epochs: int) -> str:
-    return (
-        f"epoch {r['epoch']}/{epochs} lr {r['lr']:.2e} loss {r['train_loss_mean']:.4f} "
-        f"(sd {r['train_loss_sd']:.4f}) train {r['train_acc']:.4f} val {r['val_acc']:.4f} "
-        f"test {r['test_acc']:.4f} [{r['wall_time_s']:.1f}s]"
-    )
-
-
-def _steps_frame(step_losses: list[torch.Tensor]) -> pd.DataFrame:
-    """steps.parquet: one row per optimizer step, numbered from 1 over the whole run."""
-    losses_all = torch.cat(step_losses) if step_losses else torch.zeros(0)
-    return pd.DataFrame(
-        {
-            "epoch": [e + 1 for e, t in enumerate(step_losses) for _ in range(len(t))],
-            "step": range(1, len(losses_all) + 1),
-            "loss": losses_all.double().numpy(),
-        }
-    )
-
-
-def write_outputs(out: Path, cfg: RunConfig, result: RunResult, extra: dict) -> None:
-    """steps.parquet, epochs.parquet and meta.json, replaced together; meta.json (whose presence
-    marks a finished run) last. A failure while writing leaves the previous files untouched."""
-    out = Path(out)
-    meta = {
-        "settings": cfg.to_dict(),
-        "settings_hash": cfg.settings_hash(),
-        "dataset": cfg.dataset,
-        "model": cfg.model,
-        "variant": cfg.variant,
-        "seed": cfg.seed,
-        "lr": cfg.lr,
-        "status": result.status,
-        "diverged_epoch": result.diverged_epoch,
-        "train_eval_acc": result.train_eval_acc,
-        "param_count": result.param_count,
-        "wall_time_s": result.wall_time_s,
-        "resumes": result.resumes,
-        "execution": result.execution,
-        "git_revision": provenance.git_revision(),
-        "versions": provenance.library_versions(),
-        "finished_at": provenance.now(),
-        **provenance.machine(),
-        **extra,
-    }
-    text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
-    atomic_write_group(
-        {
-            out / "steps.parquet": lambda f: result.steps.to_parquet(f, index=False),
-            out / "epochs.parquet": lambda f: result.epochs.to_parquet(f, index=False),
-            out / "meta.json": lambda f: f.write(text.encode()),
-        }
-    )
-
-
 # --------------------------------------------------------------------------- CLI
 def _parser() -> argparse.ArgumentParser:
     p = OneLineErrorParser(
@@ -398,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n")[0],
         epilog="Example, with the data file prepared by hand first: "
         f"{prepare_command('synthetic', 'synthetic.pt')} && python -m normdrop.train --data "
-        "synthetic.pt --dataset synthetic --model cnn --width 8 --epochs 4 --milestones 3 "
+        "synthetic.pt --dataset synthetic --model cnn --width 8 --epochs 4 --lr-milestones 3 "
         "--out runs/cnn",
     )
     p.add_argument(
@@ -468,7 +372,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     settings = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)}
     if settings["variant"] is None:
-        settings["variant"] = layout.variant_name(settings["norm"], settings["dropout"])
+        settings["variant"] = layout.variant_name(settings["norm"], settings["dropout_rate"])
     extra = {"lr_source": "--lr"}
     if args.lr_from:
         try:
