@@ -13,11 +13,6 @@ show mean ± SD over seeds with single seeds as dots. Diverged runs: their curve
 diverged (marked x); they are left out of bars and points, which say "diverged" where no seed
 finished. LR milestones (the epochs where the rate drops) are dotted vertical lines.
 
-Colours are fixed per variant in every figure: the paper's four configurations (identified by
-their (norm, dropout) pair) always get the same four colours; other variants get further colours
-in their sort order. Every figure's size is fixed (FIG_SIZES, overview_size), so the PNG's pixel
-size is known in advance. Legends sit below the axes, never over data.
-
 CLI: python -m normdrop.plots --summary-dir D --out-dir F [--lr-milestones 50 75]
                               [--datasets ...] [--models ...]
 Without --lr-milestones the epochs where the logged learning rate drops are used.
