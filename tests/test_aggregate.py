@@ -41,7 +41,7 @@ def _set_revisions(results: Path, revision: str) -> None:
         ),
         (
             {"models": {"mlp": {"dropout_rate": 0.4}}},
-            "dropout: 0.5 on disk vs 0.4 in config",
+            "dropout_rate: 0.5 on disk vs 0.4 in config",
             lambda grid: [
                 *(f"runs/synthetic/mlp/{v}/seed{s}" for v in ["dropout", "bn_dropout"]
                   for s in grid.seeds),

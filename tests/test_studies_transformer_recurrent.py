@@ -149,7 +149,15 @@ def test_a_tiny_future_work_study_runs_end_to_end(
     effects = pd.read_csv(results / "tables" / "study_effects.csv")
     h3x = effects[effects["effect"].str.startswith("H3x")]
     assert len(h3x) == norms - 1 and set(h3x["value"]) != {0.0}  # one row per norm, at "on"
-    assert effects["estimate"].notna().all() and effects["n_min"].eq(2).all()
+    other = effects[effects["metric"].ne("convergence_epoch")]
+    assert other["estimate"].notna().all() and other["n_min"].eq(2).all()
+    # A tiny run may stay at chance: it gets no convergence epoch (docs/protocol.md, "did not
+    # learn"), and an effect on convergence without two learned seeds a side says why.
+    conv = effects[effects["metric"].eq("convergence_epoch")]
+    explained = conv["verdict"].str.contains("did not learn|too few seeds", regex=True)
+    assert (conv["n_min"].eq(2) | explained).all(), conv
+    if runs["learned"].all():
+        assert conv["estimate"].notna().all() and conv["n_min"].eq(2).all()
     # The warm-up reached the runs: it is part of each run's recorded settings.
     meta = next((results / "runs").rglob("meta.json")).read_text()
     assert f'"warmup_epochs": {warmup}' in meta
