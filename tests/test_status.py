@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from normdrop.checkpoints import CheckpointSummary, read_summary
+from normdrop.checkpoints import CheckpointSummary, read_checkpoint_summary
 from normdrop.data import load_prepared
 from normdrop.status import main
 from normdrop.train import train
@@ -307,19 +307,19 @@ def test_checkpoint_mid_epoch_counts_the_steps_done(tmp_path, real_checkpoint):
     path = tmp_path / "run.ckpt"
     mid = {"step": 3, "tensors": [torch.arange(270), torch.zeros(9), torch.tensor(0)]}
     torch.save({**real_checkpoint, "epoch": 1, "mid_epoch": mid, "elapsed": 8.0}, path)
-    got = read_summary(path)
+    got = read_checkpoint_summary(path)
     assert got.done == pytest.approx(1 + 3 / 9) and got.elapsed_s == 8.0 and got.problem is None
     assert got.settings["epochs"] == 6
     path.write_bytes(path.read_bytes()[:1000])  # truncated: said so, not a crash
-    got = read_summary(path)
+    got = read_checkpoint_summary(path)
     assert got.done is None and got.problem.startswith("unreadable ("), got
-    assert read_summary(tmp_path / "absent.ckpt") is None
+    assert read_checkpoint_summary(tmp_path / "absent.ckpt") is None
 
 
 def test_a_checkpoint_of_another_format_is_reported_as_such(tree, real_checkpoint):
     ckpt = tree / "results/demo/scratch/runs/synthetic/cnn/none/seed42.ckpt"
     torch.save({**real_checkpoint, "format": 2}, ckpt)
-    assert read_summary(ckpt) == CheckpointSummary(problem="format 2, not 1")
+    assert read_checkpoint_summary(ckpt) == CheckpointSummary(problem="format 2, not 1")
     report = status_json("--results", tree / "results/demo", cwd=tree)
     run = next(r for r in report["runs"] if r["name"] == "synthetic/cnn/none/seed42")
     assert run["checkpoint_problem"] == "format 2, not 1" and run["done"] == 2  # from its log

@@ -5,9 +5,10 @@ read or resumed, is moved aside (never deleted) and the run starts over; one wri
 device type or under another execution resumes, marked "not bitwise" in its resume entry.
 
 The file format is this module's: `Checkpointer.save` writes it, `load_checkpoint` and `resume`
-read it for training, and `read_summary` gives the status command what it needs (progress,
-elapsed time, settings) as a `CheckpointSummary`. torch is imported inside the functions that
-use it, not at the top: the status command imports this module where torch may be absent.
+read it for training, and `read_checkpoint_summary` gives the status command what it needs
+(progress, elapsed time, settings) as a `CheckpointSummary`. torch is imported inside the
+functions that use it, not at the top: the status command imports this module where torch may
+be absent.
 """
 
 from __future__ import annotations
@@ -257,7 +258,7 @@ class CheckpointSummary:
     problem: str | None = None
 
 
-def read_summary(path: Path) -> CheckpointSummary | None:
+def read_checkpoint_summary(path: Path) -> CheckpointSummary | None:
     """The summary of the checkpoint at `path`; None when there is no file. A checkpoint being
     replaced, of another format, refused by weights_only, or unreadable because torch is not
     installed gives a summary whose `problem` says so (never an exception): the run's state then

@@ -38,7 +38,7 @@ from pathlib import Path
 import pandas as pd
 
 from normdrop import layout
-from normdrop.checkpoints import read_summary
+from normdrop.checkpoints import read_checkpoint_summary
 from normdrop.config import ConfigError, current_names
 from normdrop.progress import parse_epoch_line
 from normdrop.time_left import duration, estimate, estimate_note, time_left_line
@@ -181,7 +181,7 @@ def inspect(run: RunStatus, now: float) -> RunStatus:
             pass
         return run
 
-    ckpt, log = read_summary(paths["checkpoint"]), read_log(paths["log"])
+    ckpt, log = read_checkpoint_summary(paths["checkpoint"]), read_log(paths["log"])
     if ckpt is not None and ckpt.problem:  # its state then comes from the log
         run.checkpoint_problem = ckpt.problem
     elif ckpt is not None:
