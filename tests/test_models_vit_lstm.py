@@ -198,3 +198,42 @@ def test_the_vits_group_norm_keeps_at_least_four_features_per_group():
     assert [m.num_groups for m in cnn.modules() if isinstance(m, nn.GroupNorm)][:2] == [8, 16]
     x = torch.randn(4, *CIFAR)
     assert vit.norm(vit.embed(x).flatten(2).transpose(1, 2)).std() > 0.5
+
+
+def blank_topped_images(n: int = 128, side: int = 6, blank: int = 3, classes: int = 4):
+    """Images whose first `blank` rows are one constant for every image (as a handwritten
+    digit's blank top rows after standardization) and whose other rows tell the class."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % classes
+    prototypes = torch.randn(classes, side - blank, side, generator=g)
+    x = torch.full((n, 1, side, side), -0.42)  # (0 - MNIST's mean) / its SD
+    x[:, 0, blank:] = prototypes[y] + 0.8 * torch.randn(n, side - blank, side, generator=g)
+    return x, y
+
+
+def test_batch_norm_lstm_evaluates_as_it_trains_when_first_steps_are_constant():
+    # Issue 24: at the blank first rows W_x x and W_h h are the same for every image, the batch
+    # variance is 0 and training normalizes them to 0; evaluation divided the running mean's lag
+    # behind that drifting constant by sqrt(eps) and fell to chance (25% here before the fix,
+    # against 88% in training mode). StepBatchNorm now treats such a feature as constant.
+    x, y = blank_topped_images()
+    torch.manual_seed(2)
+    model = build_model("lstm", (1, 6, 6), 4, 8, "batch")
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(30):
+        idx = torch.randperm(len(y))[:32]
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        model.train()  # batch statistics, batches of 32 as in training
+        train_acc = sum((model(xb).argmax(1) == yb).sum() for xb, yb in
+                        zip(x.split(32), y.split(32), strict=True)).item() / len(y)  # fmt: skip
+        model.eval()
+        eval_acc = (model(x).argmax(1) == y).float().mean().item()
+    assert train_acc > 0.6  # it learned
+    assert abs(eval_acc - train_acc) < 0.06, (train_acc, eval_acc)
+    norm_x = model.rnn[0].norm_x
+    assert (norm_x.running_var[0] < norm_x.CONSTANT_VAR).all()  # step 0: constant, seen so
+    assert (norm_x.running_var[-1] > norm_x.CONSTANT_VAR).all()  # the last: varied

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normdrop.models.norms import block, dropout_layer, he_init_
@@ -16,7 +15,19 @@ class StepBatchNorm(nn.Module):
     """Recurrent BatchNorm (Cooijmans et al. 2016): batch statistics per time step, running
     averages kept per step for evaluation, one gain (init `gain`, 0.1 in the paper, so that
     the gates do not saturate) and optionally one shift shared over the steps. Hand-written:
-    nn.BatchNorm1d keeps one set of running statistics."""
+    nn.BatchNorm1d keeps one set of running statistics.
+
+    A feature that is constant across the batch at a step (blank first rows: W_x x and W_h h
+    are then the same for every image) has batch variance 0 and is normalized to 0 in training.
+    Evaluation does the same (docs/protocol.md, "BN-LSTM evaluation"): where the running
+    variance is below `CONSTANT_VAR` the feature counts as constant and is normalized to 0,
+    instead of dividing the running mean's lag behind the drifting constant by sqrt(eps). For
+    that the running averages start from the first batch's statistics (momentum max(0.1,
+    1 / k) at the k-th update, as a cumulative average until the EMA takes over), not from 1."""
+
+    EPS = 1e-5  # nn.BatchNorm1d's
+    CONSTANT_VAR = 1e-7  # eps / 100: such a feature is at most 0.1 x z in training
+    MOMENTUM = 0.1
 
     def __init__(self, features: int, steps: int, gain: float, shift: bool):
         super().__init__()
@@ -24,17 +35,26 @@ class StepBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(features)) if shift else None
         self.register_buffer("running_mean", torch.zeros(steps, features))
         self.register_buffer("running_var", torch.ones(steps, features))
+        self.register_buffer("updates", torch.zeros(steps))  # per step: batches seen
 
     def forward(self, x, step: int | None = None):
-        # x: (N, F) at time `step`, or (N, T, F) for all steps at once.
-        if step is None:
-            mean, var = self.running_mean.view(-1), self.running_var.view(-1)
-            flat = x.reshape(len(x), -1)
-            out = F.batch_norm(flat, mean, var, None, None, self.training, 0.1, 1e-5)
-            out = out.view_as(x) * self.weight
+        # x: (N, F) at time `step`, or (N, T, F) for all steps at once (statistics per step).
+        steps = slice(None) if step is None else step
+        mean, var = self.running_mean[steps], self.running_var[steps]
+        if self.training:
+            batch_var, batch_mean = torch.var_mean(x, 0, unbiased=False)
+            with torch.no_grad():
+                n = self.updates[steps]
+                momentum = torch.clamp(1 / (n + 1), min=self.MOMENTUM).unsqueeze(-1)
+                unbiased = batch_var * (len(x) / max(len(x) - 1, 1))
+                mean.lerp_(batch_mean, momentum)  # views of the buffers: updated in place
+                var.lerp_(unbiased, momentum)
+                self.updates[steps] += 1
+            out = (x - batch_mean) * torch.rsqrt(batch_var + self.EPS)
         else:
-            out = F.batch_norm(x, self.running_mean[step], self.running_var[step],
-                               self.weight, None, self.training, 0.1, 1e-5)  # fmt: skip
+            scale = torch.rsqrt(var + self.EPS) * (var >= self.CONSTANT_VAR)
+            out = (x - mean) * scale
+        out = out * self.weight
         return out + self.bias if self.bias is not None else out
 
 
