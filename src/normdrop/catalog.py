@@ -102,6 +102,9 @@ def prepared_key(name, val_fraction, split_seed, synthetic: dict | None = None) 
 
 NORMS = ("none", "batch", "group", "layer", "rms")
 INITS = ("stable", "he")
+# How the LSTM reads an image (docs/protocol.md): a row per step, a pixel per step, or the pixels
+# in a fixed random order (permuted pixel MNIST, Le et al. 2015; Cooijmans et al. 2016).
+LSTM_INPUTS = ("rows", "pixels", "permuted_pixels")
 # The norms each model accepts. RMSNorm (nn.RMSNorm) normalizes a feature vector: it fits the
 # MLP's hidden layers and the transformer's tokens; for conv maps torch has no channel-wise
 # RMSNorm (it would be hand-written), and the LSTM takes the two norms of its literature.

@@ -108,6 +108,9 @@ class NormLSTMLayer(nn.Module):
 class LSTMClassifier(nn.Module):
     """2-layer LSTM reading an image row by row (MNIST: 28 steps of 28 values; CIFAR: 32 steps
     of 3 x 32 = 96), dropout between the layers and before the linear head on the last state.
+    `lstm_input` "pixels" reads one pixel (its C values) per step in raster order (MNIST: 784
+    steps, Cooijmans et al. 2016's sequential MNIST), "permuted_pixels" the pixels in a fixed
+    random order drawn from `permutation_seed` (their permuted MNIST).
 
     At width (hidden units) 256 without a norm it has 891,402 parameters on CIFAR-10 and
     821,770 on MNIST. norm "none" is nn.LSTM (cuDNN on a GPU); "layer" and "batch" are
@@ -116,10 +119,20 @@ class LSTMClassifier(nn.Module):
     """
 
     def __init__(self, in_shape, num_classes, width=256, norm="none", dropout_rate=0.0,
-                 init="stable", layers=2):  # fmt: skip
+                 init="stable", layers=2, lstm_input="rows", permutation_seed=0):  # fmt: skip
         super().__init__()
         channels, height, wide = in_shape
-        inputs = channels * wide  # one row of every channel per step
+        self.lstm_input = lstm_input
+        # rows: one row of every channel per step; pixels: one pixel of every channel per step
+        steps, inputs = (
+            (height, channels * wide) if lstm_input == "rows" else (height * wide, channels)
+        )
+        order = torch.arange(height * wide)
+        if lstm_input == "permuted_pixels":  # fixed by its seed, not by the run's
+            order = torch.randperm(
+                height * wide, generator=torch.Generator().manual_seed(permutation_seed)
+            )
+        self.register_buffer("order", order, persistent=False)  # rebuilt from the settings
         if norm == "none":
             self.rnn = nn.LSTM(inputs, width, layers, batch_first=True, dropout=dropout_rate)
         else:
@@ -127,22 +140,30 @@ class LSTMClassifier(nn.Module):
             for i in range(layers):
                 stack += block(
                     dropout_layer(dropout_rate) if i > 0 else None,
-                    NormLSTMLayer(inputs if i == 0 else width, width, height, norm),
+                    NormLSTMLayer(inputs if i == 0 else width, width, steps, norm),
                 )
             self.rnn = nn.Sequential(*stack)
         self.drop = dropout_layer(dropout_rate) or nn.Identity()
         self.head = nn.Linear(width, num_classes)
         if init == "he":
+            # He's init for every input and recurrent weight, nn.LSTM's included, so that "he"
+            # means one thing whatever the norm (the hand-written cells hold them as nn.Linear).
             he_init_(self)
+            for name, weight in self.rnn.named_parameters():
+                if name.startswith("weight_"):  # nn.LSTM's weight_ih_l*, weight_hh_l*
+                    nn.init.kaiming_normal_(weight)
         # "stable": h_t lies in (-1, 1) and the head has nn.Linear's default init, so the first
         # logits are small for every norm (tests/test_models.py checks it).
 
     def forward(self, x):
         n, c, height, wide = x.shape
-        rows = x.permute(0, 2, 1, 3).reshape(n, height, c * wide)  # (N, T = H, C x W)
+        if self.lstm_input == "rows":
+            seq = x.permute(0, 2, 1, 3).reshape(n, height, c * wide)  # (N, T = H, C x W)
+        else:
+            seq = x.flatten(2).transpose(1, 2)[:, self.order]  # (N, T = H x W, C)
         # The recurrence in fp32 for every norm, as cuDNN's nn.LSTM runs it under bf16 autocast:
         # precision not confounded with the norm (docs/protocol.md); the head stays autocast.
         with torch.autocast(x.device.type, enabled=False):
-            out = self.rnn(rows.float())
+            out = self.rnn(seq.float())
         out = out[0] if isinstance(out, tuple) else out  # nn.LSTM returns (output, (h, c))
         return self.head(self.drop(out[:, -1]))
