@@ -217,6 +217,9 @@ METRICS = {m.column: m for m in (
 # fmt: on
 PLOTTED_METRICS = ("loss_sd", "convergence_epoch", "final_test_acc", "gen_gap")  # metrics figure
 STUDY_METRICS = ("final_test_acc", "gen_gap", "loss_sd", "convergence_epoch")  # study panels
+# What a study effect may test: the panels' metrics and the loss SD over epochs 2+ (H1a beside
+# H1a on loss_sd, as the paper grid's H1a2: docs/protocol.md, "Loss SD is sensitive ...").
+EFFECT_METRICS = (*STUDY_METRICS, "loss_sd_late")
 UNIT_ABBREVIATIONS = {"points": "pts", "epochs": "ep", "": ""}
 STUDY_AXES = ("batch_size", "dropout_rate", "depth")
 
