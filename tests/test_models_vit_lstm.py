@@ -58,10 +58,16 @@ def test_norm_and_dropout_switches(name, norm, dropout):
             assert bool(kinds & set(classes)) == (other == norm), other
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     if name == "vit":
-        # One residual-branch dropout per block (after attention and after the MLP), and the
-        # attention weights' dropout at the same rate.
-        assert len(drops) == (6 if dropout else 0)
+        # As the original ViT: after adding the position embedding; per block one residual-
+        # branch dropout (after attention and after the MLP) and one after the MLP's GELU; and
+        # the attention weights' dropout at the same rate.
+        assert len(drops) == (1 + 6 * 2 if dropout else 0)
         assert {b.attn.dropout_rate for b in model.blocks} == {dropout}
+        if dropout:
+            assert isinstance(model.pos_drop, nn.Dropout)
+            for b in model.blocks:
+                assert [type(m) for m in b.mlp] == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear]
+                assert isinstance(b.drop, nn.Dropout)
     else:
         # Between the two layers and before the head (nn.LSTM holds the first as its `dropout`).
         between = model.rnn.dropout if norm == "none" else sum(
