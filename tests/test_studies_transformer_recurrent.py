@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from normdrop.catalog import study_paths
-from normdrop.config import ConfigError, run_config
+from normdrop.config import ConfigError, run_config, search_config
 from normdrop.grid import grid_cells, grid_config
 from normdrop.workflow_config import deep_merge
 from normdrop.workflow_config import validate_workflow_config as validate
@@ -72,6 +72,11 @@ def test_the_studies_ask_their_question_of_the_new_models():
         "group",
     }
     assert grid["train"]["warmup_epochs"] == 5  # the transformer's warm-up (docs/protocol.md)
+    # The search keeps the warm-up's share of the run: 5 of 100 epochs -> 1 of its 10.
+    assert search_config(grid, "cifar10", "vit", "layernorm_p0.1", 1e-3).warmup_epochs == 1
+    assert run_config(grid, "cifar10", "vit", "layernorm_p0.1", 42).warmup_epochs == 5
+    short = deep_merge(grid, {"train": {"epochs": 12, "warmup_epochs": 11}})
+    assert search_config(short, "cifar10", "vit", "layernorm_p0.1", 1e-3).warmup_epochs == 9
     grid = grid_config(deep_merge(PAPER, study("recurrent")))
     assert grid_cells(grid) == [("mnist", "lstm"), ("cifar10", "lstm")]
     assert sorted(grid["variants"]) == [
