@@ -299,13 +299,21 @@ class RunConfig:
         }
         # Settings added later are left out at their defaults, so that the runs made before
         # them keep their hash; the permutation's seed only counts for permuted pixels.
-        defaults = {"warmup_epochs": 0, "grad_clip_norm": 0.0, "lstm_input": "rows"}
-        for key, default in defaults.items():
-            if d[key] == default:
+        for key, default in RUN_DEFAULTS.items():
+            if d[key] == default and key != "permutation_seed":
                 del d[key]
         if d.get("lstm_input") != "permuted_pixels":
             del d["permutation_seed"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The settings a run recorded before they existed had these values (settings_hash agrees).
+RUN_DEFAULTS = {
+    "warmup_epochs": 0,
+    "grad_clip_norm": 0.0,
+    "lstm_input": "rows",
+    "permutation_seed": 0,
+}
 
 
 def _is_instance(value, hint) -> bool:
@@ -408,6 +416,7 @@ def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
 
 __all__ = [
     "LEGACY_NAMES",
+    "RUN_DEFAULTS",
     "ConfigError",
     "RunConfig",
     "current_names",
