@@ -5,6 +5,7 @@ meta.json; the accounting block on the CPU."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import time
@@ -14,8 +15,11 @@ import pytest
 import torch
 
 from normdrop import attempts as attempts_mod
+from normdrop import layout
+from normdrop.aggregate import run_row
 from normdrop.attempts import EXIT_PREEMPTED, AttemptLog, StopSignals
 from normdrop.data import data_sha256
+from normdrop.lr_search import candidate_row, load_run
 from normdrop.train import main
 
 # train_args: 2 epochs of 270 / 64 -> 5 steps each. The signal comes after step 7 of 10: epoch 2,
@@ -62,6 +66,15 @@ def test_sigterm_mid_epoch_checkpoints_after_the_step_and_resumes_bitwise(
         "git_dirty": meta["git_revision"].endswith("-dirty"),
     }
     assert not ckpt.exists() and not AttemptLog(ckpt).path.exists()  # gone with the outputs
+
+    # the summary's compute: both attempts, in runs.parquet and lr_search.parquet rows
+    total = sum(a["wall_time_s"] for a in meta["attempts"])
+    spec = layout.RunSpec("train", "synthetic", "mlp", "none", "42")
+    variant = {"norm": "none", "dropout": False}
+    assert run_row(spec, *load_run(out), variant, 0.9, 4)["compute_s"] == total
+    assert candidate_row(*load_run(out))["compute_s"] == total
+    meta.pop("attempts")  # a run recorded before attempts were: unknown
+    assert math.isnan(candidate_row(meta, pd.read_parquet(out / "epochs.parquet"))["compute_s"])
 
 
 def test_sigusr1_stops_too(tmp_path, tiny_data, train_args, monkeypatch):
