@@ -249,8 +249,8 @@ def _checkpoint(workdir: Path, run: tuple) -> Path:
     return Path(layout.checkpoint(workdir / "results", "train", **keys))
 
 
-def _demo(workdir: Path, slurm: bool) -> _Snakemake:
-    """Start the demo workflow for DEMO_RUNS in `workdir`, through the SLURM profile or locally.
+def _demo(workdir: Path, slurm: bool, runs=DEMO_RUNS) -> _Snakemake:
+    """Start the demo workflow for `runs` in `workdir`, through the SLURM profile or locally.
     Its config: config.yaml + demo.yaml + results under `workdir`, EPOCHS epochs, one seed, one
     learning-rate candidate."""
     config = workdir / "test.yaml"
@@ -278,12 +278,13 @@ def _demo(workdir: Path, slurm: bool) -> _Snakemake:
         str(workdir),
     ]
     cmd += ["--workflow-profile", str(PROFILE), *FAST_STATUS] if slurm else ["--cores", "2"]
-    cmd += [str(_run_dir(workdir, run) / "meta.json") for run in DEMO_RUNS]
+    cmd += [str(_run_dir(workdir, run) / "meta.json") for run in runs]
     return _Snakemake(cmd, workdir, "snakemake.out")
 
 
-def _cancel_mid_run(workdir: Path, run: tuple, on_slurm: _Snakemake) -> str | None:
-    """scancel the training job of `run` once it runs and has a checkpoint; its job id."""
+def _cancel_mid_run(workdir: Path, run: tuple, on_slurm: _Snakemake, *how) -> str | None:
+    """scancel (with `how`, e.g. --signal=TERM) the training job of `run` once it runs and has a
+    checkpoint; its job id."""
     dataset, model, variant, seed = run
     comment = f"rule_train_wildcards_{dataset}_{model}_{variant}_{seed}"
     ckpt = _checkpoint(workdir, run)
@@ -298,7 +299,7 @@ def _cancel_mid_run(workdir: Path, run: tuple, on_slurm: _Snakemake) -> str | No
         for line in r.stdout.splitlines():
             job_id, job_comment = line.split("|", 1)
             if job_comment.strip() == comment and ckpt.exists():  # it trained >= 1 epoch
-                subprocess.run(["scancel", job_id], check=True, timeout=30)
+                subprocess.run(["scancel", *how, job_id], check=True, timeout=30)
                 return job_id
         time.sleep(0.2)
     return None
@@ -408,3 +409,46 @@ def test_demo_on_slurm_matches_a_local_run(demo):
         assert meta["resumes"] == []
     for run in DEMO_RUNS:
         _assert_same_metrics(_run_dir(demo["slurm"], run), _run_dir(demo["local"], run))
+
+
+# --------------------------------------------------------------------------------------------
+# A time limit's signal: `scancel --signal=TERM` (what `--signal=TERM@<s>` in the profile has
+# SLURM send ahead of the limit) to a running training job. The run checkpoints after its step
+# and exits 75, the job fails and is submitted again (`retries`), and the run resumes: its
+# per-step losses equal those of the same run through the local executor, run meanwhile.
+
+TERM_RUN = ("synthetic", "mlp", "bn", 42)
+
+
+def test_sigterm_to_a_training_job_checkpoints_and_the_retry_resumes_exactly(
+    cluster, tmp_path_factory
+):
+    slurm_dir, local_dir = (tmp_path_factory.mktemp(n) for n in ("term_slurm", "term_local"))
+    on_slurm = _demo(slurm_dir, slurm=True, runs=[TERM_RUN])
+    local = _demo(local_dir, slurm=False, runs=[TERM_RUN])
+    try:
+        signalled = _cancel_mid_run(slurm_dir, TERM_RUN, on_slurm, "--signal=TERM")
+        local.wait(300)
+        out = on_slurm.wait(300)
+    finally:
+        on_slurm.kill()
+        local.kill()
+    assert signalled, f"never saw the training job of {TERM_RUN} running with a checkpoint"
+    assert f"SLURM-job '{signalled}' failed" in out, out[-4000:]  # and submitted again:
+    assert len(_submitted_ids(out)) == 3, out[-4000:]  # search, training, its retry
+    assert _job_field(_scontrol_job(signalled), "JobState") == "FAILED"  # exit 75, not killed
+    run = _run_dir(slurm_dir, TERM_RUN)
+    meta = json.loads((run / "meta.json").read_text())
+    attempts = meta["attempts"]
+    assert [a["outcome"] for a in attempts] == ["preempted", "finished"], attempts
+    assert attempts[0]["slurm_job_id"] == signalled, (attempts, signalled)
+    assert attempts[1]["slurm_job_id"] == meta["slurm_job_id"] != signalled
+    assert meta["resumes"] and meta["resumes"][0]["step"] >= 0, meta["resumes"]
+    dataset, model, variant, seed = TERM_RUN
+    keys = dict(dataset=dataset, model=model, variant=variant, seed=seed)
+    log = Path(layout.run_log(slurm_dir / "results", "train", **keys)).read_text()
+    stopped = [line for line in log.splitlines() if "stopped on" in line]
+    assert stopped and "SIGTERM" in stopped[0] and "exit 75" in stopped[0], stopped
+    reference = pd.read_parquet(_run_dir(local_dir, TERM_RUN) / "steps.parquet")
+    pd.testing.assert_frame_equal(pd.read_parquet(run / "steps.parquet"), reference)
+    assert len(reference) > EPOCHS, "fewer steps than epochs"
