@@ -195,10 +195,12 @@ class AttemptLog:
         self.path.unlink(missing_ok=True)
 
 
-def compute_s(attempts: list[dict] | None) -> float:
-    """Seconds of all attempts (killed ones as far as known); NaN without any record."""
+def compute_s(attempts: list[dict] | None, unknown=None) -> float | None:
+    """Seconds of all attempts (killed ones as far as known); `unknown` without any record (a
+    run from before attempts were recorded). None by default: selected.json holds it, and JSON
+    has no NaN that compares equal to itself."""
     if not attempts:
-        return float("nan")
+        return unknown
     return float(sum(a.get("wall_time_s") or 0.0 for a in attempts))
 
 

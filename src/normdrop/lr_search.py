@@ -40,7 +40,7 @@ def candidate_row(meta: dict, epochs: pd.DataFrame) -> dict:
         "lr": meta["lr"],
         "status": meta["status"],
         "best_val_acc": float(best) if pd.notna(best) else math.nan,
-        "compute_s": compute_s(meta.get("attempts")),  # all its attempts; NaN: not recorded
+        "compute_s": compute_s(meta.get("attempts")),  # all its attempts; None: not recorded
     }
 
 
