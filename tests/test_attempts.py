@@ -32,6 +32,7 @@ def _steps(folder):
     return pd.read_parquet(folder / "steps.parquet")
 
 
+@pytest.mark.slow  # three runs: 4 to 13 s on 2 shared cores
 def test_sigterm_mid_epoch_checkpoints_after_the_step_and_resumes_bitwise(
     tmp_path, tiny_data, train_args, monkeypatch
 ):
@@ -124,3 +125,19 @@ def test_stop_signals_only_record_while_entered():
             time.sleep(0.01)
         assert stop.after_step() and stop.requested == "SIGTERM"
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_accounting_on_a_gpu_with_fakes(monkeypatch, tmp_path):
+    """The CUDA branch on the CPU: name and peak memory from torch.cuda, the driver from
+    nvidia-smi (a fake on PATH), None where there is no nvidia-smi."""
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device: "NVIDIA H200")
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 123_456)
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 550.54.15\necho 550.54.15\n")  # one line per GPU
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(tmp_path))
+    got = attempts_mod.accounting(torch.device("cuda", 0), "ab12")
+    assert got["gpu_name"] == "NVIDIA H200" and got["gpu_driver"] == "550.54.15"
+    assert got["peak_device_memory_bytes"] == 123_456 and got["data_sha256"] == "ab12"
+    smi.unlink()
+    assert attempts_mod.accounting(torch.device("cuda", 0), "ab12")["gpu_driver"] is None
