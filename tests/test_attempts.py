@@ -98,7 +98,8 @@ def test_an_attempt_without_an_ending_was_killed(tmp_path):
     os.utime(ckpt, (t + 5, t + 5))  # its last checkpoint: 5 s after it started
 
     later = AttemptLog(ckpt)
-    later.start()
+    later.start()  # records the earlier one as killed, with what its checkpoint tells
+    ckpt.write_bytes(b"")  # the new attempt's checkpoint replaces that one
     got = later.attempts(current_outcome="finished")
     assert [a["outcome"] for a in got] == ["killed", "finished"]
     killed = got[0]

@@ -7,6 +7,8 @@ its outcome when it ends. An attempt found without an ending by the next one was
 (SIGKILL, out of memory, a node lost); its wall time is then known only as a lower bound (up to
 the last checkpoint it wrote, `wall_time_at_least: true`) or not at all (null). meta.json gets
 the list (`attempts`); the log goes with the checkpoint once the run's outputs are written.
+An attempt's wall time runs from just before training (the data loaded, a GPU leased) to its
+end: Python's start-up (a few seconds) and the wait for a free GPU are not in it.
 
 Outcomes: "finished" (the run wrote its outputs; a diverged run too), "preempted" (stopped on
 SIGTERM or SIGUSR1 after a step, its checkpoint written), "failed" (an error), "killed".
@@ -119,6 +121,11 @@ class AttemptLog:
             os.fsync(f.fileno())
 
     def start(self) -> None:
+        """Begins an attempt; an earlier one without an ending gets one now: killed, its wall
+        time at least up to the checkpoint it wrote last (known only now: this attempt's
+        checkpoints replace that file)."""
+        for killed in self._read(killed_only=True):
+            self._append({"event": "ended", **killed})
         started_at, t = _now()
         self._t0 = time.monotonic()
         self.current = {
@@ -144,10 +151,9 @@ class AttemptLog:
             "outcome": outcome,
         }
 
-    def attempts(self, current_outcome: str | None = None) -> list[dict]:
-        """Every attempt of the run, oldest first, as meta.json lists them; the current one
-        with `current_outcome` as its ending if given (meta.json is written before the log's
-        "ended" line, so that the outputs hold the attempt that wrote them)."""
+    def _read(self, killed_only: bool = False) -> list[dict]:
+        """The log's attempts, oldest first: {"id", "start", "end"} (the "ended" line, or for
+        one without, a killed ending); with `killed_only`, only those endings."""
         started: dict[str, dict] = {}
         ended: dict[str, dict] = {}
         for line in self.path.read_text().splitlines() if self.path.exists() else []:
@@ -156,22 +162,31 @@ class AttemptLog:
             except ValueError:  # a line cut short by a kill mid-write
                 continue
             (started if entry.get("event") == "started" else ended)[entry.get("id")] = entry
-        if current_outcome is not None:
-            ended[self.current["id"]] = self._ending(current_outcome)
         ckpt_time = self.checkpoint.stat().st_mtime if self.checkpoint.exists() else None
-        out, ids = [], list(started)
+        out, killed, starts = [], [], [s["start_time"] for s in started.values()] + [None]
         for i, (key, s) in enumerate(started.items()):
-            attempt = {k: s.get(k) for k in ("started_at", "host", "slurm_job_id")}
-            if key in ended:
-                e = ended[key]
-                attempt.update(ended_at=e["ended_at"], wall_time_s=e["wall_time_s"])
-                attempt["outcome"] = e["outcome"]
-            else:  # never ended: killed; its wall time at least up to its last checkpoint
-                next_start = started[ids[i + 1]]["start_time"] if i + 1 < len(ids) else None
+            if key not in ended:  # never ended: killed; at least up to its last checkpoint
                 wrote = ckpt_time is not None and ckpt_time > s["start_time"]
-                wrote = wrote and (next_start is None or ckpt_time < next_start)
+                wrote = wrote and (starts[i + 1] is None or ckpt_time < starts[i + 1])
                 wall = round(ckpt_time - s["start_time"], 3) if wrote else None
-                attempt.update(ended_at=None, wall_time_s=wall, outcome="killed")
+                ended[key] = {"id": key, "ended_at": None, "wall_time_s": wall, "outcome": "killed"}
+                ended[key]["wall_time_at_least"] = True
+                killed.append(ended[key])
+            out.append({"id": key, "start": s, "end": ended[key]})
+        return killed if killed_only else out
+
+    def attempts(self, current_outcome: str | None = None) -> list[dict]:
+        """Every attempt of the run, oldest first, as meta.json lists them; the current one
+        with `current_outcome` as its ending if given (meta.json is written before the log's
+        "ended" line, so that the outputs hold the attempt that wrote them)."""
+        out = []
+        for a in self._read():
+            end = a["end"]
+            if current_outcome is not None and a["id"] == self.current["id"]:
+                end = self._ending(current_outcome)
+            attempt = {k: a["start"].get(k) for k in ("started_at", "host", "slurm_job_id")}
+            attempt.update({k: end[k] for k in ("ended_at", "wall_time_s", "outcome")})
+            if end.get("wall_time_at_least"):
                 attempt["wall_time_at_least"] = True
             out.append(attempt)
         return out
