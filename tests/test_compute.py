@@ -38,7 +38,7 @@ def test_compute_sums_every_attempt_and_falls_back_to_wall_time(results):
     assert sorted(train["compute_s"]) == [60.0] + [90.0] * 7  # the older run: its wall_time_s
     assert metas.loc[metas["kind"] == "lr_search", "compute_s"].item() == 60.0  # not 999
     rows = {r[0]: r for r in compute.compute_table(metas).rows}
-    # total: 60 + 7 x 90 + 60 = 750 s, shown in hours; attempts 7 x 2 + 2; not finished 7 killed + 1 preempted
+    # total: 60 + 7 x 90 + 60 = 750 s (in hours); attempts 7 x 2 + 2; 7 killed + 1 preempted
     assert rows["total"][1:5] == ["9", "16", "8", "0.21 h"]  # 750 s
     assert rows["learning-rate search"][1:5] == ["1", "2", "1", "60 s"]
 
