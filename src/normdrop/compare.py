@@ -74,7 +74,7 @@ ZERO_VAR = "no spread"
 # Per-run keys that are not settings to compare (they name the run, or differ every time).
 NOT_COMPARED = {"dataset", "model", "variant", "seed", "hostname", "started_at", "finished_at"}
 NOT_COMPARED |= {"tensorboard_dir", "data_file", "gpu_lease", "cuda_visible_devices"}
-PROVENANCE_KEYS = ("git_revision", "device", "data_sha256", "platform", "hostname")
+PROVENANCE_KEYS = ("git_revision", "device", "data_sha256", "platform")
 SUMMARY_SETTINGS = ("epochs", "batch_size", "dropout_rate", "lr", "git_revision", "device")
 
 
@@ -114,7 +114,7 @@ def _flatten_meta(meta: dict) -> dict[str, str]:
     for name, version in (meta.get("versions") or {}).items():
         flat[f"provenance:{name}"] = version
     for key in PROVENANCE_KEYS:
-        if key in meta and key not in NOT_COMPARED:
+        if key in meta:
             flat[f"provenance:{key}"] = meta[key]
     for key in ("gpu_name", "gpu_driver", "git_dirty"):  # meta.json's accounting (issue 25)
         if key in (meta.get("accounting") or {}):
