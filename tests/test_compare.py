@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -85,12 +87,18 @@ def test_a_marked_difference_holds_after_holm(runs_from_values):
     assert diffs.loc[("final_test_acc", "none"), "differs"] == ""
 
 
-def test_the_cli_names_a_protocol_difference_and_writes_every_format(folders, capsys):
-    out = folders / "AB"
-    assert compare.main([str(folders / "A"), str(folders / "B"), "--out-dir", str(out)]) == 0
+def test_the_cli_names_a_protocol_difference_above_the_tables(folders, capsys):
+    assert compare.main([str(folders / "A"), str(folders / "B")]) == 0
     text = capsys.readouterr().out
     settings = text.split("**H1-H3")[0]  # the settings come first, above the tables
     assert "| protocol | epochs    | 5   | 4   | 4/4     |" in settings
+    assert "**B − A per metric and cell" in text.split("**H1-H3")[1]
+
+
+@pytest.mark.slow  # draws and saves the figure (PNG and PDF): ~5 s on 2 busy cores
+def test_the_cli_writes_every_format_and_the_figure(folders):
+    out = folders / "AB"
+    assert compare.main([str(folders / "A"), str(folders / "B"), "--out-dir", str(out)]) == 0
     for stem in ("comparison_settings", "comparison_metrics", "comparison_verdicts"):
         for ext in ("md", "tex", "html", "csv"):
             assert (out / f"{stem}.{ext}").stat().st_size > 0
@@ -98,8 +106,10 @@ def test_the_cli_names_a_protocol_difference_and_writes_every_format(folders, ca
     page = (out / "comparison.html").read_text()
     assert page.count("<table") == 3 and "Settings that differ" in page
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "comparison.pdf").read_bytes()[:4] == b"%PDF"
     flips = pd.read_csv(out / "comparison_verdicts.csv")
     assert list(flips["flip"]) == sorted(flips["flip"], reverse=True)  # flips first
+    assert (out / "comparison.md").read_text().startswith("# Comparison")
 
 
 def test_different_datasets_are_refused_in_one_line(folders, capsys):
@@ -112,3 +122,18 @@ def test_different_datasets_are_refused_in_one_line(folders, capsys):
 def test_a_folder_without_a_summary_is_one_line(tmp_path, capsys):
     assert compare.main([str(tmp_path), str(tmp_path)]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+def test_a_folder_without_run_folders_compares_what_runs_parquet_records(folders, tmp_path):
+    """Only the summary (no meta.json): runs.parquet's settings are compared, and what only the
+    other folder records is named as not compared, not reported as a difference."""
+    shutil.copytree(folders / "A" / "summary", tmp_path / "summary")
+    (_, plain), (_, full) = compare.read_folder(tmp_path), compare.read_folder(folders / "A")
+    assert compare.setting_differences(plain, full).empty
+    (_, other) = compare.read_folder(folders / "B")
+    diffs = compare.setting_differences(plain, other)
+    assert diffs[["kind", "setting", "a", "b"]].values.tolist() == [
+        ["protocol", "epochs", "5", "4"]
+    ]
+    note = compare.settings_table(diffs).notes[-1]
+    assert note.startswith("Recorded in one folder only, not compared:") and "torch" in note

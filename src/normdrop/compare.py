@@ -6,11 +6,9 @@ A and B are results folders (config key `results_dir`), each with its aggregate'
 `summary/runs.parquet`. The comparison pairs the cells (dataset, model, variant) and, within a
 cell, the seeds, and shows:
 
-- the settings that differ between A and B, read from each run's meta.json (its settings, library
-  versions, device, code revision, data file, and `accounting` where recorded) or, for a folder
-  without run folders, from runs.parquet's columns; protocol settings (epochs, batch size, ...)
-  first. Different datasets or models are refused with one line (pick common ones with
-  --datasets/--models).
+- the settings that differ, from runs.parquet and each run's meta.json (settings, versions,
+  device, code revision, data file, `accounting`), protocol first (epochs, batch size, ...).
+  Different datasets or models are refused with one line (--datasets/--models pick common ones).
 - per metric of Table 2 and per cell: A and B (mean ± SD over seeds), B − A with its 95% CI, and
   whether the CI excludes zero. Where A and B hold the same finished seeds the CI is the paired
   t-interval over the seeds' differences (`scipy.stats.ttest_rel`); otherwise Welch's
@@ -71,11 +69,13 @@ from normdrop.summary_data import (
 
 CELL = ["dataset", "model", "variant"]
 ZERO_VAR = "no spread"
+NOT_RECORDED = "not recorded"
 # Per-run keys that are not settings to compare (they name the run, or differ every time).
 NOT_COMPARED = {"dataset", "model", "variant", "seed", "hostname", "started_at", "finished_at"}
 NOT_COMPARED |= {"tensorboard_dir", "data_file", "gpu_lease", "cuda_visible_devices"}
 PROVENANCE_KEYS = ("git_revision", "device", "data_sha256", "platform")
-SUMMARY_SETTINGS = ("epochs", "batch_size", "dropout_rate", "lr", "git_revision", "device")
+SUMMARY_SETTINGS = dict.fromkeys(("epochs", "batch_size", "dropout_rate", "lr"), "protocol")
+SUMMARY_SETTINGS |= dict.fromkeys(("git_revision", "device"), "provenance")
 
 
 class CompareError(Exception):
@@ -87,20 +87,16 @@ class CompareError(Exception):
 
 
 def run_settings(results: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per training run: its cell, seed and every compared setting as text.
-
-    From each run's meta.json where the run folder exists; else from runs.parquet's columns."""
+    """One row per training run: its cell, seed and every compared setting as text: what
+    runs.parquet records (SUMMARY_SETTINGS), then its meta.json's where the run folder exists."""
+    cols = {c: kind for c, kind in SUMMARY_SETTINGS.items() if c in runs.columns}
     rows = []
-    for r in runs[CELL + ["seed"]].itertuples(index=False):
-        keys = dict(r._asdict(), seed=str(r.seed))
+    for r in runs[CELL + ["seed", *cols]].to_dict("records"):
+        keys = dict({c: r[c] for c in CELL}, seed=str(r["seed"]))
         meta_path = Path(layout.run_files(results, "train", **keys)["meta.json"])
-        flat = _flatten_meta(json.loads(meta_path.read_text())) if meta_path.is_file() else None
-        rows.append(dict(keys, **(flat or {})))
-    frame = pd.DataFrame(rows)
-    if frame.shape[1] == len(CELL) + 1:  # no meta.json at all: what runs.parquet records
-        cols = [c for c in SUMMARY_SETTINGS if c in runs.columns]
-        return runs[CELL + ["seed"] + cols].astype({c: str for c in cols})
-    return frame
+        flat = _flatten_meta(json.loads(meta_path.read_text())) if meta_path.is_file() else {}
+        rows.append({**keys, **{f"{k}:{c}": str(r[c]) for c, k in cols.items()}, **flat})
+    return pd.DataFrame(rows)
 
 
 def _flatten_meta(meta: dict) -> dict[str, str]:
@@ -159,26 +155,32 @@ def setting_differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
         for r in frame.to_dict("records"):
             cell = out.setdefault(tuple(r[c] for c in CELL), {k: set() for k in keys})
             for k in keys:
-                v = r.get(k, "not recorded")
-                cell[k].add("not recorded" if v is None or v != v else str(v))  # v != v: NaN
+                v = r.get(k)
+                cell[k].add(NOT_RECORDED if v is None or v != v else str(v))  # v != v: NaN
         return out
 
     cells_a, cells_b = values(a), values(b)
     common = sorted(set(cells_a) & set(cells_b))
-    rows = []
+    rows, one_sided = [], []
     for key in keys:
+        if any(
+            all(cells[c][key] == {NOT_RECORDED} for c in common) for cells in (cells_a, cells_b)
+        ):
+            one_sided.append(key.partition(":")[2])  # recorded by one folder only: not compared
+            continue
         differ = [c for c in common if cells_a[c][key] != cells_b[c][key]]
         if differ:
             va = set().union(*(cells_a[c][key] for c in differ))
             vb = set().union(*(cells_b[c][key] for c in differ))
-            kind, _, name = key.partition(":") if ":" in key else ("protocol", "", key)
-            kind = "provenance" if key in ("git_revision", "device") else kind
+            kind, _, name = key.partition(":")
             a_text, b_text = ", ".join(sorted(va)), ", ".join(sorted(vb))
             rows.append(dict(kind=kind, setting=name, a=a_text, b=b_text, cells=len(differ),
                              of_cells=len(common)))  # fmt: skip
     order = {"protocol": 0, "execution": 1, "provenance": 2}
     frame = pd.DataFrame(rows, columns=["kind", "setting", "a", "b", "cells", "of_cells"])
-    return frame.sort_values("kind", key=lambda s: s.map(order), kind="stable")
+    frame = frame.sort_values("kind", key=lambda s: s.map(order), kind="stable")
+    frame.attrs["one_sided"] = one_sided
+    return frame
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,16 +289,18 @@ def settings_table(diffs: pd.DataFrame) -> TextTable:
     rows = [[r.kind, r.setting, r.a, r.b, f"{r.cells}/{r.of_cells}"] for r in diffs.itertuples()]
     if not rows:
         rows = [["", "none: every setting compared is the same", "", "", ""]]
+    one_sided = ", ".join(diffs.attrs.get("one_sided", []))
     return TextTable(
         title="Settings that differ between A and B",
         header=["Kind", "Setting", "A", "B", "Cells"],
         rows=rows,
         align="lllll",
         notes=[
-            "From each run's meta.json (runs.parquet's columns where a folder has no run "
-            "folders). Protocol: what a run computes; execution: how it ran (same numbers "
-            "expected); provenance: code, libraries, machine, data file."
-        ],  # fmt: skip
+            "From runs.parquet and each run's meta.json. Protocol: what a run computes; "
+            "execution: how it ran (same numbers expected); provenance: code, libraries, "
+            "machine, data file."
+        ]
+        + ([f"Recorded in one folder only, not compared: {one_sided}."] if one_sided else []),
         label="tab:comparison-settings",
     )
 
@@ -390,17 +394,16 @@ def plot_comparison(a: pd.DataFrame, b: pd.DataFrame, names=("A", "B")):
 
 def _html_parts(page: str) -> tuple[str, str]:
     """(the <style> blocks, the body) of a page from render.to_html."""
-    styles = "".join(re.findall(r"<style[^>]*>.*?</style>", page, flags=re.S))
-    return styles, re.search(r"<body>(.*)</body>", page, flags=re.S).group(1)
+    body = re.search(r"<body>(.*)</body>", page, flags=re.S).group(1)
+    return "".join(re.findall(r"<style[^>]*>.*?</style>", page, flags=re.S)), body
 
 
 def compare(a_dir, b_dir, out_dir=None, datasets=None, models=None, names=("A", "B")) -> str:
     """The comparison as Markdown; with `out_dir`, also every file of the module docstring."""
     (a, sa), (b, sb) = (read_folder(Path(d), datasets, models) for d in (a_dir, b_dir))
     check_comparable(a, b)
-    settings = setting_differences(sa, sb)
+    settings, flips = setting_differences(sa, sb), verdict_flips(a, b)
     diffs = metric_differences(a, b)
-    flips = verdict_flips(a, b)
     tables = {"settings": settings_table(settings), "verdicts": verdicts_table(flips),
               "metrics": metrics_table(diffs)}  # fmt: skip
     head = f"# Comparison\n\nA: `{a_dir}` ({len(a)} runs); B: `{b_dir}` ({len(b)} runs).\n\n"
