@@ -26,6 +26,7 @@ def results(tmp_path, make_summary, write_run_folders):
     search = {**meta, "wall_time_s": 999.0, "accounting": {"gpu_name": "NVIDIA H200",
               "gpu_driver": "570.1", "peak_device_memory_bytes": 3 * 2**30, "git_dirty": True},
               "attempts": [{"wall_time_s": 40.0, "outcome": "preempted"},
+                           {"wall_time_s": None, "outcome": "killed"},
                            {"wall_time_s": 20.0, "outcome": "finished"}]}  # fmt: skip
     (candidate / "meta.json").write_text(json.dumps(search))
     return tmp_path
@@ -38,9 +39,10 @@ def test_compute_sums_every_attempt_and_falls_back_to_wall_time(results):
     assert sorted(train["compute_s"]) == [60.0] + [90.0] * 7  # the older run: its wall_time_s
     assert metas.loc[metas["kind"] == "lr_search", "compute_s"].item() == 60.0  # not 999
     rows = {r[0]: r for r in compute.compute_table(metas).rows}
-    # total: 60 + 7 x 90 + 60 = 750 s (in hours); attempts 7 x 2 + 2; 7 killed + 1 preempted
-    assert rows["total"][1:5] == ["9", "16", "8", "0.21 h"]  # 750 s
-    assert rows["learning-rate search"][1:5] == ["1", "2", "1", "60 s"]
+    # total: 60 + 7 x 90 + 60 = 750 s (in hours); attempts 7 x 2 + 3; 8 killed + 1 preempted
+    assert rows["total"][1:5] == ["9", "17", "9", "0.21 h"]  # 750 s
+    assert rows["learning-rate search"][1:5] == ["1", "3", "2", "60 s"]
+    assert compute.compute_table(metas).notes[-1].startswith("1 attempt(s) recorded no wall time")
 
 
 def test_the_report_has_the_section_with_hardware_and_error_bars(results):

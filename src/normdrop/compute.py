@@ -84,7 +84,7 @@ def compute_table(metas: pd.DataFrame) -> TextTable:
                      str(int(sub["not_finished"].sum())), _hours(t.sum()),
                      _hours(t.median()) if len(t) else "n/a",
                      _hours(t.max()) if len(t) else "n/a"])  # fmt: skip
-    return TextTable(
+    table = TextTable(
         title="Compute: wall time of every attempt",
         header=[
             "Runs",
@@ -105,6 +105,10 @@ def compute_table(metas: pd.DataFrame) -> TextTable:
         ],  # fmt: skip
         rule_before={len(rows) - 1} if len(rows) > 2 else set(),
     )
+    untimed = int(metas["untimed"].sum())
+    if untimed:  # an attempt killed before it could record its end (SIGKILL, node lost)
+        table.notes.append(f"{untimed} attempt(s) recorded no wall time and count as 0 s.")
+    return table
 
 
 def per_cell_table(metas: pd.DataFrame) -> TextTable:
