@@ -29,13 +29,17 @@ def results(tmp_path, make_summary, write_run_folders):
                            {"wall_time_s": None, "outcome": "killed"},
                            {"wall_time_s": 20.0, "outcome": "finished"}]}  # fmt: skip
     (candidate / "meta.json").write_text(json.dumps(search))
+    other = tmp_path / "lr_search" / "synthetic" / "cnn" / "bn" / "lr0.01"  # not the report's
+    other.mkdir(parents=True)
+    (other / "meta.json").write_text(json.dumps(search))
     return tmp_path
 
 
 def test_compute_sums_every_attempt_and_falls_back_to_wall_time(results):
     metas = compute.read_metas(results)
     train = metas[metas["kind"] == "train"]
-    assert len(train) == 8 and len(metas) == 9
+    assert len(train) == 8 and len(metas) == 10  # read_metas reads every run folder
+    metas = metas[~metas["cell"].str.startswith("synthetic/cnn")]
     assert sorted(train["compute_s"]) == [60.0] + [90.0] * 7  # the older run: its wall_time_s
     assert metas.loc[metas["kind"] == "lr_search", "compute_s"].item() == 60.0  # not 999
     rows = {r[0]: r for r in compute.compute_table(metas).rows}
@@ -53,6 +57,7 @@ def test_the_report_has_the_section_with_hardware_and_error_bars(results):
     assert "uncommitted changes in 1 run(s)" in section
     assert "python 3.12.0; torch 2.14.0" in section
     assert "(2 finished seeds per cell; seeds 42, 43)" in section
+    assert "synthetic/cnn" not in section  # a run of another grid in the folder: not counted
     assert "Welch" in section and "sample standard deviation (ddof = 1)" in section
 
 

@@ -184,6 +184,9 @@ def section(results: Path | str, runs: pd.DataFrame) -> list[str]:
 
     out = ["## Compute and reproducibility", ""]
     metas = read_metas(results)
+    if not metas.empty:  # the report's cells only (a results folder may hold other runs)
+        cells = set(runs["dataset"] + "/" + runs["model"] + "/" + runs["variant"])
+        metas = metas[metas["cell"].isin(cells)]
     if metas.empty:
         out += [f"No run folders under {results}: compute and hardware not recorded.", ""]
     else:
