@@ -44,7 +44,7 @@ from normdrop import hypotheses as hyp
 from normdrop import layout
 from normdrop.catalog import METRICS, PLOTTED_METRICS, dataset_name, model_name
 from normdrop.config import EXECUTION_FIELDS, current_names
-from normdrop.figure_style import RC, legend_below, new_figure, save_figure
+from normdrop.figure_style import RC, clip_to_accuracy, legend_below, new_figure, save_figure
 from normdrop.render import (
     TextTable,
     fmt_mean_sd,
@@ -68,8 +68,8 @@ from normdrop.summary_data import (
 )
 
 CELL = ["dataset", "model", "variant"]
-ZERO_VAR = "no spread"
-NOT_RECORDED = "not recorded"
+NOT_RECORDED = "not recorded"  # also for NaN (v != v)
+SHA = re.compile(r"\b([0-9a-f]{12})[0-9a-f]{28}\b")  # a git revision, shown by 12 digits
 # Per-run keys that are not settings to compare (they name the run, or differ every time).
 NOT_COMPARED = {"dataset", "model", "variant", "seed", "hostname", "started_at", "finished_at"}
 NOT_COMPARED |= {"tensorboard_dir", "data_file", "gpu_lease", "cuda_visible_devices"}
@@ -87,8 +87,7 @@ class CompareError(Exception):
 
 
 def run_settings(results: Path, runs: pd.DataFrame) -> pd.DataFrame:
-    """One row per training run: its cell, seed and every compared setting as text: what
-    runs.parquet records (SUMMARY_SETTINGS), then its meta.json's where the run folder exists."""
+    """Per training run: cell, seed, each compared setting as text (runs.parquet's, meta.json's)."""
     cols = {c: kind for c, kind in SUMMARY_SETTINGS.items() if c in runs.columns}
     rows = []
     for r in runs[CELL + ["seed", *cols]].to_dict("records"):
@@ -156,7 +155,7 @@ def setting_differences(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
             cell = out.setdefault(tuple(r[c] for c in CELL), {k: set() for k in keys})
             for k in keys:
                 v = r.get(k)
-                cell[k].add(NOT_RECORDED if v is None or v != v else str(v))  # v != v: NaN
+                cell[k].add(NOT_RECORDED if v is None or v != v else SHA.sub(r"\1", str(v)))
         return out
 
     cells_a, cells_b = values(a), values(b)
@@ -223,7 +222,7 @@ def difference(a: pd.Series, b: pd.Series, confidence: float = CONFIDENCE) -> di
         if (d == 0).all():  # identical seeds: no difference, and certainly so
             return dict(out, ci_low=0.0, ci_high=0.0, p=1.0)
         if np.ptp(d.to_numpy()) == 0:
-            return dict(out, test=ZERO_VAR)
+            return dict(out, test="no spread")  # a constant difference: no t-interval
         with warnings.catch_warnings():  # nearly equal differences: scipy warns, CI still right
             warnings.simplefilter("ignore", RuntimeWarning)
             res = sps.ttest_rel(b.to_numpy(), a.reindex(b.index).to_numpy())
@@ -368,7 +367,7 @@ def plot_comparison(a: pd.DataFrame, b: pd.DataFrame, names=("A", "B")):
     cells, by_a, by_b = common_cells(a, b)
     fig = new_figure((max(7.0, 0.55 * len(cells) + 2), 2.4 * len(PLOTTED_METRICS) + 1))
     axes = fig.subplots(len(PLOTTED_METRICS), 1, sharex=True, squeeze=False)[:, 0]
-    colors = ("#4D4D4D", "#0072B2")
+    colors = ("#4D4D4D", "#0072B2")  # A: the paper's grey, B: its BN blue (figure_style)
     for ax, column in zip(axes, PLOTTED_METRICS, strict=True):
         for k, (by, color) in enumerate(zip((by_a, by_b), colors, strict=True)):
             values = [_seed_values(by[cell], column).to_numpy() for cell in cells]
@@ -376,15 +375,16 @@ def plot_comparison(a: pd.DataFrame, b: pd.DataFrame, names=("A", "B")):
             dots = [(x, y) for x, v in zip(xs, values, strict=True) for y in v]
             if dots:
                 ax.plot(*zip(*dots, strict=True), ".", color=color, alpha=0.5, ms=4)
-            mean = [v.mean() if len(v) else np.nan for v in values]
-            sd = [v.std(ddof=1) if len(v) > 1 else 0.0 for v in values]
-            ax.errorbar(xs, mean, yerr=sd, fmt="o", color=color, ms=5, capsize=3)
+            mean = np.array([v.mean() if len(v) else np.nan for v in values])
+            sd = np.array([v.std(ddof=1) if len(v) > 1 else 0.0 for v in values])
+            accuracy = METRICS[column].scale == 100.0  # whiskers inside [0, 100] %
+            low, high = clip_to_accuracy(mean, sd) if accuracy else (mean - sd, mean + sd)
+            ax.errorbar(xs, mean, [mean - low, high - mean], fmt="o", color=color, ms=5, capsize=3)
         ax.set_title(METRICS[column].panel_title, loc="left")
     axes[-1].set_xticks(range(len(cells)), ["/".join(c) for c in cells], rotation=60, ha="right")
     fig.suptitle("A and B per cell: mean ± SD over seeds (dots: seeds)")
-    handles = [Line2D([], [], color=c, marker="o", linestyle="", label=n)
-               for c, n in zip(colors, names, strict=True)]  # fmt: skip
-    legend_below(fig, handles, 2)
+    legend_below(fig, [Line2D([], [], color=c, marker="o", linestyle="", label=n)
+                       for c, n in zip(colors, names, strict=True)], 2)  # fmt: skip
     return fig
 
 
