@@ -4,11 +4,12 @@ What the NeurIPS checklist asks about compute (how much, on what) and about stat
 significance (what the error bars and intervals are), answered from the results folder:
 
 - Compute per run and in total: a run's compute is the sum of its attempts' `wall_time_s`
-  (meta.json's `attempts`: every start, finished, killed, preempted or failed, recorded by the
-  training CLI), or its `wall_time_s` where a run recorded no attempts (results written before
-  attempts were recorded). Training runs and the learning-rate search (every candidate, also
-  those `extend_at_edge` added) are counted apart and together. A run that never finished has no
-  meta.json and is not counted (its attempts live only in its log).
+  (meta.json's `attempts`: every start, finished, killed, preempted or failed; normdrop.attempts,
+  `compute_s`, as in runs.parquet), or its `wall_time_s` where a run recorded no attempts
+  (results written before attempts were recorded). Training runs and the learning-rate search
+  (every candidate, also those `extend_at_edge` added) are counted apart and together. A run
+  that never finished has no meta.json and is not counted (its attempts are still in its
+  checkpoint's attempt log under scratch/).
 - Hardware and versions: devices, GPU name and driver, peak device memory, hosts, library
   versions, code revisions (uncommitted changes marked), the data files' SHA-256.
 - What the ± values, error bars and confidence intervals mean, and their assumptions.
@@ -25,6 +26,7 @@ import numpy as np
 import pandas as pd
 
 from normdrop import layout
+from normdrop.attempts import compute_s
 from normdrop.render import TextTable, to_markdown
 
 KIND_NAMES = {"train": "training runs", "lr_search": "learning-rate search"}
@@ -42,7 +44,7 @@ def read_metas(results: Path | str) -> pd.DataFrame:
         meta = json.loads(path.read_text())
         attempts = meta.get("attempts") or []
         times = [a.get("wall_time_s") for a in attempts]
-        compute = sum(t for t in times if t is not None) if attempts else meta.get("wall_time_s")
+        compute = compute_s(attempts, unknown=meta.get("wall_time_s"))  # the aggregate's rule
         accounting = meta.get("accounting") or {}
         outcomes = [a.get("outcome", "unknown") for a in attempts]
         rows.append(
@@ -53,6 +55,7 @@ def read_metas(results: Path | str) -> pd.DataFrame:
                 attempts=len(attempts),
                 not_finished=sum(o != "finished" for o in outcomes),
                 untimed=sum(t is None for t in times),
+                at_least=sum(bool(a.get("wall_time_at_least")) for a in attempts),
                 device=meta.get("device", NOT_RECORDED),
                 gpu=accounting.get("gpu_name") or NOT_RECORDED,
                 driver=accounting.get("gpu_driver") or NOT_RECORDED,
@@ -105,9 +108,12 @@ def compute_table(metas: pd.DataFrame) -> TextTable:
         ],  # fmt: skip
         rule_before={len(rows) - 1} if len(rows) > 2 else set(),
     )
-    untimed = int(metas["untimed"].sum())
-    if untimed:  # an attempt killed before it could record its end (SIGKILL, node lost)
-        table.notes.append(f"{untimed} attempt(s) recorded no wall time and count as 0 s.")
+    untimed, at_least = int(metas["untimed"].sum()), int(metas["at_least"].sum())
+    if untimed or at_least:  # attempts killed before they could record their end (SIGKILL)
+        table.notes.append(
+            f"Killed attempts: {at_least} counted up to their last checkpoint (a "
+            f"lower bound), {untimed} recorded no wall time and count as 0 s."
+        )
     return table
 
 
