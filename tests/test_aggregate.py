@@ -120,3 +120,17 @@ def test_workflow_aggregate_fails_on_a_hand_edited_run(
     assert "1 result(s) disagree with the current config" in log, log
     assert "cnn/bn/seed42: epochs: 5 on disk vs 2 in config" in log, log
     assert not (workdir / "results" / "demo" / "summary" / "runs.parquet").exists()
+
+
+def test_settings_recorded_before_a_setting_existed_are_not_stale():
+    # A meta.json written before warmup_epochs, grad_clip_norm, lstm_input and permutation_seed
+    # lacks them: it ran with their defaults (its settings hash is unchanged), so it matches a
+    # config at the defaults and is stale against one that sets them.
+    from normdrop.aggregate import _diff, _normalised, _semantic
+    from normdrop.config import RUN_DEFAULTS, RunConfig
+
+    expected = RunConfig(dataset="mnist", model="lstm", width=8).to_dict()
+    old = {k: v for k, v in expected.items() if k not in RUN_DEFAULTS}
+    assert _semantic(_normalised(old)) == _semantic(_normalised(expected))
+    clipped = {**expected, "grad_clip_norm": 1.0}
+    assert _diff(old, clipped) == "grad_clip_norm: 0.0 on disk vs 1.0 in config"

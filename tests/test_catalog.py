@@ -57,7 +57,7 @@ def test_schema_enums_are_the_catalogs():
     study = _props("study")["properties"]
     assert study["axis"]["enum"] == list(catalog.STUDY_AXES)
     effect = study["effects"]["items"]["properties"]
-    assert effect["metric"]["enum"] == list(catalog.STUDY_METRICS)
+    assert effect["metric"]["enum"] == list(catalog.EFFECT_METRICS)
     assert _props("data", "synthetic")["required"] == list(catalog.SYNTHETIC)
 
 

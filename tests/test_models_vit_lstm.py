@@ -58,10 +58,16 @@ def test_norm_and_dropout_switches(name, norm, dropout):
             assert bool(kinds & set(classes)) == (other == norm), other
     drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
     if name == "vit":
-        # One residual-branch dropout per block (after attention and after the MLP), and the
-        # attention weights' dropout at the same rate.
-        assert len(drops) == (6 if dropout else 0)
+        # As the original ViT: after adding the position embedding; per block one residual-
+        # branch dropout (after attention and after the MLP) and one after the MLP's GELU; and
+        # the attention weights' dropout at the same rate.
+        assert len(drops) == (1 + 6 * 2 if dropout else 0)
         assert {b.attn.dropout_rate for b in model.blocks} == {dropout}
+        if dropout:
+            assert isinstance(model.pos_drop, nn.Dropout)
+            for b in model.blocks:
+                assert [type(m) for m in b.mlp] == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear]
+                assert isinstance(b.drop, nn.Dropout)
     else:
         # Between the two layers and before the head (nn.LSTM holds the first as its `dropout`).
         between = model.rnn.dropout if norm == "none" else sum(
@@ -198,3 +204,112 @@ def test_the_vits_group_norm_keeps_at_least_four_features_per_group():
     assert [m.num_groups for m in cnn.modules() if isinstance(m, nn.GroupNorm)][:2] == [8, 16]
     x = torch.randn(4, *CIFAR)
     assert vit.norm(vit.embed(x).flatten(2).transpose(1, 2)).std() > 0.5
+
+
+def blank_topped_images(n: int = 128, side: int = 6, blank: int = 3, classes: int = 4):
+    """Images whose first `blank` rows are one constant for every image (as a handwritten
+    digit's blank top rows after standardization) and whose other rows tell the class."""
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(n) % classes
+    prototypes = torch.randn(classes, side - blank, side, generator=g)
+    x = torch.full((n, 1, side, side), -0.42)  # (0 - MNIST's mean) / its SD
+    x[:, 0, blank:] = prototypes[y] + 0.8 * torch.randn(n, side - blank, side, generator=g)
+    return x, y
+
+
+def test_batch_norm_lstm_evaluates_as_it_trains_when_first_steps_are_constant():
+    # Issue 24: at the blank first rows W_x x and W_h h are the same for every image, the batch
+    # variance is 0 and training normalizes them to 0; evaluation divided the running mean's lag
+    # behind that drifting constant by sqrt(eps) and fell to chance (25% here before the fix,
+    # against 88% in training mode). StepBatchNorm now treats such a feature as constant.
+    x, y = blank_topped_images()
+    torch.manual_seed(2)
+    model = build_model("lstm", (1, 6, 6), 4, 8, "batch")
+    optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
+    for _ in range(30):
+        idx = torch.randperm(len(y))[:32]
+        loss = nn.functional.cross_entropy(model(x[idx]), y[idx])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        model.train()  # batch statistics, batches of 32 as in training
+        train_acc = sum((model(xb).argmax(1) == yb).sum() for xb, yb in
+                        zip(x.split(32), y.split(32), strict=True)).item() / len(y)  # fmt: skip
+        model.eval()
+        eval_acc = (model(x).argmax(1) == y).float().mean().item()
+    assert train_acc > 0.6  # it learned
+    assert abs(eval_acc - train_acc) < 0.06, (train_acc, eval_acc)
+    norm_x = model.rnn[0].norm_x
+    assert (norm_x.running_var[0] < norm_x.CONSTANT_VAR).all()  # step 0: constant, seen so
+    assert (norm_x.running_var[-1] > norm_x.CONSTANT_VAR).all()  # the last: varied
+
+
+def test_grad_clip_norm_clips_the_global_norm_between_backward_and_step():
+    from normdrop.execution import make_train_step
+
+    def step_size(clip):
+        torch.manual_seed(0)
+        model = nn.Linear(6, 3)
+        before = [p.detach().clone() for p in model.parameters()]
+        sgd = torch.optim.SGD(model.parameters(), lr=1.0)  # the step is minus the gradient
+        make_train_step(model, sgd, torch.device("cpu"), False, clip)(
+            10 * torch.randn(8, 6), torch.arange(8) % 3
+        )
+        moves = [p.detach() - b for p, b in zip(model.parameters(), before, strict=True)]
+        return torch.cat([m.flatten() for m in moves]).norm().item()
+
+    assert step_size(0.0) > 1.0  # off: the whole gradient
+    assert step_size(0.5) == pytest.approx(0.5, rel=1e-4)  # on: its global norm is the clip
+    base = dict(dataset="mnist", model="lstm", width=8)
+    assert (
+        RunConfig(**base, grad_clip_norm=1.0).settings_hash() != RunConfig(**base).settings_hash()
+    )
+    with pytest.raises(ConfigError, match=r"'grad_clip_norm' = -1.0: must be >= 0"):
+        RunConfig(**base, grad_clip_norm=-1.0)
+
+
+def test_lstm_reads_rows_pixels_or_pixels_in_a_seeded_order():
+    small = (1, 8, 8)  # 64 pixels: a short sequence, a fast test
+    x = torch.randn(3, *small)
+    models = {}
+    for lstm_input, seed in [("rows", 0), ("pixels", 0), ("permuted_pixels", 0),
+                             ("permuted_pixels", 1)]:  # fmt: skip
+        torch.manual_seed(0)
+        models[lstm_input, seed] = build_model("lstm", small, 10, 8, "batch", lstm_input=lstm_input,
+                                               permutation_seed=seed)  # fmt: skip
+    steps = {k: m.rnn[0].norm_x.running_mean.shape[0] for k, m in models.items()}
+    assert steps == {("rows", 0): 8, ("pixels", 0): 64, ("permuted_pixels", 0): 64,
+                     ("permuted_pixels", 1): 64}  # fmt: skip
+    assert models["pixels", 0].rnn[0].w_x.in_features == 1  # one pixel's channel per step
+    assert torch.equal(models["pixels", 0].order, torch.arange(64))
+    p0, p1 = models["permuted_pixels", 0].order, models["permuted_pixels", 1].order
+    assert torch.equal(p0.sort().values, torch.arange(64)) and not torch.equal(p0, p1)
+    again = build_model("lstm", small, 10, 8, "none", lstm_input="permuted_pixels")
+    assert torch.equal(again.order, p0)  # fixed by permutation_seed, not by the run's seed
+    outs = {k: m.eval()(x) for k, m in models.items()}  # same weights, other orders
+    assert not torch.allclose(outs["pixels", 0], outs["permuted_pixels", 0])
+    # Recorded: part of the settings and their hash; the permutation's seed only where it counts.
+    base = dict(dataset="mnist", model="lstm", width=8)
+    hashes = {k: RunConfig(**base, lstm_input=k[0], permutation_seed=k[1]).settings_hash()
+              for k in [("rows", 0), ("rows", 5), ("pixels", 0), ("pixels", 5),
+                        ("permuted_pixels", 0), ("permuted_pixels", 5)]}  # fmt: skip
+    assert hashes["rows", 0] == hashes["rows", 5] == RunConfig(**base).settings_hash()
+    assert hashes["pixels", 0] == hashes["pixels", 5] != hashes["rows", 0]
+    assert (
+        len({hashes["pixels", 0], hashes["permuted_pixels", 0], hashes["permuted_pixels", 5]}) == 3
+    )
+    with pytest.raises(ConfigError, match="'lstm_input' = 'pixels': for the lstm only, not mlp"):
+        RunConfig(dataset="mnist", model="mlp", width=8, lstm_input="pixels")
+
+
+@pytest.mark.parametrize("norm", ["none", "layer", "batch"])
+def test_he_init_means_the_same_for_every_lstm(norm):
+    # He (normal, fan-in: SD sqrt(2 / fan_in)) for the input and recurrent weights of every
+    # variant, nn.LSTM's (norm none) included.
+    torch.manual_seed(0)
+    model = build_model("lstm", MNIST, 10, 64, norm, init="he")
+    weights = [(n, p) for n, p in model.rnn.named_parameters() if "weight" in n and p.dim() == 2]
+    assert len(weights) == 4  # input and recurrent, two layers
+    for name, w in weights:
+        assert w.std().item() == pytest.approx((2 / w.shape[1]) ** 0.5, rel=0.05), name

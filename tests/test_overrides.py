@@ -169,6 +169,6 @@ def test_a_config_error_is_one_line_on_stderr_and_exit_2(tmp_path, dry_run):
     assert res.stderr.splitlines() == [
         "invalid config: config key 'train.epoch': unknown key (did you mean 'epochs'?); "
         "allowed keys: epochs, batch_size, lr_milestones, warmup_epochs, lr_gamma, adam_betas, "
-        "adam_eps, weight_decay, eval_batch_size"
+        "adam_eps, weight_decay, eval_batch_size, grad_clip_norm"
     ], res.stderr
     assert "common.smk" not in res.stdout + res.stderr

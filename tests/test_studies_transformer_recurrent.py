@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from normdrop.catalog import study_paths
-from normdrop.config import ConfigError
+from normdrop.config import ConfigError, run_config, search_config
 from normdrop.grid import grid_cells, grid_config
 from normdrop.workflow_config import deep_merge
 from normdrop.workflow_config import validate_workflow_config as validate
@@ -39,12 +39,12 @@ def planned_jobs(*args: str) -> tuple[int, dict[str, int], str]:
 
 
 # (train, lr_search, select_lr, download) per study; docs/studies.md states the same:
-# transformer: 2 datasets x 4 norms x dropout off/on x 3 seeds, x 4 lr candidates per variant;
+# transformer: 2 datasets x 5 norms x dropout off/on x 3 seeds, x 4 lr candidates per variant;
 # recurrent: 2 datasets x 3 norms x dropout off/on x 3 seeds.
-STUDY_JOBS = {"transformer": (48, 64, 16, 2), "recurrent": (36, 48, 12, 2)}
+STUDY_JOBS = {"transformer": (60, 80, 20, 2), "recurrent": (36, 48, 12, 2)}
 # Training epochs: train jobs x train.epochs + lr_search jobs x lr_search.epochs. The paper grid:
 # 9 cells x 4 variants x 3 seeds x 100 + 9 x 4 x 4 candidates x 10 = 10,800 + 1,440.
-STUDY_EPOCHS = {"transformer": 48 * 100 + 64 * 10, "recurrent": 36 * 100 + 48 * 10}
+STUDY_EPOCHS = {"transformer": 60 * 100 + 80 * 10, "recurrent": 36 * 100 + 48 * 10}
 PAPER_EPOCHS = 12_240
 
 
@@ -58,21 +58,43 @@ def test_each_future_work_study_plans_its_stated_job_count(name):
     # The cost in training epochs, from the merged config (what docs/studies.md states).
     config = validate(deep_merge(PAPER, study(name)))
     epochs = train * config["train"]["epochs"] + search * config["lr_search"]["epochs"]
-    assert epochs == STUDY_EPOCHS[name] and epochs < PAPER_EPOCHS / 2
+    assert epochs == STUDY_EPOCHS[name] and epochs < PAPER_EPOCHS
 
 
 def test_the_studies_ask_their_question_of_the_new_models():
     grid = grid_config(deep_merge(PAPER, study("transformer")))
     assert grid_cells(grid) == [("cifar10", "vit"), ("cifar100", "vit")]
-    assert {v["norm"] for v in grid["variants"].values()} == {"none", "layer", "batch", "rms"}
+    assert {v["norm"] for v in grid["variants"].values()} == {
+        "none",
+        "layer",
+        "batch",
+        "rms",
+        "group",
+    }
     assert grid["train"]["warmup_epochs"] == 5  # the transformer's warm-up (docs/protocol.md)
+    # The search keeps the warm-up's share of the run: 5 of 100 epochs -> 1 of its 10.
+    assert search_config(grid, "cifar10", "vit", "layernorm_p0.1", 1e-3).warmup_epochs == 1
+    assert run_config(grid, "cifar10", "vit", "layernorm_p0.1", 42).warmup_epochs == 5
+    short = deep_merge(grid, {"train": {"epochs": 12, "warmup_epochs": 11}})
+    assert search_config(short, "cifar10", "vit", "layernorm_p0.1", 1e-3).warmup_epochs == 9
     grid = grid_config(deep_merge(PAPER, study("recurrent")))
     assert grid_cells(grid) == [("mnist", "lstm"), ("cifar10", "lstm")]
     assert sorted(grid["variants"]) == [
         "batchnorm_p0", "batchnorm_p0.3", "layernorm_p0", "layernorm_p0.3", "no_norm_p0",
         "no_norm_p0.3",
     ]  # fmt: skip
-    assert grid["train"]["warmup_epochs"] == 0  # the paper's recipe unchanged
+    assert grid["train"]["warmup_epochs"] == 0  # the paper's recipe, plus clipping:
+    pixels = run_config(grid, "mnist", "lstm", "batchnorm_p0.3", 42)
+    assert (pixels.lstm_input, pixels.grad_clip_norm) == ("pixels", 1.0)  # a GPU-sized study
+    rows = deep_merge(deep_merge(PAPER, study("recurrent")), study("recurrent_rows"))
+    rows_cfg = run_config(grid_config(rows), "mnist", "lstm", "batchnorm_p0.3", 42)
+    assert (rows_cfg.lstm_input, rows_cfg.grad_clip_norm) == ("rows", 1.0)  # the CPU-sized one
+    assert rows["results_dir"] != grid["results_dir"]
+    # H1a on the loss SD of epochs 2+ beside H1a, for every norm, as the paper grid's H1a2.
+    for name in ("transformer", "recurrent"):
+        effects = study(name)["study"]["effects"]
+        h1a = [e["name"][4:] for e in effects if e["metric"] == "loss_sd"]
+        assert [e["name"][5:] for e in effects if e["metric"] == "loss_sd_late"] == h1a != []
 
 
 VIT = {"models": {"vit": {"width": 16, "dropout_rate": 0.1}}, "select": {"models": ["vit"]}}
@@ -114,6 +136,8 @@ def tiny(fast_config):
     def tiny(name: str, **train) -> dict:
         """The study at toy size on the synthetic data: 2 seeds, one lr candidate, a few epochs."""
         spec = study(name)
+        if name == "recurrent":  # rows, the CPU-sized variant of the pixel study
+            spec = deep_merge(spec, study("recurrent_rows"))
         model = next(iter(spec["models"]))
         return deep_merge(
             spec,
@@ -140,7 +164,7 @@ def test_a_tiny_future_work_study_runs_end_to_end(
     assert res.returncode == 0, res.stderr[-3000:]
     results = tmp_path / "results" / f"tiny_{name}"
     runs = pd.read_parquet(results / "summary" / "runs.parquet")
-    norms = {"transformer": 4, "recurrent": 3}[name]
+    norms = {"transformer": 5, "recurrent": 3}[name]
     assert len(runs) == norms * 2 * 2 and set(runs["status"]) == {"completed"}
     assert set(runs["dropout_rate"]) == {0.0, study(name)["sweep"]["dropout_rate"][1]}
     tables, figures = study_paths(results / "tables", results / "figures")

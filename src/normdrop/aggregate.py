@@ -21,7 +21,7 @@ import pandas as pd
 from normdrop import layout
 from normdrop.attempts import compute_s
 from normdrop.catalog import DATASETS, SUMMARY_FILES, synthetic_settings
-from normdrop.config import EXECUTION_FIELDS, current_names
+from normdrop.config import EXECUTION_FIELDS, RUN_DEFAULTS, current_names
 from normdrop.grid import grid_config
 from normdrop.lr_search import load_run
 from normdrop.metrics import run_metrics
@@ -46,8 +46,10 @@ def _diff(recorded: dict, expected: dict) -> str:
 
 def _normalised(settings: dict) -> dict:
     # JSON stores tuples as lists, and runs recorded before the renames the old names (config.
-    # LEGACY_NAMES): compare like with like.
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in current_names(settings).items()}
+    # LEGACY_NAMES), before a setting existed without it (it had its default, as their settings
+    # hash says: RunConfig.settings_hash): compare like with like.
+    settings = {**RUN_DEFAULTS, **current_names(settings)}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def _keys(run: layout.RunSpec) -> dict:

@@ -102,6 +102,9 @@ def prepared_key(name, val_fraction, split_seed, synthetic: dict | None = None) 
 
 NORMS = ("none", "batch", "group", "layer", "rms")
 INITS = ("stable", "he")
+# How the LSTM reads an image (docs/protocol.md): a row per step, a pixel per step, or the pixels
+# in a fixed random order (permuted pixel MNIST, Le et al. 2015; Cooijmans et al. 2016).
+LSTM_INPUTS = ("rows", "pixels", "permuted_pixels")
 # The norms each model accepts. RMSNorm (nn.RMSNorm) normalizes a feature vector: it fits the
 # MLP's hidden layers and the transformer's tokens; for conv maps torch has no channel-wise
 # RMSNorm (it would be hand-written), and the LSTM takes the two norms of its literature.
@@ -214,6 +217,9 @@ METRICS = {m.column: m for m in (
 # fmt: on
 PLOTTED_METRICS = ("loss_sd", "convergence_epoch", "final_test_acc", "gen_gap")  # metrics figure
 STUDY_METRICS = ("final_test_acc", "gen_gap", "loss_sd", "convergence_epoch")  # study panels
+# What a study effect may test: the panels' metrics and the loss SD over epochs 2+ (H1a beside
+# H1a on loss_sd, as the paper grid's H1a2: docs/protocol.md, "Loss SD is sensitive ...").
+EFFECT_METRICS = (*STUDY_METRICS, "loss_sd_late")
 UNIT_ABBREVIATIONS = {"points": "pts", "epochs": "ep", "": ""}
 STUDY_AXES = ("batch_size", "dropout_rate", "depth")
 

@@ -13,6 +13,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from normdrop.catalog import (
     CUDA_GRAPHS,
     DATASETS,
     INITS,
+    LSTM_INPUTS,
     MEMORY_FORMATS,
     MODEL_NORMS,
     MODELS,
@@ -100,6 +102,15 @@ class RunConfig:
         "docs/protocol.md) or he (plain He init)",
         allowed=INITS,
     )
+    lstm_input: str = _setting(
+        "rows",
+        help="what the lstm reads per time step: an image row, a pixel, or a pixel in a fixed "
+        "random order (permuted_pixels); lstm only",
+        allowed=LSTM_INPUTS,
+    )
+    permutation_seed: int = _setting(
+        0, help="seed of the pixel order of lstm_input permuted_pixels", allowed=">= 0"
+    )
     variant: str = _setting(
         "custom",
         help="label of the run in paths and tables (none, bn, dropout, bn_dropout in the "
@@ -132,6 +143,11 @@ class RunConfig:
         help="linear learning-rate warm-up over these first epochs, then the milestones "
         "(0: none, the paper's; docs/protocol.md)",
         allowed="[0, epochs - 1]",
+    )
+    grad_clip_norm: float = _setting(
+        0.0,
+        help="clip the gradients' global L2 norm to this before each step (0: off, the paper's)",
+        allowed=">= 0",
     )
     lr_gamma: float = _setting(
         0.1, help="factor applied to the learning rate at each milestone", allowed="(0, 1]"
@@ -219,6 +235,13 @@ class RunConfig:
                 f"setting 'norm' = {self.norm!r}: not defined for {self.model}; "
                 f"allowed: {', '.join(MODEL_NORMS[self.model])}"
             )
+        need(self.permutation_seed >= 0, "permutation_seed")
+        need(self.grad_clip_norm >= 0, "grad_clip_norm")
+        if self.lstm_input != "rows" and self.model != "lstm":
+            raise ConfigError(
+                f"setting 'lstm_input' = {self.lstm_input!r}: for the lstm only, not "
+                f"{self.model}; allowed: rows"
+            )
         need(self.batch_size >= 1, "batch_size")
         need(self.eval_batch_size >= 1, "eval_batch_size")
         need(0 < self.lr_gamma <= 1, "lr_gamma")
@@ -260,6 +283,12 @@ class RunConfig:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    def model_settings(self) -> dict:
+        """The keyword arguments of models.build_model after (name, in_shape, num_classes)."""
+        lstm = {"lstm_input": self.lstm_input, "permutation_seed": self.permutation_seed}
+        return dict(width=self.width, norm=self.norm, dropout_rate=self.dropout_rate,
+                    init=self.init, **(lstm if self.model == "lstm" else {}))  # fmt: skip
+
     def settings_hash(self) -> str:
         """Hash of what determines the run's numbers (execution-only settings left out). Hashed
         under the settings' names before LEGACY_NAMES' renames: a run keeps its hash."""
@@ -268,9 +297,23 @@ class RunConfig:
             for k, v in self.to_dict().items()
             if k not in EXECUTION_FIELDS
         }
-        if d["warmup_epochs"] == 0:  # added later: left out at its default, so that the runs
-            del d["warmup_epochs"]  # made before it keep their hash
+        # Settings added later are left out at their defaults, so that the runs made before
+        # them keep their hash; the permutation's seed only counts for permuted pixels.
+        for key, default in RUN_DEFAULTS.items():
+            if d[key] == default and key != "permutation_seed":
+                del d[key]
+        if d.get("lstm_input") != "permuted_pixels":
+            del d["permutation_seed"]
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# The settings a run recorded before they existed had these values (settings_hash agrees).
+RUN_DEFAULTS = {
+    "warmup_epochs": 0,
+    "grad_clip_norm": 0.0,
+    "lstm_input": "rows",
+    "permutation_seed": 0,
+}
 
 
 def _is_instance(value, hint) -> bool:
@@ -306,6 +349,8 @@ def run_config(
         model=model,
         width=m["width"],
         init=m.get("init", "stable"),
+        lstm_input=m.get("input", "rows"),
+        permutation_seed=m.get("permutation_seed", 0),
         variant=variant,
         norm=v["norm"],
         # A variant may override the model's rate (a dropout-rate sweep; rate 0 = off).
@@ -316,6 +361,7 @@ def run_config(
         batch_size=v.get("batch_size", t["batch_size"]),
         lr_milestones=tuple(t["lr_milestones"]),
         warmup_epochs=t["warmup_epochs"],
+        grad_clip_norm=t["grad_clip_norm"],
         lr_gamma=t["lr_gamma"],
         adam_betas=tuple(t["adam_betas"]),
         adam_eps=t["adam_eps"],
@@ -338,13 +384,18 @@ def run_config(
 
 
 def search_config(config: dict, dataset: str, model: str, variant: str, lr: float) -> RunConfig:
-    """A learning-rate candidate: the run's settings, shortened to the search's epochs."""
-    epochs = config["lr_search"]["epochs"]
+    """A learning-rate candidate: the run's settings, shortened to the search's epochs. The
+    milestones past its end are dropped; a warm-up keeps its share of the run, rounded up:
+    ceil(warmup_epochs x search epochs / train epochs), at most the search's epochs - 1
+    (docs/protocol.md: 5 of 100 epochs -> 1 of the search's 10)."""
+    epochs, train_epochs = config["lr_search"]["epochs"], config["train"]["epochs"]
     milestones = tuple(m for m in config["train"]["lr_milestones"] if m < epochs)
+    warmup = min(math.ceil(config["train"]["warmup_epochs"] * epochs / train_epochs), epochs - 1)
     seed = config["lr_search"]["seed"]
     return run_config(
-        config, dataset, model, variant, seed, lr=lr, epochs=epochs, lr_milestones=milestones
-    )
+        config, dataset, model, variant, seed, lr=lr, epochs=epochs, lr_milestones=milestones,
+        warmup_epochs=warmup,
+    )  # fmt: skip
 
 
 def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
@@ -365,6 +416,7 @@ def to_cli_args(cfg: RunConfig, skip: tuple[str, ...] = ()) -> list[str]:
 
 __all__ = [
     "LEGACY_NAMES",
+    "RUN_DEFAULTS",
     "ConfigError",
     "RunConfig",
     "current_names",

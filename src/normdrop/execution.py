@@ -146,8 +146,12 @@ def use_deterministic_algorithms() -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def make_train_step(forward, optimizer, device: torch.device, bf16: bool):
-    """One eager training step: `step(x, y) -> (loss, correct count)`, both on the device."""
+def make_train_step(forward, optimizer, device: torch.device, bf16: bool, clip: float = 0.0):
+    """One eager training step: `step(x, y) -> (loss, correct count)`, both on the device.
+    `clip` > 0: the gradients' global L2 norm is clipped to it between backward and the step
+    (settings' grad_clip_norm; numbers, unlike the rest of this module). clip_grad_norm_ syncs
+    nothing with the host and, on CUDA, takes its foreach path: it can be captured in a graph."""
+    params = [p for group in optimizer.param_groups for p in group["params"]]
 
     def step(x, y):
         # No autocast cache: it must be off under CUDA graph capture, and each weight is cast
@@ -157,6 +161,8 @@ def make_train_step(forward, optimizer, device: torch.device, bf16: bool):
         loss = F.cross_entropy(logits.float(), y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, clip)
         optimizer.step()
         return loss.detach(), (logits.argmax(1) == y).sum()
 

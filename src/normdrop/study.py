@@ -43,6 +43,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from normdrop.catalog import (
+    EFFECT_METRICS,
     METRICS,
     STUDY_FIGURE,
     STUDY_METRICS,
@@ -80,7 +81,7 @@ AXIS_LABELS = {
     "depth": "ResNet depth (layers)",
 }
 PANELS = tuple((c, METRICS[c].panel_title) for c in STUDY_METRICS)  # (runs column, title)
-EFFECT_UNITS = {c: UNIT_ABBREVIATIONS[METRICS[c].unit] for c in STUDY_METRICS}
+EFFECT_UNITS = {c: UNIT_ABBREVIATIONS[METRICS[c].unit] for c in EFFECT_METRICS}
 POSITIVE, NEGATIVE, UNCLEAR = "> 0 (CI above 0)", "< 0 (CI below 0)", "inconclusive (CI has 0)"
 
 

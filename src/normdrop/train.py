@@ -120,9 +120,7 @@ class RunObjects(Resumable):
 def build_objects(cfg: RunConfig, data: Prepared, device, ex: Execution) -> RunObjects:
     """Model, optimizer, scheduler and data generator, seeded: the same objects on every call."""
     torch.manual_seed(cfg.seed)  # model initialization and dropout masks
-    model = build_model(
-        cfg.model, data.in_shape, data.num_classes, cfg.width, cfg.norm, cfg.dropout_rate, cfg.init
-    )
+    model = build_model(cfg.model, data.in_shape, data.num_classes, **cfg.model_settings())
     model = model.to(device, memory_format=ex.memory_format)
     param_count = count_parameters(model)
     optimizer = make_optimizer(model, cfg, ex)
@@ -184,7 +182,7 @@ def train(
     run, history = _start_or_resume(cfg, data, device, ex, checkpoint, log)
 
     x_shape = (cfg.batch_size, *data.in_shape)  # full batches replay one graph, if captured
-    eager_step, graph_step, captured_lr = _train_steps(run, ex, x_shape, device)
+    eager_step, graph_step, captured_lr = _train_steps(run, ex, x_shape, device, cfg)
 
     t0 = time.perf_counter() - history.elapsed
     saver = Checkpointer(checkpoint, cfg, device, ex, run, history, t0)
@@ -235,11 +233,11 @@ def train(
     )
 
 
-def _train_steps(run: RunObjects, ex: Execution, x_shape, device) -> tuple:
+def _train_steps(run: RunObjects, ex: Execution, x_shape, device, cfg: RunConfig) -> tuple:
     """(eager_step, graph_step, the lr tensors the graph reads): the training step, and under
     CUDA graphs its capture for full batches of `x_shape`; (eager_step, None, []) when eager. The
     last, smaller batch of an epoch always runs eagerly."""
-    eager_step = make_train_step(run.forward, run.optimizer, device, ex.bf16)
+    eager_step = make_train_step(run.forward, run.optimizer, device, ex.bf16, cfg.grad_clip_norm)
     if not ex.cuda_graphs:
         return eager_step, None, []
     captured_lr = lr_to_device(run.optimizer, device)

@@ -52,8 +52,9 @@ MODELS = {
 
 
 def build_model(
-    name, in_shape, num_classes, width, norm="none", dropout_rate=0.0, init="stable"
+    name, in_shape, num_classes, width, norm="none", dropout_rate=0.0, init="stable", **lstm
 ) -> nn.Module:
+    """`lstm`: the LSTM's `lstm_input` and `permutation_seed` (models.lstm), for it only."""
     if name not in MODELS:
         raise ValueError(f"unknown model {name!r}; allowed: {', '.join(MODELS)}")
     if norm not in MODEL_NORMS[name]:
@@ -62,10 +63,13 @@ def build_model(
         )
     if init not in INITS:
         raise ValueError(f"unknown init {init!r}; allowed: {', '.join(INITS)}")
+    if lstm and name != "lstm":
+        raise ValueError(f"{', '.join(lstm)}: for the lstm only, not {name}")
     check_input(name, in_shape)
     return MODELS[name](
-        tuple(in_shape), num_classes, width=width, norm=norm, dropout_rate=dropout_rate, init=init
-    )
+        tuple(in_shape), num_classes, width=width, norm=norm, dropout_rate=dropout_rate,
+        init=init, **lstm,
+    )  # fmt: skip
 
 
 def count_parameters(model: nn.Module) -> int:

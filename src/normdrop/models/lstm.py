@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from normdrop.models.norms import block, dropout_layer, he_init_
@@ -16,7 +15,19 @@ class StepBatchNorm(nn.Module):
     """Recurrent BatchNorm (Cooijmans et al. 2016): batch statistics per time step, running
     averages kept per step for evaluation, one gain (init `gain`, 0.1 in the paper, so that
     the gates do not saturate) and optionally one shift shared over the steps. Hand-written:
-    nn.BatchNorm1d keeps one set of running statistics."""
+    nn.BatchNorm1d keeps one set of running statistics.
+
+    A feature that is constant across the batch at a step (blank first rows: W_x x and W_h h
+    are then the same for every image) has batch variance 0 and is normalized to 0 in training.
+    Evaluation does the same (docs/protocol.md, "BN-LSTM evaluation"): where the running
+    variance is below `CONSTANT_VAR` the feature counts as constant and is normalized to 0,
+    instead of dividing the running mean's lag behind the drifting constant by sqrt(eps). For
+    that the running averages start from the first batch's statistics (momentum max(0.1,
+    1 / k) at the k-th update, as a cumulative average until the EMA takes over), not from 1."""
+
+    EPS = 1e-5  # nn.BatchNorm1d's
+    CONSTANT_VAR = 1e-7  # eps / 100: such a feature is at most 0.1 x z in training
+    MOMENTUM = 0.1
 
     def __init__(self, features: int, steps: int, gain: float, shift: bool):
         super().__init__()
@@ -24,17 +35,26 @@ class StepBatchNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(features)) if shift else None
         self.register_buffer("running_mean", torch.zeros(steps, features))
         self.register_buffer("running_var", torch.ones(steps, features))
+        self.register_buffer("updates", torch.zeros(steps))  # per step: batches seen
 
     def forward(self, x, step: int | None = None):
-        # x: (N, F) at time `step`, or (N, T, F) for all steps at once.
-        if step is None:
-            mean, var = self.running_mean.view(-1), self.running_var.view(-1)
-            flat = x.reshape(len(x), -1)
-            out = F.batch_norm(flat, mean, var, None, None, self.training, 0.1, 1e-5)
-            out = out.view_as(x) * self.weight
+        # x: (N, F) at time `step`, or (N, T, F) for all steps at once (statistics per step).
+        steps = slice(None) if step is None else step
+        mean, var = self.running_mean[steps], self.running_var[steps]
+        if self.training:
+            batch_var, batch_mean = torch.var_mean(x, 0, unbiased=False)
+            with torch.no_grad():
+                n = self.updates[steps]
+                momentum = torch.clamp(1 / (n + 1), min=self.MOMENTUM).unsqueeze(-1)
+                unbiased = batch_var * (len(x) / max(len(x) - 1, 1))
+                mean.lerp_(batch_mean, momentum)  # views of the buffers: updated in place
+                var.lerp_(unbiased, momentum)
+                self.updates[steps] += 1
+            out = (x - batch_mean) * torch.rsqrt(batch_var + self.EPS)
         else:
-            out = F.batch_norm(x, self.running_mean[step], self.running_var[step],
-                               self.weight, None, self.training, 0.1, 1e-5)  # fmt: skip
+            scale = torch.rsqrt(var + self.EPS) * (var >= self.CONSTANT_VAR)
+            out = (x - mean) * scale
+        out = out * self.weight
         return out + self.bias if self.bias is not None else out
 
 
@@ -88,6 +108,9 @@ class NormLSTMLayer(nn.Module):
 class LSTMClassifier(nn.Module):
     """2-layer LSTM reading an image row by row (MNIST: 28 steps of 28 values; CIFAR: 32 steps
     of 3 x 32 = 96), dropout between the layers and before the linear head on the last state.
+    `lstm_input` "pixels" reads one pixel (its C values) per step in raster order (MNIST: 784
+    steps, Cooijmans et al. 2016's sequential MNIST), "permuted_pixels" the pixels in a fixed
+    random order drawn from `permutation_seed` (their permuted MNIST).
 
     At width (hidden units) 256 without a norm it has 891,402 parameters on CIFAR-10 and
     821,770 on MNIST. norm "none" is nn.LSTM (cuDNN on a GPU); "layer" and "batch" are
@@ -96,10 +119,20 @@ class LSTMClassifier(nn.Module):
     """
 
     def __init__(self, in_shape, num_classes, width=256, norm="none", dropout_rate=0.0,
-                 init="stable", layers=2):  # fmt: skip
+                 init="stable", layers=2, lstm_input="rows", permutation_seed=0):  # fmt: skip
         super().__init__()
         channels, height, wide = in_shape
-        inputs = channels * wide  # one row of every channel per step
+        self.lstm_input = lstm_input
+        # rows: one row of every channel per step; pixels: one pixel of every channel per step
+        steps, inputs = (
+            (height, channels * wide) if lstm_input == "rows" else (height * wide, channels)
+        )
+        order = torch.arange(height * wide)
+        if lstm_input == "permuted_pixels":  # fixed by its seed, not by the run's
+            order = torch.randperm(
+                height * wide, generator=torch.Generator().manual_seed(permutation_seed)
+            )
+        self.register_buffer("order", order, persistent=False)  # rebuilt from the settings
         if norm == "none":
             self.rnn = nn.LSTM(inputs, width, layers, batch_first=True, dropout=dropout_rate)
         else:
@@ -107,22 +140,30 @@ class LSTMClassifier(nn.Module):
             for i in range(layers):
                 stack += block(
                     dropout_layer(dropout_rate) if i > 0 else None,
-                    NormLSTMLayer(inputs if i == 0 else width, width, height, norm),
+                    NormLSTMLayer(inputs if i == 0 else width, width, steps, norm),
                 )
             self.rnn = nn.Sequential(*stack)
         self.drop = dropout_layer(dropout_rate) or nn.Identity()
         self.head = nn.Linear(width, num_classes)
         if init == "he":
+            # He's init for every input and recurrent weight, nn.LSTM's included, so that "he"
+            # means one thing whatever the norm (the hand-written cells hold them as nn.Linear).
             he_init_(self)
+            for name, weight in self.rnn.named_parameters():
+                if name.startswith("weight_"):  # nn.LSTM's weight_ih_l*, weight_hh_l*
+                    nn.init.kaiming_normal_(weight)
         # "stable": h_t lies in (-1, 1) and the head has nn.Linear's default init, so the first
         # logits are small for every norm (tests/test_models.py checks it).
 
     def forward(self, x):
         n, c, height, wide = x.shape
-        rows = x.permute(0, 2, 1, 3).reshape(n, height, c * wide)  # (N, T = H, C x W)
+        if self.lstm_input == "rows":
+            seq = x.permute(0, 2, 1, 3).reshape(n, height, c * wide)  # (N, T = H, C x W)
+        else:
+            seq = x.flatten(2).transpose(1, 2)[:, self.order]  # (N, T = H x W, C)
         # The recurrence in fp32 for every norm, as cuDNN's nn.LSTM runs it under bf16 autocast:
         # precision not confounded with the norm (docs/protocol.md); the head stays autocast.
         with torch.autocast(x.device.type, enabled=False):
-            out = self.rnn(rows.float())
+            out = self.rnn(seq.float())
         out = out[0] if isinstance(out, tuple) else out  # nn.LSTM returns (output, (h, c))
         return self.head(self.drop(out[:, -1]))

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normdrop.catalog import PATCH  # ViT patch side in pixels
-from normdrop.models.norms import dropout_layer, he_init_, token_norm
+from normdrop.models.norms import block, dropout_layer, he_init_, token_norm
 
 
 class Attention(nn.Module):
@@ -29,7 +29,8 @@ class Attention(nn.Module):
 
 
 class TransformerBlock(nn.Module):
-    """Pre-norm block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x)))."""
+    """Pre-norm block: x + drop(attn(norm(x))), then x + drop(mlp(norm(x))); the MLP is
+    linear, GELU, dropout, linear (ViT's MlpBlock: dropout after every dense layer but qkv)."""
 
     def __init__(self, dim, heads, mlp_ratio, norm, dropout_rate):
         super().__init__()
@@ -37,7 +38,10 @@ class TransformerBlock(nn.Module):
         self.attn = Attention(dim, heads, dropout_rate)
         self.norm2 = token_norm(norm, dim)
         hidden = mlp_ratio * dim
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+        self.mlp = nn.Sequential(
+            *block(nn.Linear(dim, hidden), nn.GELU(), dropout_layer(dropout_rate)),
+            nn.Linear(hidden, dim),
+        )
         self.drop = dropout_layer(dropout_rate) or nn.Identity()
 
     def forward(self, x):
@@ -64,6 +68,7 @@ class ViT(nn.Module):
         # A PATCHxPATCH conv with stride PATCH is the linear embedding of each flattened patch.
         self.embed = nn.Conv2d(channels, width, PATCH, stride=PATCH)
         self.pos = nn.Parameter(torch.zeros(1, tokens, width))
+        self.pos_drop = dropout_layer(dropout_rate) or nn.Identity()  # as ViT, after adding pos
         self.blocks = nn.Sequential(
             *[TransformerBlock(width, heads, mlp_ratio, norm, dropout_rate) for _ in range(depth)]
         )
@@ -78,12 +83,12 @@ class ViT(nn.Module):
         # features feed the head): each branch's last linear layer starts at zero, so every
         # block starts as the identity, as the unnormalized ResNets' do (docs/protocol.md).
         if norm == "none":
-            for block in self.blocks:
-                for last in (block.attn.proj, block.mlp[-1]):
+            for layer in self.blocks:
+                for last in (layer.attn.proj, layer.mlp[-1]):
                     nn.init.zeros_(last.weight)
                     nn.init.zeros_(last.bias)
 
     def forward(self, x):
-        x = self.embed(x).flatten(2).transpose(1, 2) + self.pos  # (N, T, D)
+        x = self.pos_drop(self.embed(x).flatten(2).transpose(1, 2) + self.pos)  # (N, T, D)
         x = self.norm(self.blocks(x))
         return self.head(x.mean(dim=1))
