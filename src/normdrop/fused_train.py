@@ -15,7 +15,9 @@ and execution.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ import pandas as pd
 import torch
 
 from normdrop.checkpoints import first_line, move_aside, ran_as
+from normdrop.cli import reporters
 from normdrop.config import ConfigError, RunConfig
 from normdrop.data import Prepared, crop_flip, normalize, standardization
 from normdrop.evaluation import Inputs, train_split_accuracy, val_and_test
@@ -36,9 +39,10 @@ from normdrop.fusion import (
     make_fused_step,
 )
 from normdrop.models import count_parameters
-from normdrop.outputs import steps_frame
+from normdrop.outputs import steps_frame, write_outputs
 from normdrop.progress import epoch_line
 from normdrop.storage import atomic_write_torch
+from normdrop.tracking import TensorBoardTracker
 from normdrop.train import TrainingResult, _epoch_record, make_scheduler
 
 FUSED_CHECKPOINT_FORMAT = "fused-1"
@@ -267,3 +271,72 @@ def _fused_epoch(epoch, run, data, inputs, cfg, hist, step_fn, active, save, due
     run.scheduler.step()
     run.optimizer.read_lrs()
     return losses.T, correct
+
+
+# --------------------------------------------------------------------------- CLI
+def member_configs(args, cfg: RunConfig) -> list[RunConfig]:
+    """The members of `python -m normdrop.train --seeds ... | --lrs ...`: cfg with each seed
+    and/or learning rate (one list of length 1 is repeated); ConfigError for what to fix."""
+    seeds, lrs = args.seeds or [cfg.seed], args.lrs or [cfg.lr]
+    k = max(len(seeds), len(lrs))
+    if len(seeds) not in (1, k) or len(lrs) not in (1, k):
+        raise ConfigError(f"--seeds gives {len(seeds)} members, --lrs {len(lrs)}: give as many")
+    seeds, lrs = (v * k if len(v) == 1 else v for v in (seeds, lrs))
+    cfgs = [dataclasses.replace(cfg, seed=s, lr=lr) for s, lr in zip(seeds, lrs, strict=True)]
+    if len({(c.seed, c.lr) for c in cfgs}) < k:
+        raise ConfigError("two members have the same seed and lr: each member must differ")
+    return cfgs
+
+
+def _member_dirs(args, cfgs, given, default) -> list[Path]:
+    if given is None:
+        return [default(c) for c in cfgs]
+    if len(given) != len(cfgs):
+        raise ConfigError(f"{len(given)} folders for {len(cfgs)} members: give one per member")
+    return list(given)
+
+
+def main_fused(args, cfg: RunConfig, data, device, checkpoint: Path, extra: dict) -> int:
+    """`python -m normdrop.train` with --seeds or --lrs (train.main hands over here once the
+    data, device and lease are set up): trains the members fused and writes each one's folder
+    as its unfused run would, with `fused_with` (the other members' folders) in meta.json."""
+    by_seed = args.seeds is not None
+
+    def default_out(c):
+        return Path(args.out) / (f"seed{c.seed}" if by_seed else f"lr{c.lr:g}")
+
+    try:
+        cfgs = member_configs(args, cfg)
+        outs = _member_dirs(args, cfgs, args.outs, default_out)
+        tb = _member_dirs(args, cfgs, args.tensorboard_dirs, lambda c: None)
+        refusal = fusion_refusal(cfgs)
+        if refusal:
+            raise ConfigError(refusal)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    tb = [d or Path(out) / "tensorboard" for d, out in zip(tb, outs, strict=True)]
+    trackers = [TensorBoardTracker(d) if args.tensorboard else None for d in tb]
+    labels = ", ".join(member_label(c) for c in cfgs)
+    print(f"{cfg.dataset}/{cfg.model}/{cfg.variant} fused: {labels} on {device}", flush=True)
+    log, progress, close_progress = reporters(sys.stdout)
+    try:
+        results = train_fused(cfgs, data, device, checkpoint, log=log, trackers=trackers)
+        for m, (c, result, out) in enumerate(zip(cfgs, results, outs, strict=True)):
+            others = [str(o) for o in outs if o != out]
+            member_extra = {**extra, "fused_with": others, "fused_checkpoint": str(checkpoint)}
+            member_extra["tensorboard_dir"] = str(tb[m]) if trackers[m] else None
+            write_outputs(out, c, result, member_extra)
+    except OSError as err:  # disk full, quota, permissions: the checkpoint is intact
+        why = f"writing {err.filename} failed: {err.strerror or err}"
+        print(f"error: {why}. The checkpoint {checkpoint} is intact: free space and rerun.",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    finally:
+        close_progress()
+    checkpoint.unlink(missing_ok=True)  # the members' outputs now hold everything it had
+    statuses = ", ".join(
+        f"{member_label(c)} {r.status}" for c, r in zip(cfgs, results, strict=True)
+    )
+    print(f"fused job done: {statuses}; wrote {len(outs)} run folders")
+    return 0

@@ -24,7 +24,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from normdrop.config import RunConfig
-from normdrop.models import build_model
+from normdrop.models import StepBatchNorm, build_model
 
 # The settings members may differ in: everything else (architecture, data, schedule) is shared.
 MEMBER_KEYS = ("seed", "lr")
@@ -41,6 +41,11 @@ def fusion_refusal(cfgs: list[RunConfig]) -> str | None:
     cfg = cfgs[0]
     if cfg.model == "lstm" and cfg.norm == "none":
         return "cannot fuse lstm with norm none (nn.LSTM has no vmap batching rule in torch)"
+    if cfg.model == "vit" and cfg.norm in ("none", "batch"):
+        return (
+            f"cannot fuse vit with norm {cfg.norm}: under vmap its gradients differ from the "
+            "unfused run's by an ulp (position embedding, attention) and drift past 1e-5"
+        )
     if cfg.compile:
         return "cannot fuse with compile on (the vmapped step is not compiled); use --no-compile"
     if cfg.cuda_graphs == "on":
@@ -125,26 +130,27 @@ class _FoldedBatchNormFn(torch.autograd.Function):
 
     @staticmethod
     def vmap(info, in_dims, x, weight, bias, running_mean, running_var, training, momentum, eps):
-        if any(d != 0 for d in in_dims[1:5]):
+        state = (weight, bias, running_mean, running_var)
+        if any(d != 0 for t, d in zip(state, in_dims[1:5], strict=True) if t is not None):
             raise ValueError(f"BatchNorm state must be stacked on dim 0, not {in_dims[1:5]}")
+
+        def flat(t):  # (K, C) -> (K*C,): a view where contiguous, updated in place
+            return None if t is None else t.reshape(-1)
+
         xs = x.movedim(in_dims[0], 1)  # (B, K, C, ...)
         b, k, c = xs.shape[:3]
-        out = F.batch_norm(
-            xs.reshape(b, k * c, *xs.shape[3:]),
-            running_mean.view(-1),  # views: the running statistics update in place, per member
-            running_var.view(-1),
-            weight.reshape(-1),
-            bias.reshape(-1),
-            training,
-            momentum,
-            eps,
-        )
+        mean, var = flat(running_mean), flat(running_var)
+        folded = xs.reshape(b, k * c, *xs.shape[3:])
+        out = F.batch_norm(folded, mean, var, flat(weight), flat(bias), training, momentum, eps)
+        for new, stacked in ((mean, running_mean), (var, running_var)):
+            if stacked is not None and new.data_ptr() != stacked.data_ptr():
+                stacked.copy_(new.view_as(stacked))  # a copy (a step's slice): written back
         return out.view(xs.shape), 1
 
 
 class FoldedBatchNorm(nn.modules.batchnorm._BatchNorm):
     """nn.BatchNorm1d/2d's training-and-eval forward (affine, running statistics, momentum as
-    set: the models' own) through `_FoldedBatchNormFn`; the class the fused skeleton's norms take."""
+    set: the models' own) through `_FoldedBatchNormFn`: the fused skeleton's BatchNorms."""
 
     def forward(self, x):
         if self.training:
@@ -232,6 +238,22 @@ class StackedRMSNorm(nn.RMSNorm):
         return _PerMemberFn.apply(_rms_norm, x, self.weight, None, self.normalized_shape, self.eps)
 
 
+class StackedStepBatchNorm(StepBatchNorm):
+    """The LSTM's per-step BatchNorm (models.lstm.StepBatchNorm) through `_FoldedBatchNormFn`."""
+
+    def forward(self, x, step: int | None = None):
+        if step is None:
+            mean, var = self.running_mean.view(-1), self.running_var.view(-1)
+            flat = x.reshape(len(x), -1)
+            out = _FoldedBatchNormFn.apply(flat, None, None, mean, var, self.training, 0.1, 1e-5)
+            out = out.view_as(x) * self.weight
+        else:
+            mean, var = self.running_mean[step], self.running_var[step]
+            args = (mean, var, self.training, 0.1, 1e-5)
+            out = _FoldedBatchNormFn.apply(x, self.weight, None, *args)
+        return out + self.bias if self.bias is not None else out
+
+
 # The fused skeleton's layers that run one call per member (same state, same init).
 PER_MEMBER = {
     nn.Conv2d: StackedConv2d,
@@ -239,6 +261,7 @@ PER_MEMBER = {
     nn.LayerNorm: StackedLayerNorm,
     nn.GroupNorm: StackedGroupNorm,
     nn.RMSNorm: StackedRMSNorm,
+    StepBatchNorm: StackedStepBatchNorm,
 }
 
 
@@ -263,6 +286,9 @@ class StackedAdam:
         self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
         dummies = [{"params": [torch.zeros(())], "lr": c.lr} for c in cfgs]
         self.schedule_groups = torch.optim.SGD(dummies, lr=cfg.lr)  # lr holder, never stepped
+        # What torch's step wrapper sets: the scheduler's "step before optimizer.step" warning
+        # does not apply to a holder that is never stepped.
+        self.schedule_groups._opt_called = True
         self.device = device
         self.lr = self.read_lrs()
 
@@ -329,7 +355,9 @@ def make_fused_step(model: FusedModel, optimizer: StackedAdam, device, bf16: boo
             logits = model.forward(x)  # (K, B, classes)
         # Each member's mean loss by the unfused call, one per member: a per-sample loss
         # averaged per member (one kernel) differs from cross_entropy's own mean by an ulp.
-        losses = torch.stack([F.cross_entropy(lg.float(), t) for lg, t in zip(logits, y)])
+        losses = torch.stack(
+            [F.cross_entropy(lg.float(), t) for lg, t in zip(logits, y, strict=True)]
+        )
         optimizer.zero_grad()
         losses.sum().backward()
         optimizer.step(active)
