@@ -319,6 +319,7 @@ def test_bench_tiny_runs_and_prints_every_model(train_env):
         assert any(r.startswith(f"| {model} | cifar |") for r in rows), res.stdout
         assert any(r.startswith(f"| {model} | mnist |") for r in rows), res.stdout
         assert any(r.startswith(f"| {model} |") and r.endswith(" h |") for r in rows), res.stdout
+        assert any(r.startswith(f"| {model} | 3 |") for r in rows), res.stdout  # fused K = 3
     assert any(r.startswith("| **grid** | **") and r.endswith(" h** |") for r in rows)
     assert "| textbook | eager | best | best / textbook |" in res.stdout
 
