@@ -64,7 +64,7 @@ def run_gpu_check(gpu_machine_env):
 def test_everything_the_check_imports_imports_without_snakemake_and_jsonschema(gpu_machine_env):
     # the check, its libraries, and what its subprocesses run (the training CLI, the lease
     # holder, the speed workers); the blocker itself must work, or this proves nothing
-    modules = ["gpu_check", "graph_steps", "check_rows", "speed", "fusion_prototype"]
+    modules = ["gpu_check", "graph_steps", "check_rows", "speed", "fused_speed"]
     modules += ["normdrop.train", "normdrop.gpu_lease", "normdrop.checkpoints"]
     code = (
         "import importlib, sys; sys.path.insert(0, 'benchmarks')\n"

@@ -225,7 +225,9 @@ def test_the_cli_writes_each_members_run_folder(tiny_data, tmp_path, capsys):
     ]  # fmt: skip
     assert main([*args, "--lrs", "1e-3", "3e-3", "--seeds", "42", "43", "44"]) == 2
     assert capsys.readouterr().err.count("\n") == 1  # one line: give as many
-    assert main([*args, "--lrs", "1e-3", "3e-3"]) == 0
+    logs = [str(tmp_path / "logs" / f"{lr}.log") for lr in ("a", "b")]
+    assert main([*args, "--lrs", "1e-3", "3e-3", "--member-logs", *logs]) == 0
+    assert (tmp_path / "logs" / "b.log").read_text().startswith("epoch 1/2 lr 3.00e-03")
     metas = [
         json.loads((tmp_path / "job" / f"lr{lr}" / "meta.json").read_text())
         for lr in ("0.001", "0.003")

@@ -164,6 +164,8 @@ def fused_members(kind):
             *(layout.run_dir(RESULTS, kind, **k) for k in keys),
             "--tensorboard-dirs",
             *(layout.tensorboard_dir(RESULTS, kind, **k) for k in keys),
+            "--member-logs",  # each member's epoch lines where normdrop.status reads them
+            *(layout.run_log(RESULTS, kind, **k) for k in keys),
         ]
 
     return args

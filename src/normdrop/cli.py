@@ -111,6 +111,11 @@ def add_member_arguments(parser: argparse.ArgumentParser) -> None:
         " --out then holds the job's checkpoint)",
     )  # fmt: skip
     g.add_argument(
+        "--member-logs", type=Path, nargs="+",
+        help="a log per member, in member order, that gets its epoch lines: what normdrop.status"
+        " reads (default: none; the job's own output has every member's lines)",
+    )  # fmt: skip
+    g.add_argument(
         "--tensorboard-dirs", type=Path, nargs="+",
         help="the members' event-file folders, in member order (default: <member>/tensorboard)",
     )  # fmt: skip

@@ -159,9 +159,12 @@ def train_fused(
     checkpoint: Path | None = None,
     log=print,
     trackers: list | None = None,
+    member_logs: list | None = None,
 ) -> list[TrainingResult]:
     """Train the members `cfgs` (equal but for seed and lr) fused; one TrainingResult each, as
-    train.train returns for that member's unfused run. ConfigError if they cannot fuse."""
+    train.train returns for that member's unfused run. ConfigError if they cannot fuse.
+    `log` gets every line, a member's prefixed with its seed and lr; `member_logs[m](line)`, if
+    given, gets member m's epoch lines as its unfused run logs them."""
     refusal = fusion_refusal(cfgs)
     if refusal:
         raise ConfigError(refusal)
@@ -206,6 +209,8 @@ def train_fused(
             row["wall_time_s"] = time.perf_counter() - t0
             hist.rows[m].append(row)
             log(f"[{member_label(cfgs[m])}] {epoch_line(row, cfg.epochs)}")
+            if member_logs:
+                member_logs[m](epoch_line(row, cfg.epochs))
             if trackers[m]:
                 trackers[m].log_epoch(row)
             if not finite:
@@ -274,6 +279,17 @@ def _fused_epoch(epoch, run, data, inputs, cfg, hist, step_fn, active, save, due
 
 
 # --------------------------------------------------------------------------- CLI
+def _appender(path: Path):
+    """A function that appends a line to `path` (made with its folder), flushed at once."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+    def write(line: str) -> None:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+
+    return write
+
+
 def member_configs(args, cfg: RunConfig) -> list[RunConfig]:
     """The members of `python -m normdrop.train --seeds ... | --lrs ...`: cfg with each seed
     and/or learning rate (one list of length 1 is repeated); ConfigError for what to fix."""
@@ -309,6 +325,7 @@ def main_fused(args, cfg: RunConfig, data, device, checkpoint: Path, extra: dict
         cfgs = member_configs(args, cfg)
         outs = _member_dirs(args, cfgs, args.outs, default_out)
         tb = _member_dirs(args, cfgs, args.tensorboard_dirs, lambda c: None)
+        logs = _member_dirs(args, cfgs, args.member_logs, lambda c: None)
         refusal = fusion_refusal(cfgs)
         if refusal:
             raise ConfigError(refusal)
@@ -321,7 +338,8 @@ def main_fused(args, cfg: RunConfig, data, device, checkpoint: Path, extra: dict
     print(f"{cfg.dataset}/{cfg.model}/{cfg.variant} fused: {labels} on {device}", flush=True)
     log, progress, close_progress = reporters(sys.stdout)
     try:
-        results = train_fused(cfgs, data, device, checkpoint, log=log, trackers=trackers)
+        member_logs = [_appender(path) for path in logs] if args.member_logs else None
+        results = train_fused(cfgs, data, device, checkpoint, log, trackers, member_logs)
         for m, (c, result, out) in enumerate(zip(cfgs, results, outs, strict=True)):
             others = [str(o) for o in outs if o != out]
             member_extra = {**extra, "fused_with": others, "fused_checkpoint": str(checkpoint)}
