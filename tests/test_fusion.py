@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 
 import pandas as pd
 import pytest
 import torch
 
 from normdrop import fused_train
+from normdrop.attempts import Preempted, StopSignals
 from normdrop.config import ConfigError, RunConfig
 from normdrop.data import SyntheticSpec, download, load_prepared, prepare
 from normdrop.fusion import FusedModel, StackedAdam
@@ -205,6 +207,20 @@ def test_a_killed_job_resumes_bitwise(small, tmp_path, monkeypatch, stop_after_s
         pd.testing.assert_frame_equal(
             a.epochs.drop(columns="wall_time_s"), b.epochs.drop(columns="wall_time_s")
         )
+
+
+def test_a_sigterm_checkpoints_the_job_after_its_step_and_the_rerun_resumes_bitwise(
+    small, tmp_path
+):
+    cfgs = members(model="mlp", dropout_rate=0.2)
+    whole = fused_train.train_fused(cfgs, small, CPU, **QUIET)
+    ckpt = tmp_path / "fused.pt"
+    with StopSignals((signal.SIGTERM, 4)) as stop, pytest.raises(Preempted):  # epoch 2, step 1
+        fused_train.train_fused(cfgs, small, CPU, ckpt, stop=stop, **QUIET)
+    resumed = fused_train.train_fused(cfgs, small, CPU, ckpt, **QUIET)
+    assert resumed[0].resumes == [{"epoch": 1, "step": 1}]
+    for a, b in zip(whole, resumed, strict=True):
+        pd.testing.assert_frame_equal(a.steps, b.steps)
 
 
 def test_models_that_cannot_fuse_are_refused_in_one_line(small):

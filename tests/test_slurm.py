@@ -224,15 +224,21 @@ def test_toy_jobs_run_as_slurm_jobs_with_one_gpu_each(cluster, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# The real workflow: the demo config (synthetic data, CPU) through the SLURM profile, two
-# training runs (and their learning-rate searches); one of them is cancelled with `scancel` once
-# it has trained an epoch. The same runs go through Snakemake's local executor at the same time.
+# The real workflow: the demo config (synthetic data, CPU) through the SLURM profile, three
+# training runs (and the learning-rate searches of their two variants); once it has trained an
+# epoch, one is cancelled with `scancel`, another gets `scancel --signal=TERM` (what the profile's
+# `--signal=TERM@<s>` has SLURM send ahead of a time limit). The same runs go through Snakemake's
+# local executor at the same time.
 
 SNAKEFILE = REPO / "Snakefile"
 DEMO = REPO / "workflow" / "demo.yaml"
-DEMO_RUNS = [("synthetic", "mlp", "none", 42), ("synthetic", "mlp", "bn", 42)]
-KILL_RUN = DEMO_RUNS[1]
-# 3 to 10 s of training on a CPU: the run is caught mid-run (it is cancelled after epoch 1)
+DEMO_RUNS = [
+    ("synthetic", "mlp", "none", 42),
+    ("synthetic", "mlp", "bn", 42),
+    ("synthetic", "mlp", "bn", 43),
+]
+KILL_RUN, TERM_RUN = DEMO_RUNS[1], DEMO_RUNS[2]
+# 3 to 10 s of training on a CPU: the runs are caught mid-run (signalled after epoch 1)
 EPOCHS = 150
 WALL_TIME_COLUMNS = {"wall_time_s"}
 
@@ -249,8 +255,8 @@ def _checkpoint(workdir: Path, run: tuple) -> Path:
     return Path(layout.checkpoint(workdir / "results", "train", **keys))
 
 
-def _demo(workdir: Path, slurm: bool) -> _Snakemake:
-    """Start the demo workflow for DEMO_RUNS in `workdir`, through the SLURM profile or locally.
+def _demo(workdir: Path, slurm: bool, runs=DEMO_RUNS) -> _Snakemake:
+    """Start the demo workflow for `runs` in `workdir`, through the SLURM profile or locally.
     Its config: config.yaml + demo.yaml + results under `workdir`, EPOCHS epochs, one seed, one
     learning-rate candidate."""
     config = workdir / "test.yaml"
@@ -278,17 +284,17 @@ def _demo(workdir: Path, slurm: bool) -> _Snakemake:
         str(workdir),
     ]
     cmd += ["--workflow-profile", str(PROFILE), *FAST_STATUS] if slurm else ["--cores", "2"]
-    cmd += [str(_run_dir(workdir, run) / "meta.json") for run in DEMO_RUNS]
+    cmd += [str(_run_dir(workdir, run) / "meta.json") for run in runs]
     return _Snakemake(cmd, workdir, "snakemake.out")
 
 
-def _cancel_mid_run(workdir: Path, run: tuple, on_slurm: _Snakemake) -> str | None:
-    """scancel the training job of `run` once it runs and has a checkpoint; its job id."""
-    dataset, model, variant, seed = run
-    comment = f"rule_train_wildcards_{dataset}_{model}_{variant}_{seed}"
-    ckpt = _checkpoint(workdir, run)
+def _signal_mid_run(workdir: Path, on_slurm: _Snakemake, how: dict) -> dict:
+    """`scancel *how[run]` (nothing more: cancel; --signal=TERM: that signal only) the training
+    job of each run in `how` once it runs and has a checkpoint; their job ids by run."""
+    pending = {f"rule_train_wildcards_{d}_{m}_{v}_{s}": (d, m, v, s) for d, m, v, s in how}
+    signalled = {}
     deadline = time.monotonic() + 360
-    while on_slurm.running() and time.monotonic() < deadline:
+    while pending and on_slurm.running() and time.monotonic() < deadline:
         r = subprocess.run(
             ["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k"],
             capture_output=True,
@@ -296,12 +302,14 @@ def _cancel_mid_run(workdir: Path, run: tuple, on_slurm: _Snakemake) -> str | No
             timeout=30,
         )
         for line in r.stdout.splitlines():
-            job_id, job_comment = line.split("|", 1)
-            if job_comment.strip() == comment and ckpt.exists():  # it trained >= 1 epoch
-                subprocess.run(["scancel", job_id], check=True, timeout=30)
-                return job_id
+            job_id, comment = line.split("|", 1)
+            run = pending.get(comment.strip())
+            if run and _checkpoint(workdir, run).exists():  # it trained >= 1 epoch
+                subprocess.run(["scancel", *how[run], job_id], check=True, timeout=30)
+                signalled[run] = job_id
+                del pending[comment.strip()]
         time.sleep(0.2)
-    return None
+    return signalled
 
 
 @pytest.fixture(scope="module")
@@ -311,13 +319,21 @@ def demo(cluster, tmp_path_factory) -> dict:
     on_slurm = _demo(slurm_dir, slurm=True)
     local = _demo(local_dir, slurm=False)
     try:
-        cancelled = _cancel_mid_run(slurm_dir, KILL_RUN, on_slurm)
+        signalled = _signal_mid_run(
+            slurm_dir, on_slurm, {KILL_RUN: [], TERM_RUN: ["--signal=TERM"]}
+        )
         local.wait(480)
         out = on_slurm.wait(480)
     finally:
         on_slurm.kill()
         local.kill()
-    return {"slurm": slurm_dir, "out": out, "local": local_dir, "cancelled": cancelled}
+    return {
+        "slurm": slurm_dir,
+        "out": out,
+        "local": local_dir,
+        "cancelled": signalled.get(KILL_RUN),
+        "signalled": signalled.get(TERM_RUN),
+    }
 
 
 def _metas(workdir: Path, kind: str) -> dict[Path, dict]:
@@ -342,7 +358,8 @@ def test_demo_runs_every_training_job_on_slurm(demo):
     runs = _metas(workdir, "runs")
     assert set(runs) == {_run_dir(workdir, run) / "meta.json" for run in DEMO_RUNS}
     searches = _metas(workdir, "lr_search")
-    assert len(searches) == len(DEMO_RUNS), sorted(searches)  # one candidate per variant
+    variants = {run[:3] for run in DEMO_RUNS}
+    assert len(searches) == len(variants), sorted(searches)  # one candidate per variant
     for run in DEMO_RUNS:
         path = _run_dir(workdir, run) / "meta.json"
         meta = runs[path]
@@ -375,6 +392,10 @@ def test_scancelled_training_job_resumes_from_its_checkpoint(demo):
     _assert_gpu_job(meta["slurm_job_id"], "train", attempt=2)
     assert meta["resumes"], f"the retried job started over instead of resuming: {meta}"
     assert 1 <= meta["resumes"][0]["epoch"] < EPOCHS, meta["resumes"]
+    # scancel sends SIGTERM, SIGKILL KillWait s later: the run stops after its step (preempted),
+    # or, when the SIGKILL comes first, the attempt has no ending (killed)
+    outcomes = [a["outcome"] for a in meta["attempts"]]
+    assert outcomes in (["preempted", "finished"], ["killed", "finished"]), meta["attempts"]
 
 
 def _assert_same_metrics(a: Path, b: Path):
@@ -408,3 +429,23 @@ def test_demo_on_slurm_matches_a_local_run(demo):
         assert meta["resumes"] == []
     for run in DEMO_RUNS:
         _assert_same_metrics(_run_dir(demo["slurm"], run), _run_dir(demo["local"], run))
+
+
+def test_sigterm_to_a_training_job_checkpoints_and_the_retry_resumes_exactly(demo):
+    """`scancel --signal=TERM`: the run checkpoints after its step and exits 75 (attempt
+    "preempted"), the job fails and is submitted again (attempt 2 of `retries`), the run resumes
+    there: its per-step losses equal those of the same run through the local executor."""
+    workdir, out, signalled = demo["slurm"], demo["out"], demo["signalled"]
+    assert signalled, f"never saw the training job of {TERM_RUN} running with a checkpoint"
+    assert _job_field(_scontrol_job(signalled), "JobState") == "FAILED"  # exit 75, not killed
+    assert f"SLURM-job '{signalled}' failed, SLURM status is: 'FAILED'" in out, out[-4000:]
+    meta = json.loads((_run_dir(workdir, TERM_RUN) / "meta.json").read_text())
+    _assert_gpu_job(meta["slurm_job_id"], "train", attempt=2)
+    attempts = meta["attempts"]
+    assert [a["outcome"] for a in attempts] == ["preempted", "finished"], attempts
+    assert [a["slurm_job_id"] for a in attempts] == [signalled, meta["slurm_job_id"]], attempts
+    assert meta["resumes"] and 1 <= meta["resumes"][0]["epoch"] < EPOCHS, meta["resumes"]
+    steps = [
+        pd.read_parquet(_run_dir(demo[d], TERM_RUN) / "steps.parquet") for d in ("slurm", "local")
+    ]
+    pd.testing.assert_frame_equal(steps[0], steps[1])  # SLURM's, local: every step, bitwise

@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from normdrop.attempts import AttemptLog, Preempted, StopSignals, accounting
 from normdrop.checkpoints import first_line, move_aside, ran_as
 from normdrop.cli import reporters
 from normdrop.config import ConfigError, RunConfig
@@ -39,11 +40,11 @@ from normdrop.fusion import (
     make_fused_step,
 )
 from normdrop.models import count_parameters
-from normdrop.outputs import steps_frame, write_outputs
+from normdrop.outputs import epoch_record, steps_frame, write_outputs
 from normdrop.progress import epoch_line
 from normdrop.storage import atomic_write_torch
 from normdrop.tracking import TensorBoardTracker
-from normdrop.train import TrainingResult, _epoch_record, make_scheduler
+from normdrop.train import TrainingResult, make_scheduler
 
 FUSED_CHECKPOINT_FORMAT = "fused-1"
 
@@ -160,11 +161,13 @@ def train_fused(
     log=print,
     trackers: list | None = None,
     member_logs: list | None = None,
+    stop: StopSignals | None = None,
 ) -> list[TrainingResult]:
     """Train the members `cfgs` (equal but for seed and lr) fused; one TrainingResult each, as
     train.train returns for that member's unfused run. ConfigError if they cannot fuse.
     `log` gets every line, a member's prefixed with its seed and lr; `member_logs[m](line)`, if
-    given, gets member m's epoch lines as its unfused run logs them."""
+    given, gets member m's epoch lines as its unfused run logs them. When `stop`
+    (normdrop.attempts) asks, it checkpoints after that step and raises `Preempted`."""
     refusal = fusion_refusal(cfgs)
     if refusal:
         raise ConfigError(refusal)
@@ -176,7 +179,7 @@ def train_fused(
     inputs = Inputs(*standardization(data.mean, data.std), ex.memory_format, ex.bf16)
     run, hist = _resume(checkpoint, cfgs, data, device, ex, log)
     step_fn = make_fused_step(run.model, run.optimizer, device, ex.bf16)
-    trackers = trackers or [None] * k
+    trackers, stop = trackers or [None] * k, stop or StopSignals()
     t0 = time.perf_counter() - hist.elapsed
     last_save = [time.monotonic()]
 
@@ -196,7 +199,7 @@ def train_fused(
             break
         lrs = [float(g["lr"]) for g in run.optimizer.schedule_groups.param_groups]
         losses, correct = _fused_epoch(
-            epoch, run, data, inputs, cfg, hist, step_fn, active, save, due
+            epoch, run, data, inputs, cfg, hist, step_fn, active, save, due, stop
         )
         epoch_losses, correct = losses.cpu(), correct.cpu()  # the epoch's one host sync
         for m in (m for m in range(k) if active[m]):
@@ -205,7 +208,7 @@ def train_fused(
             member = run.model.member(m)
             scores = val_and_test(member, data, inputs, cfg.eval_batch_size) if finite else {}
             n_correct = correct[m].item() / len(data.train_y)
-            row = _epoch_record(epoch, lrs[m], epoch_losses[m], n_correct, scores)
+            row = epoch_record(epoch, lrs[m], epoch_losses[m], n_correct, scores)
             row["wall_time_s"] = time.perf_counter() - t0
             hist.rows[m].append(row)
             log(f"[{member_label(cfgs[m])}] {epoch_line(row, cfg.epochs)}")
@@ -243,7 +246,7 @@ def train_fused(
     return results
 
 
-def _fused_epoch(epoch, run, data, inputs, cfg, hist, step_fn, active, save, due) -> tuple:
+def _fused_epoch(epoch, run, data, inputs, cfg, hist, step_fn, active, save, due, stop) -> tuple:
     """One epoch's fused steps: (losses (K, steps), correct (K,)), on the device; continues a
     mid-epoch checkpoint's epoch (hist.mid_epoch, then cleared). Each member draws its data
     order, then each batch's augmentation, from its own generator, in its unfused run's order."""
@@ -270,9 +273,12 @@ def _fused_epoch(epoch, run, data, inputs, cfg, hist, step_fn, active, save, due
         step_losses, n_correct = step_fn(x, y, active_t)
         losses[step] = step_losses
         correct += n_correct
-        if due():
+        stopping = stop.after_step()  # SIGTERM/SIGUSR1 came: checkpoint now, then stop
+        if stopping or due():
             tensors = [t.cpu() for t in (perms, losses, correct)]
             save(epoch, step + 1, {"step": step + 1, "tensors": tensors})
+        if stopping:
+            raise Preempted(stop.requested, epoch, step + 1)
     run.scheduler.step()
     run.optimizer.read_lrs()
     return losses.T, correct
@@ -337,14 +343,21 @@ def main_fused(args, cfg: RunConfig, data, device, checkpoint: Path, extra: dict
     labels = ", ".join(member_label(c) for c in cfgs)
     print(f"{cfg.dataset}/{cfg.model}/{cfg.variant} fused: {labels} on {device}", flush=True)
     log, progress, close_progress = reporters(sys.stdout)
+    attempts = AttemptLog(checkpoint)  # the job's attempts: each member's meta.json has them
     try:
         member_logs = [_appender(path) for path in logs] if args.member_logs else None
-        results = train_fused(cfgs, data, device, checkpoint, log, trackers, member_logs)
-        for m, (c, result, out) in enumerate(zip(cfgs, results, outs, strict=True)):
-            others = [str(o) for o in outs if o != out]
-            member_extra = {**extra, "fused_with": others, "fused_checkpoint": str(checkpoint)}
-            member_extra["tensorboard_dir"] = str(tb[m]) if trackers[m] else None
-            write_outputs(out, c, result, member_extra)
+        with attempts.recording(), StopSignals.from_env() as stop:  # SIGTERM, SIGUSR1
+            results = train_fused(cfgs, data, device, checkpoint, log, trackers, member_logs, stop)
+            extra["accounting"] = accounting(device, extra["data_sha256"])
+            extra["attempts"] = attempts.attempts(current_outcome="finished")
+            for m, (c, result, out) in enumerate(zip(cfgs, results, outs, strict=True)):
+                others = [str(o) for o in outs if o != out]
+                member = {**extra, "fused_with": others, "fused_checkpoint": str(checkpoint)}
+                member["tensorboard_dir"] = str(tb[m]) if trackers[m] else None
+                write_outputs(out, c, result, member)
+    except Preempted as stopped:  # after a step, its checkpoint written
+        log(f"{stopped}; checkpoint {checkpoint} written: rerun to resume (exit {stopped.code})")
+        return stopped.code
     except OSError as err:  # disk full, quota, permissions: the checkpoint is intact
         why = f"writing {err.filename} failed: {err.strerror or err}"
         print(f"error: {why}. The checkpoint {checkpoint} is intact: free space and rerun.",
@@ -353,6 +366,7 @@ def main_fused(args, cfg: RunConfig, data, device, checkpoint: Path, extra: dict
     finally:
         close_progress()
     checkpoint.unlink(missing_ok=True)  # the members' outputs now hold everything it had
+    attempts.remove()
     statuses = ", ".join(
         f"{member_label(c)} {r.status}" for c, r in zip(cfgs, results, strict=True)
     )

@@ -7,6 +7,7 @@ config.LEGACY_NAMES hold the old names (read them with config.current_names).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,6 +32,20 @@ def steps_frame(step_losses: list[torch.Tensor]) -> pd.DataFrame:
             "loss": losses_all.double().numpy(),
         }
     )
+
+
+def epoch_record(epoch, lr, epoch_losses, train_acc, scores) -> dict:
+    """The epoch's row of epochs.parquet, wall_time_s to come; `scores` from
+    evaluation.val_and_test, empty (NaN) when the epoch's loss was not finite, as nothing is
+    evaluated then."""
+    return {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss_mean": float(epoch_losses.mean()),
+        "train_loss_sd": float(epoch_losses.std()) if len(epoch_losses) > 1 else 0.0,
+        "train_acc": train_acc,
+        **{k: scores.get(k, math.nan) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
+    }
 
 
 def write_outputs(out: Path, cfg: RunConfig, result: TrainingResult, extra: dict) -> None:

@@ -5,10 +5,9 @@
         --out results/runs/cifar10/resnet20/bn_dropout/seed42
 
 The whole dataset lives on the run's device as uint8; shuffling, augmentation and normalization
-happen there. Per-step losses and correct counts accumulate in device tensors and reach the host
-once per epoch, so the hot loop never waits on a host synchronization. The run checkpoints
-atomically after every epoch and every `checkpoint_every_s` seconds (mid-epoch too); rerun with
-the same checkpoint path and it resumes exactly where it stopped, RNG states included.
+happen there. Per-step losses and correct counts stay on the device until the epoch ends (one
+host sync per epoch). The run checkpoints atomically after every epoch and every
+`checkpoint_every_s` seconds (mid-epoch too); rerun it and it resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -27,6 +26,7 @@ import pandas as pd
 import torch
 
 from normdrop import layout, provenance
+from normdrop.attempts import EXIT_HELP, AttemptLog, Preempted, StopSignals, accounting
 from normdrop.checkpoints import (
     Checkpointer,
     History,
@@ -61,7 +61,7 @@ from normdrop.execution import (
     use_deterministic_algorithms,
 )
 from normdrop.models import build_model, count_parameters
-from normdrop.outputs import steps_frame, write_outputs
+from normdrop.outputs import epoch_record, steps_frame, write_outputs
 from normdrop.progress import epoch_line
 from normdrop.tracking import TensorBoardTracker, Tracker
 
@@ -158,6 +158,7 @@ def train(
     log=print,
     progress=None,
     tracker: Tracker | None = None,
+    stop: StopSignals | None = None,
 ) -> TrainingResult:
     """Train cfg.model on `data` for cfg.epochs epochs; resume from `checkpoint` if it exists.
 
@@ -169,7 +170,8 @@ def train(
     `log(line)` gets one line per epoch and per event (resume, divergence); `progress(done,
     epochs, row)`, if given, is called before the first epoch (row None) and after each epoch
     (row: that epoch's record), e.g. to drive a progress bar. `tracker` (normdrop.tracking), if
-    given, gets each epoch's record and, at the end, the settings with the final metrics.
+    given, gets each epoch's record and, at the end, the settings with the final metrics. When
+    `stop` (normdrop.attempts) asks, it checkpoints after that step and raises `Preempted`.
     """
     ex = resolve_execution(cfg, device)  # bf16, memory format, CUDA graphs, fused Adam
     if cfg.deterministic:
@@ -192,15 +194,13 @@ def train(
         if graph_step:
             copy_lr_into(captured_lr, run.optimizer)  # the graph reads the scheduler's rate
         lr = float(run.optimizer.param_groups[0]["lr"])
-        steps = (eager_step, graph_step)
-        losses, correct = _train_epoch(
-            epoch, run, data, inputs=inputs, cfg=cfg, history=history, saver=saver, steps=steps
-        )
+        steps, stop = (eager_step, graph_step), stop or StopSignals()
+        losses, correct = _train_epoch(epoch, run, data, inputs, cfg, history, saver, steps, stop)
         epoch_losses = losses.cpu()  # the epoch's one host sync
         history.step_losses.append(epoch_losses)
         finite = bool(torch.isfinite(epoch_losses).all())
         scores = val_and_test(run.model, data, inputs, cfg.eval_batch_size) if finite else {}
-        row = _epoch_record(epoch, lr, epoch_losses, correct.item() / len(data.train_y), scores)
+        row = epoch_record(epoch, lr, epoch_losses, correct.item() / len(data.train_y), scores)
         row["wall_time_s"] = time.perf_counter() - t0
         history.epoch_rows.append(row)
         log(epoch_line(row, cfg.epochs))
@@ -245,9 +245,10 @@ def _train_steps(run: RunObjects, ex: Execution, x_shape, device) -> tuple:
     return eager_step, graph_step, captured_lr
 
 
-def _train_epoch(epoch, run, data, *, inputs, cfg, history, saver, steps) -> tuple:
+def _train_epoch(epoch, run, data, inputs, cfg, history, saver, steps, stop) -> tuple:
     """One epoch's optimizer steps: (losses (steps_per_epoch,), correct count), on the device.
-    Continues the epoch a mid-epoch checkpoint stopped in (history.mid_epoch, then cleared)."""
+    Continues the epoch a mid-epoch checkpoint stopped in (history.mid_epoch, then cleared).
+    Raises `Preempted` after the step in which `stop` was signalled, its checkpoint written."""
     eager_step, graph_step = steps
     gen, scale, shift, memory_format = run.gen, inputs.scale, inputs.shift, inputs.memory_format
     device = data.train_y.device
@@ -272,23 +273,14 @@ def _train_epoch(epoch, run, data, *, inputs, cfg, history, saver, steps) -> tup
         loss, n_correct = (graph_step if graph_step and full else eager_step)(x, y)
         losses[step] = loss  # stays on the device: no sync
         correct += n_correct
-        if saver.due():  # mid-epoch checkpoint, every cfg.checkpoint_every_s: syncs, rarely
+        stopping = stop.after_step()  # SIGTERM/SIGUSR1 came: checkpoint now, then stop
+        if stopping or saver.due():  # mid-epoch, every cfg.checkpoint_every_s: syncs, rarely
             tensors = [t.cpu() for t in (perm, losses, correct)]
             saver.save(epoch, step + 1, {"step": step + 1, "tensors": tensors})
+        if stopping:
+            raise Preempted(stop.requested, epoch, step + 1)
     run.scheduler.step()
     return losses, correct
-
-
-def _epoch_record(epoch, lr, epoch_losses, train_acc, scores) -> dict:
-    """The epoch's row of epochs.parquet, wall_time_s to come; `scores` empty if not finite."""
-    return {
-        "epoch": epoch + 1,
-        "lr": lr,
-        "train_loss_mean": float(epoch_losses.mean()),
-        "train_loss_sd": float(epoch_losses.std()) if len(epoch_losses) > 1 else 0.0,
-        "train_acc": train_acc,
-        **{k: scores.get(k, math.nan) for k in ("val_loss", "val_acc", "test_loss", "test_acc")},
-    }
 
 
 # --------------------------------------------------------------------------- CLI
@@ -299,7 +291,7 @@ def _parser() -> argparse.ArgumentParser:
         epilog="Example, with the data file prepared by hand first: "
         f"{prepare_command('synthetic', 'synthetic.pt')} && python -m normdrop.train --data "
         "synthetic.pt --dataset synthetic --model cnn --width 8 --epochs 4 --lr-milestones 3 "
-        "--out runs/cnn",
+        "--out runs/cnn. " + EXIT_HELP,
     )
     p.add_argument(
         "--data", type=Path, required=True,
@@ -430,9 +422,16 @@ def main(argv=None) -> int:
     print(f"execution: {execution.describe()}", flush=True)
 
     log, progress, close_progress = reporters(sys.stdout)
+    attempts = AttemptLog(checkpoint)  # every attempt's start and end, next to the checkpoint
     try:
-        result = train(cfg, data, device, checkpoint, log=log, progress=progress, tracker=tracker)
-        write_outputs(args.out, cfg, result, extra)
+        with attempts.recording(), StopSignals.from_env() as stop:  # SIGTERM, SIGUSR1
+            result = train(cfg, data, device, checkpoint, log, progress, tracker, stop)
+            extra["accounting"] = accounting(device, extra["data_sha256"])
+            extra["attempts"] = attempts.attempts(current_outcome="finished")
+            write_outputs(args.out, cfg, result, extra)
+    except Preempted as stopped:  # after a step, its checkpoint written
+        log(f"{stopped}; checkpoint {checkpoint} written: rerun to resume (exit {stopped.code})")
+        return stopped.code
     except OSError as err:  # disk full, quota, permissions: nothing partial is left behind
         return _fail(
             f"writing {err.filename or args.out} failed: {err.strerror or err}. Earlier outputs "
@@ -442,6 +441,7 @@ def main(argv=None) -> int:
     finally:
         close_progress()
     checkpoint.unlink(missing_ok=True)  # the outputs now hold everything it had
+    attempts.remove()
     print(f"{result.status}: wrote {args.out} in {result.wall_time_s:.1f}s")
     return 0
 
