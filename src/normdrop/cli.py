@@ -99,11 +99,11 @@ def add_member_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("fused runs: K members trained as one model (docs/speed.md)")
     g.add_argument(
         "--seeds", type=int, nargs="+",
-        help="train these seeds fused, one member each, instead of --seed (default: unfused)",
+        help="train these seeds fused, one member each, instead of --seed (default: none)",
     )  # fmt: skip
     g.add_argument(
         "--lrs", type=float, nargs="+",
-        help="train these learning rates fused, one member each, instead of --lr",
+        help="train these learning rates fused, one member each, instead of --lr (default: none)",
     )  # fmt: skip
     g.add_argument(
         "--outs", type=Path, nargs="+",
