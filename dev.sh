@@ -62,10 +62,14 @@ case "${1:-}" in
     setup
     shift
     lint
+    # One pytest worker per core (pytest-xdist): the tests run single-threaded (tests/conftest.py),
+    # so 2 cores take about half the time. The SLURM tests share one group, run in turn on one
+    # worker. `-n 0` after the command runs everything in one process.
+    XDIST=(-n auto --dist loadgroup)
     if [ "${1:-}" = --fast ]; then
       # The developers' tier: no end-to-end workflow runs, no SLURM cluster. CI runs everything.
       shift
-      exec "$PY" -m pytest -m "not slow and not slurm" "$@"
+      exec "$PY" -m pytest "${XDIST[@]}" -m "not slow and not slurm" "$@"
     fi
     # The SLURM tests need a local single-node cluster; root can bring one up (see docs/slurm.md).
     if [ "$(id -u)" = 0 ] && [ -z "${NORMDROP_NO_SLURM:-}" ]; then
@@ -73,7 +77,7 @@ case "${1:-}" in
       trap 'bash tests/slurm/cluster.sh down' EXIT
       export NORMDROP_REQUIRE_SLURM=1 # a cluster that is up must not be skipped silently
     fi
-    "$PY" -m pytest "$@"
+    "$PY" -m pytest "${XDIST[@]}" "$@"
     ;;
   lock)
     tmp=$(mktemp -d)

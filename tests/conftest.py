@@ -10,6 +10,8 @@ import os
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 # Tests run on CPU, single-threaded per process, so that two processes can run side by side. Set
 # before torch is first imported (by the fixtures below): its OpenMP runtime reads the variable
@@ -22,3 +24,12 @@ pytest_plugins = [
     "fixtures.fault_grid",
     "fixtures.summaries",
 ]
+
+
+def pytest_collection_modifyitems(config, items):
+    # Under pytest-xdist (./dev.sh test runs one worker per core, --dist loadgroup), a session
+    # fixture is built once per worker. The faulty grid (fixtures/fault_grid.py) is a whole
+    # workflow run, killed and rerun: its tests share one worker so it is built once.
+    for item in items:
+        if "grid" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("grid"))

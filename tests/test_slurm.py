@@ -29,7 +29,8 @@ import yaml
 
 from normdrop import layout
 
-pytestmark = pytest.mark.slurm
+# One cluster, one node: its tests run one after another on one xdist worker (--dist loadgroup).
+pytestmark = [pytest.mark.slurm, pytest.mark.xdist_group("slurm")]
 
 REPO = Path(__file__).resolve().parents[1]
 PROFILE = REPO / "workflow" / "profiles" / "slurm"

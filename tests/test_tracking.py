@@ -12,6 +12,7 @@ import sys
 import time
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -339,3 +340,35 @@ def test_tracking_setting_is_checked_by_the_schema():
     config["tracking"]["tensorboard"] = "yes"
     with pytest.raises(ConfigError, match=r"config key 'tracking.tensorboard': 'yes' is not of"):
         validate_workflow_config(config)
+
+
+def test_seed_averaged_curves_are_runs_of_their_own(tmp_path, make_summary):
+    """The aggregate's mean curves (tensorboard/mean/<cell>/{mean,mean+sd,mean-sd}), read back
+    with TensorBoard's reader, equal pandas' mean and SD over the seeds at every epoch; a
+    diverged seed's non-finite epoch is left out."""
+    from normdrop import layout
+    from normdrop.tracking import MEAN_STATS, write_mean_curves
+
+    diverged = (("synthetic", "mlp", "none", 43),)
+    epochs = make_summary(tmp_path / "summary", ("synthetic",), ("mlp",), diverged=diverged)[
+        "epochs"
+    ]
+    written = write_mean_curves(epochs, tmp_path)
+    assert len(written) == 4 * len(MEAN_STATS)  # 4 variants
+    for variant in ("none", "bn"):
+        sub = epochs[epochs["variant"] == variant].replace([np.inf, -np.inf], np.nan)
+        by_epoch = sub.groupby("epoch")["train_loss_mean"]
+        expected = {"mean": by_epoch.mean()}
+        expected["mean+sd"] = by_epoch.mean() + by_epoch.std()
+        expected["mean-sd"] = by_epoch.mean() - by_epoch.std()
+        cell = dict(dataset="synthetic", model="mlp", variant=variant)
+        for stat, series in expected.items():
+            logged = scalars(layout.tensorboard_mean_dir(tmp_path, stat, **cell))
+            steps, values = zip(*logged["train/loss_mean"], strict=True)
+            assert list(steps) == series.index.tolist()
+            np.testing.assert_allclose(values, series.to_numpy(), rtol=1e-6)  # float32
+        assert set(logged) == set(SCALARS.values())
+    # again: the earlier files are replaced, not added to
+    write_mean_curves(epochs, tmp_path)
+    mean_dir = layout.tensorboard_mean_dir(tmp_path, "mean", **cell)
+    assert len(list(Path(mean_dir).glob("events.out.tfevents.*"))) == 1

@@ -81,6 +81,12 @@ def test_demo_runs_end_to_end_and_a_second_run_has_nothing_to_do(tmp_path, snake
     assert res.returncode == 0, res.stderr[-3000:]
     html = report.read_text()
     assert "<html" in html and "Learning curves" in html and "Hypothesis tests" in html
+    # Each result carries its labels: the report lists them as a table (Snakemake's browser).
+    labels = '"labels": {"result": "Learning curves", "dataset": "Synthetic", "model": "MLP"'
+    assert labels in html
+    # The aggregate wrote the seed-averaged TensorBoard curves of every cell.
+    mean = results / "tensorboard" / "mean" / "synthetic"
+    assert len(list(mean.glob("*/*/mean/events.out.tfevents.*"))) == 12
     assert not list(results.rglob("*.ckpt"))  # checkpoints removed once a run is complete
 
     # The status command on the finished grid: every run and candidate finished, nothing left.

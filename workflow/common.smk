@@ -240,7 +240,7 @@ def input_dir(wildcards, input):
 # ---- aggregate.smk and report.smk: the summary, tables, hypotheses, figures. Every file name
 # comes from normdrop.catalog (torch-free: planning the DAG imports no torch, scipy or
 # matplotlib); the HTML tables and the PNG figures are flagged for
-# `snakemake --report report.html`, grouped by dataset and model.
+# `snakemake --report report.html`, labelled by result, dataset, model and metric.
 from normdrop import catalog
 
 SUMMARY = layout.summary_dir(RESULTS)
@@ -251,50 +251,73 @@ SUMMARY_FILES = {n: f"{SUMMARY}/{f}" for n, f in catalog.SUMMARY_FILES.items()}
 RUNS = SUMMARY_FILES["runs"]
 REPORT_MD = f"{SUMMARY}/{catalog.REPORT_FILE}"
 OVERALL = "All datasets and models"  # report category of the cross-cutting results
-# stem -> (caption file in workflow/report/, name shown in the report)
+# stem -> (caption file in workflow/report/, name shown in the report, the metric(s) it shows)
+ALL_METRICS = "all of Table 2"
 REPORT_ITEMS = {
-    catalog.TABLE2: ("table2", "Table 2: metrics per variant"),
-    catalog.TABLE1: ("table1", "Table 1: parameter counts"),
-    catalog.COMPARISON: ("paper_comparison", "Paper's Table 2 beside ours"),
-    catalog.HYPOTHESES_TABLE: ("hypotheses", "Hypothesis tests H1-H3"),
-    catalog.VERDICTS_TABLE: ("verdicts", "Verdicts H1-H3"),
-    "curves": ("curves", "Learning curves"),
-    "loss_sd": ("loss_sd", "Training-loss SD per epoch"),
-    "metrics": ("metrics", "Metrics per variant"),
-    "interaction": ("interaction", "BN x dropout interaction (H3)"),
-    "lr_search": ("lr_search", "Learning-rate search"),
+    catalog.TABLE2: ("table2", "Table 2: metrics per variant", ALL_METRICS),
+    catalog.TABLE1: ("table1", "Table 1: parameter counts", "parameter count"),
+    catalog.COMPARISON: (
+        "paper_comparison",
+        "Paper's Table 2 beside ours",
+        "loss SD, convergence epoch, test accuracy",
+    ),
+    catalog.HYPOTHESES_TABLE: ("hypotheses", "Hypothesis tests H1-H3", "H1-H3's"),
+    catalog.VERDICTS_TABLE: ("verdicts", "Verdicts H1-H3", "H1-H3's"),
+    "curves": ("curves", "Learning curves", "loss, accuracy per epoch"),
+    "loss_sd": ("loss_sd", "Training-loss SD per epoch", "loss SD per epoch"),
+    "metrics": (
+        "metrics",
+        "Metrics per variant",
+        "loss SD, conv. epoch, test acc., gap",
+    ),
+    "interaction": ("interaction", "BN x dropout interaction (H3)", "test accuracy"),
+    "lr_search": ("lr_search", "Learning-rate search", "validation accuracy"),
     catalog.OVERVIEW: (
         "overview_test_acc",
         "Final test accuracy, all datasets and models",
+        "test accuracy",
     ),
     catalog.STUDY_TABLE: (
         "study_effects",
         "Study: effect per value of the swept setting",
+        ALL_METRICS,
     ),
-    catalog.STUDY_FIGURE: ("study_metrics", "Study: metrics against the swept setting"),
+    catalog.STUDY_FIGURE: (
+        "study_metrics",
+        "Study: metrics against the swept setting",
+        "test acc., gap, loss SD, conv. epoch",
+    ),
 }
+PER_PAIR = (
+    "Per dataset and model"  # report category of the results of one dataset and model
+)
 
 
 def _for_report(path, root, kind, shown=(".html", ".png")):
-    """Flag an HTML table or PNG figure for the report; other formats stay plain outputs."""
+    """Flag an HTML table or PNG figure for the report; other formats stay plain outputs.
+
+    Its labels (result, dataset, model, metric) make each subcategory of the report a table
+    with a column per label (Snakemake's report browser), not a list of file names: the results
+    of every dataset and model sit in one table of figures and one of tables."""
     path = Path(path)
     if path.suffix not in shown:
         return str(path)
-    caption, name = REPORT_ITEMS[path.stem]
+    caption, name, metric = REPORT_ITEMS[path.stem]
     parts = path.relative_to(root).parts
+    dataset, model = "all", "all"
     if len(parts) == 3:  # {dataset}/{model}/{stem}.{ext}
-        category = catalog.dataset_name(parts[0])
-        subcategory = catalog.model_name(parts[1])
+        category = PER_PAIR
+        dataset, model = catalog.dataset_name(parts[0]), catalog.model_name(parts[1])
     elif STUDY:
-        category, subcategory = f"Study: {STUDY['name']}", "Figures and tables"
+        category = f"Study: {STUDY['name']}"
     else:
-        category, subcategory = OVERALL, "Figures" if kind == "figure" else "Tables"
+        category = OVERALL
     return report(
         str(path),
         caption=f"report/{caption}.rst",
         category=category,
-        subcategory=subcategory,
-        labels={"type": kind, "name": name},
+        subcategory="Figures" if kind == "figure" else "Tables",
+        labels={"result": name, "dataset": dataset, "model": model, "metric": metric},
     )
 
 

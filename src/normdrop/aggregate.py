@@ -26,6 +26,7 @@ from normdrop.grid import grid_config
 from normdrop.lr_search import load_run
 from normdrop.metrics import run_metrics
 from normdrop.storage import atomic_write_parquet
+from normdrop.tracking import write_mean_curves
 
 
 class StaleResultsError(RuntimeError):
@@ -168,6 +169,10 @@ def main(argv=None) -> int:
     for name, frame in zip(SUMMARY_FILES.values(), (runs, epochs, candidates), strict=True):
         atomic_write_parquet(args.out_dir / name, frame)
     print(f"collected {len(runs)} runs into {args.out_dir}")
+    config = json.loads(args.config_json)
+    if config.get("tracking", {}).get("tensorboard"):
+        cells = write_mean_curves(epochs, config["results_dir"])
+        print(f"wrote seed-averaged TensorBoard curves of {len(cells) // 3} cells")
     return 0
 
 

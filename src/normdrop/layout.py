@@ -10,6 +10,7 @@ Under the results folder (config key `results_dir`):
     scratch/gpu-locks/             GPU lease lock files
     logs/<rule>/...                one log per job: logs/train/.../seed{seed}.log, ...
     tensorboard/runs/..., tensorboard/lr_search/...   event files, mirroring the run folders
+    tensorboard/mean/{dataset}/{model}/{variant}/{mean,mean+sd,mean-sd}/   seed-averaged curves
     summary/, tables/, figures/    the aggregate and what is drawn from it
 
 and under `resources_dir`: raw/{source}/ (with a .downloaded flag; the source is the dataset, or
@@ -115,6 +116,12 @@ def tensorboard_dir(results, kind: str, **keys) -> str:
 def tensorboard_cell_dir(results, kind: str, **keys) -> str:
     """The folder of one cell's TensorBoard runs (select_lr trains extra candidates into it)."""
     return tensorboard_dir(results, kind, **keys).rsplit("/", 1)[0]
+
+
+def tensorboard_mean_dir(results, stat: str, **keys) -> str:
+    """One cell's seed-averaged curves as a TensorBoard run of its own: tensorboard/mean/<cell>/
+    {mean, mean+sd, mean-sd} (normdrop.tracking.write_mean_curves)."""
+    return _under(results, TENSORBOARD, "mean", fill(CELL, keys), stat)
 
 
 def log(results, rule: str, name: str = "", **keys) -> str:

@@ -2,8 +2,9 @@
 
 Per hypothesis (the paper's wording beside ours), one sentence per dataset and model with the
 verdict, effect size and 95% CI; the verdict matrix; our CIFAR-10 numbers beside the paper's
-Table 2; Tables 2 and 1; links to the figures when their directory is given. Everything is
-computed from the summary files with the same code as normdrop.tables and
+Table 2; Tables 2 and 1; compute, hardware and what the error bars mean (normdrop.compute,
+from the run folders' meta.json); links to the figures when their directory is given. The rest
+is computed from the summary files with the same code as normdrop.tables and
 normdrop.hypotheses, so the report and the tables cannot disagree.
 
 CLI: python -m normdrop.report --summary-dir D [--out D/report.md] [--figures-dir F]
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from normdrop import compute
 from normdrop import hypotheses as hyp
 from normdrop import tables as tab
 from normdrop.catalog import REPORT_FILE, SUMMARY_FILES, figure_paths, load_claims
@@ -146,6 +148,9 @@ def build_report(
     out += lr_edge_note(summary_dir, pairs)
     table1, _ = tab.table1(runs, ds, ms)
     out += ["## Parameter counts (Table 1)", "", _demote(to_markdown(table1))]
+    # The results folder holds the summary folder (layout.summary_dir) and the run folders.
+    out += [_demote(line) if line.startswith("**") else line
+            for line in compute.section(summary_dir.parent, runs)]  # fmt: skip
     if figures_dir is not None:
         out += ["## Figures", ""]
         base = Path(out_path).parent

@@ -12,8 +12,12 @@ fractions in [0, 1], the learning rate is the one used during the epoch).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Protocol
+
+import numpy as np
+import pandas as pd
 
 # epochs.parquet column -> TensorBoard tag. Grouped by split, so TensorBoard draws one section
 # per split; `lr` stands alone.
@@ -116,4 +120,54 @@ class TensorBoardTracker:
         self.writer.close()
 
 
+# --------------------------------------------------------------------------------------------
+# Seed-averaged curves (TensorBoard averages no runs: tensorflow/tensorboard#376)
+
+MEAN_STATS = ("mean", "mean+sd", "mean-sd")  # one TensorBoard run each, per cell
+
+
+def mean_curves(epochs: pd.DataFrame) -> pd.DataFrame:
+    """Per (dataset, model, variant, epoch) and SCALARS column: the mean over seeds, its SD
+    (ddof=1; NaN with one seed) and the number of seeds; non-finite values (a diverged run's
+    last epoch) are left out, as from Table 2's means."""
+    cols = [c for c in SCALARS if c in epochs.columns]
+    finite = epochs[cols].apply(pd.to_numeric, errors="coerce").replace([np.inf, -np.inf], np.nan)
+    grouped = epochs[["dataset", "model", "variant", "epoch"]].join(finite)
+    return grouped.groupby(["dataset", "model", "variant", "epoch"], sort=False)[cols].agg(
+        ["mean", "std", "count"]
+    )
+
+
+def write_mean_curves(epochs: pd.DataFrame, results) -> list[Path]:
+    """Per cell, the seeds' mean curve and mean ± SD as TensorBoard runs of their own under
+    `results`/tensorboard/mean/<cell>/ (layout.tensorboard_mean_dir), replacing earlier files;
+    `epochs`: the aggregate's epochs.parquet. Steps are epochs; tags as a run's (SCALARS)."""
+    from tensorboard.compat.proto.event_pb2 import Event
+    from tensorboard.compat.proto.summary_pb2 import Summary
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from normdrop.layout import tensorboard_mean_dir
+
+    stats, written = mean_curves(epochs), []
+    for (dataset, model, variant), cell in stats.groupby(level=[0, 1, 2], sort=False):
+        cell = cell.droplevel([0, 1, 2])
+        mean, sd = cell.xs("mean", axis=1, level=1), cell.xs("std", axis=1, level=1)
+        for stat, frame in zip(MEAN_STATS, (mean, mean + sd, mean - sd), strict=True):
+            keys = dict(dataset=dataset, model=model, variant=variant)
+            logdir = Path(tensorboard_mean_dir(results, stat, **keys))
+            logdir.mkdir(parents=True, exist_ok=True)
+            for old in logdir.glob("events.out.tfevents.*"):  # an earlier aggregate's
+                old.unlink()
+            writer = EventFileWriter(str(logdir))
+            for epoch, row in frame.iterrows():
+                values = [Summary.Value(tag=SCALARS[c], simple_value=float(v))
+                          for c, v in row.items() if np.isfinite(v)]  # fmt: skip
+                event = Event(wall_time=time.time(), step=int(epoch), summary=Summary(value=values))
+                writer.add_event(event)
+            writer.close()
+            written.append(logdir)
+    return written
+
+
 __all__ = ["FINAL", "SCALARS", "TensorBoardTracker", "Tracker", "hparam_value"]
+__all__ += ["MEAN_STATS", "mean_curves", "write_mean_curves"]
