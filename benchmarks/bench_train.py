@@ -31,6 +31,7 @@ from pathlib import Path
 import speed
 import torch
 import yaml
+from fused_speed import fused_vs_sequential
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_STEPS = {  # keeps the whole CPU run (3 models, both shapes) under ~8 minutes on 2 cores
@@ -48,6 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, help="textbook DataLoader workers (2 CPU / 8 CUDA)")
     p.add_argument("--concurrent", type=int, default=1, help="K processes of ours at once")
     p.add_argument("--compile", action="store_true", help="ours with torch.compile")
+    p.add_argument("--fused", type=int, default=3, help="K members fused vs K sequential (0: skip)")
     p.add_argument("--tiny", action="store_true", help="2 steps of narrow models: a check")
     p.add_argument("--config", type=Path, default=ROOT / "config.yaml")
     return p.parse_args(argv)
@@ -91,8 +93,23 @@ def main(argv=None) -> int:
         "variant at the bn_dropout rate (an upper bound); a shape not measured at the measured "
         f"shape's rate. Textbook: {workers} DataLoader workers, fp32."
     )
+    if args.fused:
+        print(f"\n## Fused: {args.fused} seeds as one model vs the same runs one after another\n")
+        with tempfile.TemporaryDirectory(prefix="bench_fused_") as tmp:
+            fused = [fused_row(args, config, model, device, Path(tmp)) for model in args.models]
+        print(speed.markdown_table(fused))
     print(f"Benchmark wall time: {time.perf_counter() - t_start:.0f} s.")
     return 0
+
+
+def fused_row(args, config: dict, model: str, device, tmp: Path) -> dict:
+    """fused_speed.fused_vs_sequential for `model` (CIFAR-shaped, bn_dropout, batch 128)."""
+    width = speed.TINY_WIDTH[model] if args.tiny else config["models"][model]["width"]
+    cfg = speed.bench_config(model, width, config["models"][model]["dropout_rate"])
+    steps = args.steps or (2 if args.tiny else DEFAULT_STEPS[device.type][model])
+    print(f"{model} fused, {args.fused} members, {steps} steps ...", flush=True)
+    data = speed.synthetic(tmp, steps * speed.BATCH, "cifar")
+    return fused_vs_sequential(cfg, data, device, args.fused)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ with. Sections, correctness first and speed last (`--sections` picks any subset,
              standard errors of the seed-to-seed spread (`compare`); tiny: information only.
   speed      images/s per model: eager, compiled (ResNet-20), CUDA graphs against the textbook
              loop (speed.py); 1 and k processes timed over one shared window; the grid's time.
-  fusion     the prototype of fusion_prototype.py against 3 separate processes (speed only).
+  fusion     K seeds fused (normdrop.fused_train, the workflow's path) against K processes one
+             after another and K processes sharing the GPU, per model, K = 3, 4, 12 (speed only).
 
 Writes DIR/gpu_check.md, whose first line is the verdict, and DIR/gpu_check.json, both rewritten
 after every section (killed, DIR still holds the finished sections); everything else goes to a
@@ -54,7 +55,7 @@ import traceback
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import fusion_prototype
+import fused_speed
 import speed
 import torch
 import yaml
@@ -77,7 +78,8 @@ SEEDS = (42, 43, 44)
 GRAPH_MODELS = ("mlp", "cnn", "resnet20", "vit", "lstm")
 # Seconds each section is projected to take: (one H100/H200 at full sizes, estimated, not yet
 # measured: docs/gpu.md; --tiny on this project's 2 shared CPU cores, measured). A section
-# that would end past the budget is skipped; the sums fit the default budget.
+# that would end past the budget is skipped; the sums but fusion's fit the default budget:
+# fusion (3 models x K = 3, 4, 12, estimated) is run on its own, `--sections fusion`.
 PROJECTED_S = {
     "graphs": (110, 25),
     "smoke": (30, 45),
@@ -85,7 +87,7 @@ PROJECTED_S = {
     "leases": (10, 2),
     "precision": (30, 10),
     "speed": (140, 75),
-    "fusion": (20, 50),
+    "fusion": (300, 50),
 }
 BUDGET_S = 420  # one command of a 15-minute GPU loan, leaving time for start-up and a rerun
 
@@ -535,14 +537,28 @@ def speed_section(c: Check) -> dict:
 
 # --------------------------------------------------------------------------- fusion
 def fusion(c: Check) -> dict:
-    cfg, steps, k = replace(c.cell("cnn"), batch_size=speed.BATCH), c.sizes.speed_steps, len(SEEDS)
+    """Aggregate images/s of K fused members against K separate processes (one at a time: the
+    single process's rate) and K processes sharing the device, per model and K."""
+    rows, steps = [], c.sizes.speed_steps
     data = speed.synthetic(c.tmp, steps * speed.BATCH, "cifar")
-    fused = fusion_prototype.fused_images_per_s(cfg, data, c.device, SEEDS)
-    separate = speed.concurrent_images_per_s(cfg, "cifar", steps, c.device, k, c.sizes.window_s)
-    rates = {"fused images/s": fused, "separate images/s": separate, "ratio": fused / separate}
-    summary = f"cnn bn_dropout, {k} seeds fused in one process {fused:,.0f} images/s vs {k} "
-    summary += f"processes {separate:,.0f}: {fused / separate:.2f}x"
-    return {"status": "info", "summary": summary, "rows": [{"model": "cnn", **rates}]}
+    for model in ("cnn",) if c.tiny else ("mlp", "cnn", "resnet20"):
+        cfg = replace(c.cell(model), batch_size=speed.BATCH)
+        alone = speed.ours_images_per_s(cfg, data, c.device)["images_per_s"]
+        for k in (2,) if c.tiny else (3, 4, 12):
+            fused = fused_speed.fused_images_per_s(cfg, data, c.device, k)
+            shared = speed.concurrent_images_per_s(
+                cfg, "cifar", steps, c.device, k, c.sizes.window_s
+            )
+            rows.append(
+                {"model": model, "K": k, "fused images/s": fused, "separate images/s": alone,
+                 "shared images/s": shared, "fused / separate": fused / alone,
+                 "fused / shared": fused / shared}
+            )  # fmt: skip
+    best = max(rows, key=lambda r: r["fused / separate"])
+    summary = f"best: {best['model']} K={best['K']} fused {best['fused images/s']:,.0f} images/s"
+    summary += f", {best['fused / separate']:.2f}x one process, {best['fused / shared']:.2f}x "
+    summary += f"{best['K']} processes sharing the device"
+    return {"status": "info", "summary": summary, "rows": rows}
 
 
 # --------------------------------------------------------------------------- report

@@ -17,7 +17,7 @@ import torch
 from normdrop import attempts as attempts_mod
 from normdrop import layout
 from normdrop.aggregate import run_row
-from normdrop.attempts import EXIT_PREEMPTED, AttemptLog, StopSignals
+from normdrop.attempts import EXIT_PREEMPTED, AttemptLog, StopSignals, run_compute_s
 from normdrop.data import data_sha256
 from normdrop.lr_search import candidate_row, load_run
 from normdrop.train import main
@@ -142,3 +142,16 @@ def test_accounting_on_a_gpu_with_fakes(monkeypatch, tmp_path):
     assert got["peak_device_memory_bytes"] == 123_456 and got["data_sha256"] == "ab12"
     smi.unlink()
     assert attempts_mod.accounting(torch.device("cuda", 0), "ab12")["gpu_driver"] is None
+
+
+def test_a_fused_jobs_compute_is_shared_among_its_members():
+    # Each member's meta.json holds the whole job's attempts: a sum over runs counts it once.
+    job = [
+        {"outcome": "preempted", "wall_time_s": 20.0},
+        {"outcome": "finished", "wall_time_s": 10.0},
+    ]
+    assert run_compute_s({"attempts": job}) == 30.0
+    member = {"attempts": job, "fused_with": ["runs/seed43", "runs/seed44"]}
+    assert run_compute_s(member) == 10.0
+    assert run_compute_s({"wall_time_s": 9.0, "fused_with": ["a", "b"]}, unknown=9.0) == 3.0
+    assert run_compute_s({}) is None

@@ -64,7 +64,7 @@ def run_gpu_check(gpu_machine_env):
 def test_everything_the_check_imports_imports_without_snakemake_and_jsonschema(gpu_machine_env):
     # the check, its libraries, and what its subprocesses run (the training CLI, the lease
     # holder, the speed workers); the blocker itself must work, or this proves nothing
-    modules = ["gpu_check", "graph_steps", "check_rows", "speed", "fusion_prototype"]
+    modules = ["gpu_check", "graph_steps", "check_rows", "speed", "fused_speed"]
     modules += ["normdrop.train", "normdrop.gpu_lease", "normdrop.checkpoints"]
     code = (
         "import importlib, sys; sys.path.insert(0, 'benchmarks')\n"
@@ -319,6 +319,7 @@ def test_bench_tiny_runs_and_prints_every_model(train_env):
         assert any(r.startswith(f"| {model} | cifar |") for r in rows), res.stdout
         assert any(r.startswith(f"| {model} | mnist |") for r in rows), res.stdout
         assert any(r.startswith(f"| {model} |") and r.endswith(" h |") for r in rows), res.stdout
+        assert any(r.startswith(f"| {model} | 3 |") for r in rows), res.stdout  # fused K = 3
     assert any(r.startswith("| **grid** | **") and r.endswith(" h** |") for r in rows)
     assert "| textbook | eager | best | best / textbook |" in res.stdout
 

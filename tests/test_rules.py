@@ -28,16 +28,17 @@ ORDER = ["input", "output", "log", "params", "localrule", "threads", "resources"
 
 
 def rules(path) -> dict[str, dict[str, list[str]]]:
-    """rule name -> section name -> the section's lines, as written in a rule file."""
-    found, rule, section = {}, None, None
+    """rule name -> section name -> the section's lines, as written in a rule file (a rule may
+    sit indented under an `if`, as the fused and unfused rules chosen by `fuse:` do)."""
+    found, rule, section, pad = {}, None, None, ""
     for line in path.read_text().splitlines():
-        if m := re.match(r"(?:local)?rule (\w+):", line):
-            rule, section = found.setdefault(m[1], {}), None
-        elif rule is not None and (m := re.match(r"    (\w+):(.*)", line)):
+        if m := re.match(r"( *)(?:local)?rule (\w+):", line):
+            pad, rule, section = m[1], found.setdefault(m[2], {}), None
+        elif rule is not None and (m := re.match(rf"{pad}    (\w+):(.*)", line)):
             section = rule.setdefault(m[1], [m[2]] if m[2].strip() else [])
-        elif rule is not None and line.startswith("        ") and section is not None:
+        elif rule is not None and line.startswith(pad + "        ") and section is not None:
             section.append(line.strip())
-        elif line and not line.startswith(" "):
+        elif line and not line.startswith(pad + " "):
             rule = section = None
     return found
 
@@ -57,6 +58,7 @@ SHELLS = {
 
 def test_every_rule_is_found():
     assert set(SHELLS) >= {"download", "prepare", "lr_search", "select_lr", "train", "aggregate"}
+    assert set(SHELLS) >= {"train_fused", "lr_search_fused"}
     assert set(SHELLS) >= {"tables", "hypotheses", "figures", "summary_report", "study"}
 
 

@@ -3,6 +3,7 @@ import json
 import os
 import shlex
 import sys
+from argparse import Namespace
 from pathlib import Path
 
 from snakemake.settings.types import DeploymentMethod
@@ -121,6 +122,64 @@ def train_args(wildcards):
     seed = int(wildcards.seed)
     cfg = run_config(GRID, wildcards.dataset, wildcards.model, wildcards.variant, seed)
     return to_cli_args(cfg, skip=("lr",))
+
+
+# fuse.train / fuse.lr_search: a cell's seeds, or a search's candidates, train as one fused job
+# (normdrop.fused_train) whose outputs are the members' run folders (docs/speed.md, "Fused runs").
+FUSE = {"train": False, "lr_search": False, **config.get("fuse", {})}
+MEMBERS = {"train": config["seeds"], "lr_search": config["lr_search"]["candidates"]}
+MEMBER_KEY = {"train": "seed", "lr_search": "lr"}
+
+
+def cell_keys(wildcards):
+    return {k: getattr(wildcards, k) for k in ("dataset", "model", "variant")}
+
+
+def fused_outputs(kind):
+    """Every member's run files, the cell's wildcards left open."""
+    key = MEMBER_KEY[kind]
+    return [
+        path
+        for value in MEMBERS[kind]
+        for path in layout.run_files(RESULTS, kind, **{key: value}).values()
+    ]
+
+
+def fused_checkpoint(kind):
+    """A fused job's one checkpoint, beside its members' unfused ones in scratch/."""
+    return os.path.join(layout.checkpoint_dir(RESULTS, kind), "fused.ckpt")
+
+
+def fused_members(kind):
+    """The training CLI's member arguments of a fused job: --seeds or --lrs, each member's run
+    folder and TensorBoard folder, as the unfused rule would give them."""
+
+    def args(wildcards):
+        key, values = MEMBER_KEY[kind], MEMBERS[kind]
+        keys = [{**cell_keys(wildcards), key: value} for value in values]
+        return [
+            "--seeds" if kind == "train" else "--lrs",
+            *map(str, values),
+            "--outs",
+            *(layout.run_dir(RESULTS, kind, **k) for k in keys),
+            "--tensorboard-dirs",
+            *(layout.tensorboard_dir(RESULTS, kind, **k) for k in keys),
+            "--member-logs",  # each member's epoch lines where normdrop.status reads them
+            *(layout.run_log(RESULTS, kind, **k) for k in keys),
+        ]
+
+    return args
+
+
+def fused_settings(kind):
+    """A fused job's settings: those of its first member (--seeds / --lrs give the rest)."""
+
+    def args(wildcards):
+        first = {MEMBER_KEY[kind]: MEMBERS[kind][0]}
+        settings = {"train": train_args, "lr_search": search_args}[kind]
+        return settings(Namespace(**cell_keys(wildcards), **first))
+
+    return args
 
 
 def device_args(wildcards):

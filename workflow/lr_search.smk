@@ -4,29 +4,57 @@
 # Paths: normdrop.layout.
 
 
-rule lr_search:
-    input:
-        unpack(prepared_data),
-    output:
-        **layout.run_files(RESULTS, "lr_search"),
-    log:
-        layout.run_log(RESULTS, "lr_search"),
-    params:
-        out=output_dir,
-        checkpoint=layout.checkpoint(RESULTS, "lr_search"),
-        settings=search_args,
-        device=device_args,
-        tensorboard_dir=layout.tensorboard_dir(RESULTS, "lr_search"),
-    threads: EXEC["threads"]
-    resources:
-        gpu=GPU_PER_JOB,
-    conda:
-        "../envs/normdrop.yaml"
-    shell:
-        "OMP_NUM_THREADS={threads:q} python -m normdrop.train --data {input.data:q}"
-        " --out {params.out:q} --checkpoint {params.checkpoint:q} {params.settings:q}"
-        ' {params.device:q} "$NORMDROP_TRACKING" --tensorboard-dir {params.tensorboard_dir:q}'
-        " >> {log:q} 2>&1"
+if FUSE["lr_search"]:
+
+    # The search's candidates as one fused job, one learning rate per member.
+    rule lr_search_fused:
+        input:
+            unpack(prepared_data),
+        output:
+            fused_outputs("lr_search"),
+        log:
+            layout.log(RESULTS, "lr_search_fused", layout.CELL),
+        params:
+            out=layout.checkpoint_dir(RESULTS, "lr_search"),
+            checkpoint=fused_checkpoint("lr_search"),
+            settings=fused_settings("lr_search"),
+            members=fused_members("lr_search"),
+            device=device_args,
+        threads: EXEC["threads"]
+        resources:
+            gpu=GPU_PER_JOB,
+        conda:
+            "../envs/normdrop.yaml"
+        shell:
+            "OMP_NUM_THREADS={threads:q} python -m normdrop.train --data {input.data:q}"
+            " --out {params.out:q} --checkpoint {params.checkpoint:q} {params.settings:q}"
+            ' {params.members:q} {params.device:q} "$NORMDROP_TRACKING" >> {log:q} 2>&1'
+
+else:
+
+    rule lr_search:
+        input:
+            unpack(prepared_data),
+        output:
+            **layout.run_files(RESULTS, "lr_search"),
+        log:
+            layout.run_log(RESULTS, "lr_search"),
+        params:
+            out=output_dir,
+            checkpoint=layout.checkpoint(RESULTS, "lr_search"),
+            settings=search_args,
+            device=device_args,
+            tensorboard_dir=layout.tensorboard_dir(RESULTS, "lr_search"),
+        threads: EXEC["threads"]
+        resources:
+            gpu=GPU_PER_JOB,
+        conda:
+            "../envs/normdrop.yaml"
+        shell:
+            "OMP_NUM_THREADS={threads:q} python -m normdrop.train --data {input.data:q}"
+            " --out {params.out:q} --checkpoint {params.checkpoint:q} {params.settings:q}"
+            ' {params.device:q} "$NORMDROP_TRACKING" --tensorboard-dir {params.tensorboard_dir:q}'
+            " >> {log:q} 2>&1"
 
 
 # lr_search.extend_at_edge > 0: at a pick at the grid's edge, this job trains the next rate on

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from normdrop import layout
-from normdrop.attempts import compute_s
+from normdrop.attempts import run_compute_s
 from normdrop.catalog import DATASETS, SUMMARY_FILES, synthetic_settings
 from normdrop.config import EXECUTION_FIELDS, RUN_DEFAULTS, current_names
 from normdrop.grid import grid_config
@@ -82,7 +82,7 @@ def run_row(run: layout.RunSpec, meta: dict, epochs, variant: dict, fraction: fl
         **run_metrics(epochs, meta["train_eval_acc"], meta["status"], fraction, classes),
         "convergence_fraction": fraction,  # what convergence_epoch means (tables, figures)
         "wall_time_s": meta["wall_time_s"],
-        "compute_s": compute_s(meta.get("attempts"), math.nan),  # all attempts; NaN: unknown
+        "compute_s": run_compute_s(meta, math.nan),  # all attempts; NaN: unknown
         "git_revision": meta["git_revision"],
         "device": meta.get("device", "unknown"),
         "slurm_job_id": meta.get("slurm_job_id"),

@@ -219,6 +219,14 @@ def compute_s(attempts: list[dict] | None, unknown=None) -> float | None:
     return float(sum(a.get("wall_time_s") or 0.0 for a in attempts))
 
 
+def run_compute_s(meta: dict, unknown=None) -> float | None:
+    """A run's compute from its meta.json: `compute_s` of its attempts, shared equally among the
+    members of a fused job (`fused_with`: each member's meta.json holds the whole job's
+    attempts), so that a sum over runs counts a fused job once."""
+    total = compute_s(meta.get("attempts"), unknown)
+    return None if total is None else total / (1 + len(meta.get("fused_with") or []))
+
+
 def accounting(device, data_sha256: str) -> dict:
     """meta.json's "accounting": the GPU and its driver (None on CPU), the peak memory the run
     allocated on its device (torch.cuda.max_memory_allocated; None on CPU), the data file's

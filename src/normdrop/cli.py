@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -91,3 +92,30 @@ def reporters(stream) -> tuple:
         bar = _EpochBar(stream)
         return bar.log, bar, bar.close
     return (lambda line: print(line, file=stream, flush=True)), None, lambda: None
+
+
+def add_member_arguments(parser: argparse.ArgumentParser) -> None:
+    """The training CLI's options for a fused job (normdrop.fused_train.main_fused)."""
+    g = parser.add_argument_group("fused runs: K members trained as one model (docs/speed.md)")
+    g.add_argument(
+        "--seeds", type=int, nargs="+",
+        help="train these seeds fused, one member each, instead of --seed (default: none)",
+    )  # fmt: skip
+    g.add_argument(
+        "--lrs", type=float, nargs="+",
+        help="train these learning rates fused, one member each, instead of --lr (default: none)",
+    )  # fmt: skip
+    g.add_argument(
+        "--outs", type=Path, nargs="+",
+        help="the members' run folders, in member order (default: <out>/seed<S> or <out>/lr<LR>;"
+        " --out then holds the job's checkpoint)",
+    )  # fmt: skip
+    g.add_argument(
+        "--member-logs", type=Path, nargs="+",
+        help="a log per member, in member order, that gets its epoch lines: what normdrop.status"
+        " reads (default: none; the job's own output has every member's lines)",
+    )  # fmt: skip
+    g.add_argument(
+        "--tensorboard-dirs", type=Path, nargs="+",
+        help="the members' event-file folders, in member order (default: <member>/tensorboard)",
+    )  # fmt: skip

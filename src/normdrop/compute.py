@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from normdrop import layout
-from normdrop.attempts import compute_s
+from normdrop.attempts import run_compute_s
 from normdrop.render import TextTable, to_markdown
 
 KIND_NAMES = {"train": "training runs", "lr_search": "learning-rate search"}
@@ -44,7 +44,7 @@ def read_metas(results: Path | str) -> pd.DataFrame:
         meta = json.loads(path.read_text())
         attempts = meta.get("attempts") or []
         times = [a.get("wall_time_s") for a in attempts]
-        compute = compute_s(attempts, unknown=meta.get("wall_time_s"))  # the aggregate's rule
+        compute = run_compute_s(meta, unknown=meta.get("wall_time_s"))  # the aggregate's rule
         accounting = meta.get("accounting") or {}
         outcomes = [a.get("outcome", "unknown") for a in attempts]
         rows.append(

@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from normdrop import layout
-from normdrop.attempts import compute_s
+from normdrop.attempts import run_compute_s
 from normdrop.storage import atomic_write_json
 
 
@@ -40,7 +40,7 @@ def candidate_row(meta: dict, epochs: pd.DataFrame) -> dict:
         "lr": meta["lr"],
         "status": meta["status"],
         "best_val_acc": float(best) if pd.notna(best) else math.nan,
-        "compute_s": compute_s(meta.get("attempts")),  # all its attempts; None: not recorded
+        "compute_s": run_compute_s(meta),  # all its attempts; None: not recorded
     }
 
 

@@ -5,10 +5,9 @@
         --out results/runs/cifar10/resnet20/bn_dropout/seed42
 
 The whole dataset lives on the run's device as uint8; shuffling, augmentation and normalization
-happen there. Per-step losses and correct counts accumulate in device tensors and reach the host
-once per epoch, so the hot loop never waits on a host synchronization. The run checkpoints
-atomically after every epoch and every `checkpoint_every_s` seconds (mid-epoch too); rerun with
-the same checkpoint path and it resumes exactly where it stopped, RNG states included.
+happen there. Per-step losses and correct counts stay on the device until the epoch ends (one
+host sync per epoch). The run checkpoints atomically after every epoch and every
+`checkpoint_every_s` seconds (mid-epoch too); rerun it and it resumes exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -37,7 +36,7 @@ from normdrop.checkpoints import (
     move_aside,
     resume,
 )
-from normdrop.cli import OneLineErrorParser, reporters, setting_help
+from normdrop.cli import OneLineErrorParser, add_member_arguments, reporters, setting_help
 from normdrop.config import ConfigError, RunConfig
 from normdrop.data import (
     DataError,
@@ -110,8 +109,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: RunConfig):
 
 @dataclass
 class RunObjects(Resumable):
-    """One run's live objects, built by `build_objects` from the settings alone: what its
-    checkpoint saves (checkpoints.Resumable) and the forward function."""
+    """One run's objects, from the settings alone: what its checkpoint saves, and forward."""
 
     forward: object  # the model, or torch.compile(model)
     param_count: int
@@ -131,8 +129,7 @@ def build_objects(cfg: RunConfig, data: Prepared, device, ex: Execution) -> RunO
 
 
 def _start_or_resume(cfg, data, device, ex, checkpoint, log) -> tuple[RunObjects, History]:
-    """The run's objects, fresh or as `checkpoint` left them. A checkpoint that cannot be
-    resumed here is moved aside with one line and the run starts over: never a crash loop."""
+    """The run's objects, fresh or as `checkpoint` left them; one not resumable is moved aside."""
     run = build_objects(cfg, data, device, ex)
     ckpt = load_checkpoint(Path(checkpoint), cfg, log) if checkpoint else None
     if ckpt is None:
@@ -234,9 +231,8 @@ def train(
 
 
 def _train_steps(run: RunObjects, ex: Execution, x_shape, device, cfg: RunConfig) -> tuple:
-    """(eager_step, graph_step, the lr tensors the graph reads): the training step, and under
-    CUDA graphs its capture for full batches of `x_shape`; (eager_step, None, []) when eager. The
-    last, smaller batch of an epoch always runs eagerly."""
+    """(eager_step, graph_step or None, the lr tensors the graph reads): under CUDA graphs the
+    step captured for full batches of `x_shape` (an epoch's last, smaller batch runs eagerly)."""
     eager_step = make_train_step(run.forward, run.optimizer, device, ex.bf16, cfg.grad_clip_norm)
     if not ex.cuda_graphs:
         return eager_step, None, []
@@ -347,6 +343,7 @@ def _parser() -> argparse.ArgumentParser:
         else:
             kind = {"width": int, "dataset": str, "model": str}.get(f.name, type(default))
             p.add_argument(flag, type=kind, default=default, required=default is None, help=help)
+    add_member_arguments(p)  # --seeds, --lrs: a fused job (normdrop.fused_train)
     return p
 
 
@@ -404,12 +401,15 @@ def main(argv=None) -> int:
         return _fail(str(err))
     extra["data_file"] = str(args.data)
     extra["data_sha256"] = data_sha256(args.data)  # what the run saw, whatever the path holds later
-    extra["device"] = str(device) + (
-        f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-    )
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    extra["device"] = str(device) + gpu
     extra["gpu_lease"] = None if lease is None else f"{lease.device}/slot{lease.slot}"
     checkpoint = args.checkpoint or Path(args.out) / "checkpoint.pt"
     extra["started_at"] = provenance.now()
+    if args.seeds or args.lrs:  # K members trained as one model
+        from normdrop.fused_train import main_fused  # (it imports this module)
+
+        return main_fused(args, cfg, data, device, checkpoint, extra)
     tensorboard_dir = args.tensorboard_dir or Path(args.out) / "tensorboard"
     tracker = TensorBoardTracker(tensorboard_dir) if args.tensorboard else None
     extra["tensorboard_dir"] = str(tensorboard_dir) if tracker else None

@@ -1,0 +1,374 @@
+"""Fused runs: K runs of one architecture (a cell's seeds, or a search's candidates) trained as
+one model in one process, each member the run it replaces.
+
+The K members' models are built each from its own seed (the same initial weights as its unfused
+run), then their parameters and buffers are stacked on a leading member axis
+(`torch.func.stack_module_state`) and the forward pass is `vmap`ped over it (PyTorch's "model
+ensembling" recipe; HFTA, Wang et al. 2021, fuses the same way). BatchNorm running statistics are
+stacked buffers, updated per member inside the vmap; dropout masks are drawn independently per
+member (randomness="different"). The loss is the SUM of the members' mean losses, so that each
+member's gradient is exactly the gradient of its own run. Adam is `StackedAdam`, below.
+
+This module holds the fused model, optimizer and checkpoint state; `normdrop.fused_train` runs
+the epochs and writes each member's outputs as `normdrop.train` does.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+
+from normdrop.config import RunConfig
+from normdrop.models import build_model
+
+# The settings members may differ in: everything else (architecture, data, schedule) is shared.
+MEMBER_KEYS = ("seed", "lr")
+
+
+def fusion_refusal(cfgs: list[RunConfig]) -> str | None:
+    """Why these runs cannot train fused, in one line, or None."""
+    first = cfgs[0].to_dict()
+    for cfg in cfgs[1:]:
+        other = cfg.to_dict()
+        differ = sorted(k for k in first if k not in MEMBER_KEYS and first[k] != other[k])
+        if differ:
+            return f"members differ in {', '.join(differ)}: only {' and '.join(MEMBER_KEYS)} may"
+    cfg = cfgs[0]
+    if cfg.model == "lstm" and cfg.norm == "none":
+        return "cannot fuse lstm with norm none (nn.LSTM has no vmap batching rule in torch)"
+    if cfg.model == "vit" and cfg.norm in ("none", "batch"):
+        return (
+            f"cannot fuse vit with norm {cfg.norm}: under vmap its gradients differ from the "
+            "unfused run's by an ulp (position embedding, attention) and drift past 1e-5"
+        )
+    if cfg.compile:
+        return "cannot fuse with compile on (the vmapped step is not compiled); use --no-compile"
+    if cfg.cuda_graphs == "on":
+        return "cannot fuse with cuda_graphs on (not captured fused yet); use auto or off"
+    if cfg.memory_format == "channels_last":
+        return "cannot fuse with memory_format channels_last (the batch is 5-d); use auto"
+    return None
+
+
+class FusedModel:
+    """K models of one architecture as stacked tensors: `params` and `buffers` map each name of
+    the model's state to a (K, ...) tensor; `forward(x)` maps a (K, B, ...) batch to (K, B,
+    classes) logits. `models` are the K ordinary modules they were built from: `member(k)` copies
+    member k's slice into its module, for evaluation with the unfused code."""
+
+    def __init__(self, cfgs: list[RunConfig], in_shape, num_classes: int, device):
+        self.models = []
+        for cfg in cfgs:
+            torch.manual_seed(cfg.seed)  # as train.build_objects: the same initial weights
+            model = build_model(
+                cfg.model, in_shape, num_classes, cfg.width, cfg.norm, cfg.dropout_rate, cfg.init
+            )
+            self.models.append(model.to(device))
+        params, self.buffers = stack_module_state(self.models)
+        self.params = {n: p.detach().requires_grad_() for n, p in params.items()}
+        self.skeleton = copy.deepcopy(self.models[0]).to("meta")  # holds the train/eval flag
+        for module in self.skeleton.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.__class__ = FoldedBatchNorm  # same state, the exact batching rule
+            elif type(module) in PER_MEMBER:
+                module.__class__ = PER_MEMBER[type(module)]
+
+        def one(p, b, x):
+            return functional_call(self.skeleton, (p, b), (x,))
+
+        self._forward = vmap(one, randomness="different")  # own dropout masks per member
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._forward(self.params, self.buffers, x)
+
+    def train(self) -> None:
+        self.skeleton.train()
+
+    @torch.no_grad()
+    def member(self, k: int) -> torch.nn.Module:
+        model = self.models[k]
+        for name, t in model.named_parameters():
+            t.copy_(self.params[name][k])
+        for name, t in model.named_buffers():
+            t.copy_(self.buffers[name][k])
+        return model
+
+    def state_dict(self) -> dict:
+        return {"params": self.params, "buffers": self.buffers}
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for part in ("params", "buffers"):
+            for name, t in getattr(self, part).items():
+                t.copy_(state[part][name])
+
+
+class _FoldedBatchNormFn(torch.autograd.Function):
+    """F.batch_norm with a batching rule that folds the member axis into the channels: K
+    members' (B, C, ...) inputs become one (B, K*C, ...) input and one native batch_norm call,
+    per channel the very kernel of the unfused run (bitwise, on CPU). vmap's own rule
+    normalizes without the affine and applies weight and bias in separate kernels: an ulp off,
+    which Adam, fed BatchNorm's tiny gradients, amplified to a relative 1e-2 in the losses of
+    a CNN within an epoch. Autograd records the native op inside `vmap`: `backward` never runs."""
+
+    @staticmethod
+    def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("only used under vmap, where autograd records batch_norm")
+
+    @staticmethod
+    def vmap(info, in_dims, x, weight, bias, running_mean, running_var, training, momentum, eps):
+        state = (weight, bias, running_mean, running_var)
+        if any(d != 0 for t, d in zip(state, in_dims[1:5], strict=True) if t is not None):
+            raise ValueError(f"BatchNorm state must be stacked on dim 0, not {in_dims[1:5]}")
+
+        def flat(t):  # (K, C) -> (K*C,): a view where contiguous, updated in place
+            return None if t is None else t.reshape(-1)
+
+        xs = x.movedim(in_dims[0], 1)  # (B, K, C, ...)
+        b, k, c = xs.shape[:3]
+        mean, var = flat(running_mean), flat(running_var)
+        folded = xs.reshape(b, k * c, *xs.shape[3:])
+        out = F.batch_norm(folded, mean, var, flat(weight), flat(bias), training, momentum, eps)
+        for new, stacked in ((mean, running_mean), (var, running_var)):
+            if stacked is not None and new.data_ptr() != stacked.data_ptr():
+                stacked.copy_(new.view_as(stacked))  # a copy (a step's slice): written back
+        return out.view(xs.shape), 1
+
+
+class FoldedBatchNorm(nn.modules.batchnorm._BatchNorm):
+    """nn.BatchNorm1d/2d's training-and-eval forward (affine, running statistics, momentum as
+    set: the models' own) through `_FoldedBatchNormFn`: the fused skeleton's BatchNorms."""
+
+    def forward(self, x):
+        if self.training:
+            self.num_batches_tracked.add_(1)
+        use_batch = self.training or self.running_mean is None
+        return _FoldedBatchNormFn.apply(
+            x, self.weight, self.bias, self.running_mean, self.running_var,
+            use_batch, self.momentum, self.eps,
+        )  # fmt: skip
+
+
+class _PerMemberFn(torch.autograd.Function):
+    """`fn(x, weight, bias, *args)` (F.conv2d, F.linear) with stacked weights, one call per
+    member under vmap: the very call of the unfused run. vmap's own rules (a grouped
+    convolution, a batched matmul) sum the weight gradients of some layers in another order
+    on CPU (relative 1e-7 to 2e-6), which Adam, fed tiny gradients, amplified to a relative
+    1e-2 in a CNN's losses within an epoch (tests/test_fusion.py). K calls instead of one."""
+
+    @staticmethod
+    def forward(fn, x, weight, bias, *args):
+        return fn(x, weight, bias, *args)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise NotImplementedError("only used under vmap, where autograd records fn")
+
+    @staticmethod
+    def vmap(info, in_dims, fn, x, weight, bias, *args):
+        def member(t, d, k):
+            return t if t is None or d is None else t.select(d, k)
+
+        dims = in_dims[1:4]
+        out = [
+            fn(*(member(t, d, k) for t, d in zip((x, weight, bias), dims, strict=True)), *args)
+            for k in range(info.batch_size)
+        ]
+        return torch.stack(out), 0
+
+
+class StackedConv2d(nn.Conv2d):
+    """nn.Conv2d (zero padding, as every model here), one call per member (`_PerMemberFn`)."""
+
+    def forward(self, x):
+        args = (self.stride, self.padding, self.dilation, self.groups)
+        return _PerMemberFn.apply(F.conv2d, x, self.weight, self.bias, *args)
+
+
+class StackedLinear(nn.Linear):
+    """nn.Linear, one call per member (`_PerMemberFn`)."""
+
+    def forward(self, x):
+        return _PerMemberFn.apply(F.linear, x, self.weight, self.bias)
+
+
+def _layer_norm(x, weight, bias, shape, eps):
+    return F.layer_norm(x, shape, weight, bias, eps)
+
+
+def _group_norm(x, weight, bias, groups, eps):
+    return F.group_norm(x, groups, weight, bias, eps)
+
+
+def _rms_norm(x, weight, bias, shape, eps):
+    return F.rms_norm(x, shape, weight, eps)
+
+
+class StackedLayerNorm(nn.LayerNorm):
+    def forward(self, x):
+        args = (self.normalized_shape, self.eps)
+        return _PerMemberFn.apply(_layer_norm, x, self.weight, self.bias, *args)
+
+
+class StackedGroupNorm(nn.GroupNorm):
+    def forward(self, x):
+        args = (self.num_groups, self.eps)
+        return _PerMemberFn.apply(_group_norm, x, self.weight, self.bias, *args)
+
+
+class StackedRMSNorm(nn.RMSNorm):
+    def forward(self, x):
+        return _PerMemberFn.apply(_rms_norm, x, self.weight, None, self.normalized_shape, self.eps)
+
+
+# The fused skeleton's layers that run one call per member (same state, same init).
+PER_MEMBER = {
+    nn.Conv2d: StackedConv2d,
+    nn.Linear: StackedLinear,
+    nn.LayerNorm: StackedLayerNorm,
+    nn.GroupNorm: StackedGroupNorm,
+    nn.RMSNorm: StackedRMSNorm,
+}
+
+
+class StackedAdam:
+    """Adam (torch.optim.Adam's arithmetic, single-tensor path, L2 weight decay) over stacked
+    (K, ...) parameters, with one learning rate per member.
+
+    Why not torch.optim.Adam: it takes one lr per param group, and a group holds whole tensors;
+    a member is a slice of every stacked tensor, so K members cannot be K groups. Here the rate
+    is a (K,) tensor broadcast over each parameter's trailing dims. The rates themselves come
+    from `schedule_groups`: one torch param group per member (a dummy parameter each), stepped
+    by the run's own scheduler (train.make_scheduler), so each member's rate follows exactly
+    the arithmetic of its unfused run. `active` (K,) masks the update of a frozen (diverged)
+    member: its weights stay as they were."""
+
+    def __init__(self, params: dict, cfgs: list[RunConfig], device):
+        cfg = cfgs[0]
+        self.params = params
+        self.betas, self.eps, self.weight_decay = cfg.adam_betas, cfg.adam_eps, cfg.weight_decay
+        self.step_count = 0
+        self.exp_avg = {n: torch.zeros_like(p) for n, p in params.items()}
+        self.exp_avg_sq = {n: torch.zeros_like(p) for n, p in params.items()}
+        dummies = [{"params": [torch.zeros(())], "lr": c.lr} for c in cfgs]
+        self.schedule_groups = torch.optim.SGD(dummies, lr=cfg.lr)  # lr holder, never stepped
+        # What torch's step wrapper sets: the scheduler's "step before optimizer.step" warning
+        # does not apply to a holder that is never stepped.
+        self.schedule_groups._opt_called = True
+        self.device = device
+        self.lr = self.read_lrs()
+
+    def read_lrs(self) -> torch.Tensor:
+        """The members' current rates as a (K,) float64 tensor on the device: after each
+        scheduler step (once per epoch, one small copy)."""
+        lrs = [float(g["lr"]) for g in self.schedule_groups.param_groups]
+        self.lr = torch.tensor(lrs, dtype=torch.float64, device=self.device)
+        return self.lr
+
+    def zero_grad(self) -> None:
+        for p in self.params.values():
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self, active: torch.Tensor) -> None:
+        self.step_count += 1
+        beta1, beta2 = self.betas
+        bias_correction1 = 1 - beta1**self.step_count
+        bias_correction2_sqrt = (1 - beta2**self.step_count) ** 0.5
+        # lr / bias_correction1 in float64, then float32: torch computes the python float so
+        # and its kernel casts it to the parameter's dtype.
+        step_size = (self.lr / bias_correction1).float()
+        for name, param in self.params.items():
+            grad = param.grad
+            if self.weight_decay != 0:
+                grad = grad.add(param, alpha=self.weight_decay)
+            exp_avg, exp_avg_sq = self.exp_avg[name], self.exp_avg_sq[name]
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / bias_correction2_sqrt).add_(self.eps)
+            shape = (-1,) + (1,) * (param.dim() - 1)  # (K, 1, ...): broadcasts per member
+            # addcdiv's kernel: param + (value * exp_avg) / denom, value = -step_size
+            update = exp_avg * step_size.view(shape) / denom
+            param.copy_(torch.where(active.view(shape), param - update, param))
+
+    def state_dict(self) -> dict:
+        return {
+            "step": self.step_count,
+            "exp_avg": self.exp_avg,
+            "exp_avg_sq": self.exp_avg_sq,
+            "lr_groups": self.schedule_groups.state_dict(),
+        }
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        self.step_count = int(state["step"])
+        for part in ("exp_avg", "exp_avg_sq"):
+            for name, t in getattr(self, part).items():
+                t.copy_(state[part][name])
+        self.schedule_groups.load_state_dict(state["lr_groups"])
+        for group in self.schedule_groups.param_groups:
+            group["lr"] = float(group["lr"])
+        self.read_lrs()
+
+
+def clip_per_member(params: dict, max_norm: float) -> None:
+    """torch.nn.utils.clip_grad_norm_ for each member alone: a member's global L2 norm is taken
+    over its slices of every stacked (K, ...) gradient, and only its slices are scaled. By hand:
+    torch's function sees one norm over all K members' gradients."""
+    grads = [p.grad for p in params.values() if p.grad is not None]
+    norms = torch.stack([g.flatten(1).norm(dim=1) for g in grads], 1).norm(dim=1)  # (K,)
+    coef = torch.clamp(max_norm / (norms + 1e-6), max=1.0)  # clip_grad_norm_'s arithmetic
+    for g in grads:
+        g.mul_(coef.view(-1, *(1,) * (g.dim() - 1)))
+
+
+def make_fused_step(model: FusedModel, optimizer: StackedAdam, device, bf16: bool, clip=0.0):
+    """One fused training step: `step(x (K, B, ...), y (K, B), active (K,)) -> (losses (K,),
+    correct counts (K,))` on the device. The members' mean losses are summed before backward,
+    so each member's gradient is that of its own mean loss (the members share no parameter).
+    `clip` > 0: each member's gradients clipped to that global norm (settings' grad_clip_norm)."""
+
+    def step(x, y, active):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16, cache_enabled=False):
+            logits = model.forward(x)  # (K, B, classes)
+        # Each member's mean loss by the unfused call, one per member: a per-sample loss
+        # averaged per member (one kernel) differs from cross_entropy's own mean by an ulp.
+        losses = torch.stack(
+            [F.cross_entropy(lg.float(), t) for lg, t in zip(logits, y, strict=True)]
+        )
+        optimizer.zero_grad()
+        losses.sum().backward()
+        if clip > 0:
+            clip_per_member(optimizer.params, clip)
+        optimizer.step(active)
+        return losses.detach(), (logits.argmax(2) == y).sum(1)
+
+    return step
+
+
+@dataclass
+class FusedObjects:
+    """A fused job's live objects, built from the members' settings alone."""
+
+    model: FusedModel
+    optimizer: StackedAdam
+    scheduler: object  # train.make_scheduler over optimizer.schedule_groups
+    gens: list  # one torch.Generator per member: its data order and augmentation
+    param_count: int
