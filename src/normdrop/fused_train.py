@@ -25,6 +25,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from normdrop import layout
 from normdrop.attempts import AttemptLog, Preempted, StopSignals, accounting
 from normdrop.checkpoints import first_line, move_aside, ran_as
 from normdrop.cli import reporters
@@ -325,7 +326,12 @@ def main_fused(args, cfg: RunConfig, data, device, checkpoint: Path, extra: dict
     by_seed = args.seeds is not None
 
     def default_out(c):
-        return Path(args.out) / (f"seed{c.seed}" if by_seed else f"lr{c.lr:g}")
+        key = (
+            layout.run_key("train", seed=c.seed)
+            if by_seed
+            else layout.run_key("lr_search", lr=c.lr)
+        )
+        return Path(args.out) / key
 
     try:
         cfgs = member_configs(args, cfg)
