@@ -131,6 +131,17 @@ def test_bad_input_stops_with_one_line_naming_the_key_before_any_job(tmp_path, c
     assert len(lines) == 1 and f"invalid config: {message}" in lines[0], out
 
 
+def test_a_fused_grid_with_a_cell_that_cannot_fuse_is_refused_before_any_job():
+    # The recurrent study's plain LSTM (norm none) has no vmap rule: refused when planning, with
+    # the cell and the way out, not when its fused job starts. The paper grid fuses as it is.
+    validate(deep_merge(PAPER, {"fuse": {"train": True, "lr_search": True}}))
+    with pytest.raises(ConfigError) as err:
+        validate(deep_merge(deep_merge(PAPER, study("recurrent")), {"fuse": {"train": True}}))
+    message = str(err.value)
+    assert message.startswith("config key 'fuse.train': mnist/lstm/") and "\n" not in message
+    assert "cannot fuse lstm with norm none" in message and "set fuse.train false" in message
+
+
 @pytest.fixture
 def tiny(fast_config):
     def tiny(name: str, **train) -> dict:

@@ -37,9 +37,9 @@ from normdrop.fusion import (
     FusedModel,
     FusedObjects,
     StackedAdam,
-    fusion_refusal,
     make_fused_step,
 )
+from normdrop.grid import fusion_refusal  # torch-free: planning refuses the same cells
 from normdrop.models import count_parameters
 from normdrop.outputs import epoch_record, steps_frame, write_outputs
 from normdrop.progress import epoch_line

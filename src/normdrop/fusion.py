@@ -26,34 +26,6 @@ from torch.func import functional_call, stack_module_state, vmap
 from normdrop.config import RunConfig
 from normdrop.models import build_model
 
-# The settings members may differ in: everything else (architecture, data, schedule) is shared.
-MEMBER_KEYS = ("seed", "lr")
-
-
-def fusion_refusal(cfgs: list[RunConfig]) -> str | None:
-    """Why these runs cannot train fused, in one line, or None."""
-    first = cfgs[0].to_dict()
-    for cfg in cfgs[1:]:
-        other = cfg.to_dict()
-        differ = sorted(k for k in first if k not in MEMBER_KEYS and first[k] != other[k])
-        if differ:
-            return f"members differ in {', '.join(differ)}: only {' and '.join(MEMBER_KEYS)} may"
-    cfg = cfgs[0]
-    if cfg.model == "lstm" and cfg.norm == "none":
-        return "cannot fuse lstm with norm none (nn.LSTM has no vmap batching rule in torch)"
-    if cfg.model == "vit" and cfg.norm in ("none", "batch"):
-        return (
-            f"cannot fuse vit with norm {cfg.norm}: under vmap its gradients differ from the "
-            "unfused run's by an ulp (position embedding, attention) and drift past 1e-5"
-        )
-    if cfg.compile:
-        return "cannot fuse with compile on (the vmapped step is not compiled); use --no-compile"
-    if cfg.cuda_graphs == "on":
-        return "cannot fuse with cuda_graphs on (not captured fused yet); use auto or off"
-    if cfg.memory_format == "channels_last":
-        return "cannot fuse with memory_format channels_last (the batch is 5-d); use auto"
-    return None
-
 
 class FusedModel:
     """K models of one architecture as stacked tensors: `params` and `buffers` map each name of

@@ -10,7 +10,7 @@ import math
 import re
 
 from normdrop.catalog import DATASETS, MODEL_NORMS, allowed_norms_text, check_input
-from normdrop.config import ConfigError, did_you_mean, run_config
+from normdrop.config import ConfigError, RunConfig, did_you_mean, run_config
 
 # A --configfile is deep-merged into config.yaml (dicts merge, lists replace), so a study cannot
 # drop a model or variant by leaving it out: `select` names the ones to run (default: all), and
@@ -177,6 +177,36 @@ def _check_models(config: dict, grid: dict) -> None:
             raise ConfigError(f"config key '{key}': {dataset}/{model}: {err}") from None
 
 
+# The settings members may differ in: everything else (architecture, data, schedule) is shared.
+MEMBER_KEYS = ("seed", "lr")
+
+
+def fusion_refusal(cfgs: list[RunConfig]) -> str | None:
+    """Why these runs cannot train fused (normdrop.fusion), in one line, or None. Here, without
+    torch, so that planning refuses a fused grid's cell before any job (check_grid)."""
+    first = cfgs[0].to_dict()
+    for cfg in cfgs[1:]:
+        other = cfg.to_dict()
+        differ = sorted(k for k in first if k not in MEMBER_KEYS and first[k] != other[k])
+        if differ:
+            return f"members differ in {', '.join(differ)}: only {' and '.join(MEMBER_KEYS)} may"
+    cfg = cfgs[0]
+    if cfg.model == "lstm" and cfg.norm == "none":
+        return "cannot fuse lstm with norm none (nn.LSTM has no vmap batching rule in torch)"
+    if cfg.model == "vit" and cfg.norm in ("none", "batch"):
+        return (
+            f"cannot fuse vit with norm {cfg.norm}: under vmap its gradients differ from the "
+            "unfused run's by an ulp (position embedding, attention) and drift past 1e-5"
+        )
+    if cfg.compile:
+        return "cannot fuse with compile on (the vmapped step is not compiled); use --no-compile"
+    if cfg.cuda_graphs == "on":
+        return "cannot fuse with cuda_graphs on (not captured fused yet); use auto or off"
+    if cfg.memory_format == "channels_last":
+        return "cannot fuse with memory_format channels_last (the batch is 5-d); use auto"
+    return None
+
+
 def check_grid(config: dict) -> None:
     """The cross-field rules of the grid: `select` names what is defined, the study's axis is
     swept (or spans ResNet depths), each variant's norm is defined for each model, each model
@@ -186,14 +216,22 @@ def check_grid(config: dict) -> None:
     _check_study(config, grid)
     _check_models(config, grid)
     # Every cell of the grid must make a valid RunConfig: catches what the schema cannot.
+    fused = [kind for kind, on in config.get("fuse", {}).items() if on]
     for dataset, model in grid_cells(grid):
         for variant in grid["variants"]:
-            run_config(grid, dataset, model, variant, config["seeds"][0])
+            cfg = run_config(grid, dataset, model, variant, config["seeds"][0])
+            refusal = fusion_refusal([cfg]) if fused else None
+            if refusal:  # before any job, not when the cell's fused job starts
+                raise ConfigError(
+                    f"config key 'fuse.{fused[0]}': {dataset}/{model}/{variant}: {refusal}; set "
+                    f"fuse.{fused[0]} false, or leave the cell out with `select`"
+                )
 
 
 __all__ = [
     "SWEEP_TAGS",
     "check_grid",
+    "fusion_refusal",
     "grid_cells",
     "grid_config",
     "input_shape",
