@@ -2,7 +2,7 @@
 # Entry points for users and CI. Needs only python3 (>= 3.11) on Linux x86-64.
 #   ./dev.sh demo    set up .venv, run the offline demo (whole DAG on synthetic data) + report
 #   ./dev.sh test    set up .venv, lint (ruff, snakefmt, snakemake --lint), run the test suite
-#   ./dev.sh test --fast   lint, then the tests not marked slow or slurm (about 3 min, 2 cores)
+#   ./dev.sh test --fast   lint, then the tests not marked slow or slurm (minutes, 2 cores)
 #   ./dev.sh setup   only create/refresh .venv from requirements.lock
 #   ./dev.sh lock    regenerate requirements.lock from pyproject.toml (needs the registry)
 #   ./dev.sh bench   the training-speed benchmark (benchmarks/bench_train.py; --tiny: a check)
