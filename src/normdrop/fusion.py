@@ -80,17 +80,9 @@ class FusedModel:
                 t.copy_(state[part][name])
 
 
-class _FoldedBatchNormFn(torch.autograd.Function):
-    """F.batch_norm with a batching rule that folds the member axis into the channels: K
-    members' (B, C, ...) inputs become one (B, K*C, ...) input and one native batch_norm call,
-    per channel the very kernel of the unfused run (bitwise, on CPU). vmap's own rule
-    normalizes without the affine and applies weight and bias in separate kernels: an ulp off,
-    which Adam, fed BatchNorm's tiny gradients, amplified to a relative 1e-2 in the losses of
-    a CNN within an epoch. Autograd records the native op inside `vmap`: `backward` never runs."""
-
-    @staticmethod
-    def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
-        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
+class _VmapOnlyFn(torch.autograd.Function):
+    """An autograd.Function used only under vmap, for its batching rule (`vmap`): autograd
+    records the native ops the rule calls, so `backward` never runs."""
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -98,7 +90,20 @@ class _FoldedBatchNormFn(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad):
-        raise NotImplementedError("only used under vmap, where autograd records batch_norm")
+        raise NotImplementedError("only used under vmap, where autograd records the native ops")
+
+
+class _FoldedBatchNormFn(_VmapOnlyFn):
+    """F.batch_norm with a batching rule that folds the member axis into the channels: K
+    members' (B, C, ...) inputs become one (B, K*C, ...) input and one native batch_norm call,
+    per channel the very kernel of the unfused run (bitwise, on CPU). vmap's own rule
+    normalizes without the affine and applies weight and bias in separate kernels: an ulp off,
+    which Adam, fed BatchNorm's tiny gradients, amplified to a relative 1e-2 in the losses of
+    a CNN within an epoch."""
+
+    @staticmethod
+    def forward(x, weight, bias, running_mean, running_var, training, momentum, eps):
+        return F.batch_norm(x, running_mean, running_var, weight, bias, training, momentum, eps)
 
     @staticmethod
     def vmap(info, in_dims, x, weight, bias, running_mean, running_var, training, momentum, eps):
@@ -134,7 +139,7 @@ class FoldedBatchNorm(nn.modules.batchnorm._BatchNorm):
         )  # fmt: skip
 
 
-class _PerMemberFn(torch.autograd.Function):
+class _PerMemberFn(_VmapOnlyFn):
     """`fn(x, weight, bias, *args)` (F.conv2d, F.linear) with stacked weights, one call per
     member under vmap: the very call of the unfused run. vmap's own rules (a grouped
     convolution, a batched matmul) sum the weight gradients of some layers in another order
@@ -144,14 +149,6 @@ class _PerMemberFn(torch.autograd.Function):
     @staticmethod
     def forward(fn, x, weight, bias, *args):
         return fn(x, weight, bias, *args)
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        pass
-
-    @staticmethod
-    def backward(ctx, grad):
-        raise NotImplementedError("only used under vmap, where autograd records fn")
 
     @staticmethod
     def vmap(info, in_dims, fn, x, weight, bias, *args):
