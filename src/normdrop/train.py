@@ -202,6 +202,11 @@ def build_objects(cfgs: list[RunConfig], data: Prepared, device, ex: Execution):
     return OneRun(model, optimizer, scheduler, gens, forward, param_count)
 
 
+def member_label(cfg: RunConfig) -> str:
+    """How a fused job's lines name a member: 'seed 42 lr 0.001'."""
+    return f"seed {cfg.seed} lr {cfg.lr:g}"
+
+
 def _start_or_resume(cfgs, data, device, ex, checkpoint, log) -> tuple:
     """(the job's objects, its History), fresh or as `checkpoint` left them; one not resumable
     is moved aside."""
@@ -280,7 +285,7 @@ def train_members(
     run, history = _start_or_resume(cfgs, data, device, ex, checkpoint, log)
     x_shape = (cfg.batch_size, *data.in_shape)  # full batches replay one graph, if captured
     step_fn = run.make_step(ex, x_shape, device, cfg)
-    prefixes = [""] if k == 1 else [f"[seed {c.seed} lr {c.lr:g}] " for c in cfgs]
+    prefixes = [""] if k == 1 else [f"[{member_label(c)}] " for c in cfgs]
     trackers, stop = trackers or [None] * k, stop or StopSignals()
 
     t0 = time.perf_counter() - history.elapsed
@@ -524,14 +529,12 @@ def main(argv=None) -> int:
     except ConfigError as err:
         return _fail(str(err))
     trackers = [TensorBoardTracker(d) if args.tensorboard else None for d in tb_dirs]
-    if len(cfgs) == 1:
-        print(
-            f"{cfg.dataset}/{cfg.model}/{cfg.variant} seed {cfg.seed} lr {cfg.lr:g} on {device}",
-            flush=True,  # a job's log shows it has started before its first epoch ends
-        )
-    else:
-        labels = ", ".join(f"seed {c.seed} lr {c.lr:g}" for c in cfgs)
-        print(f"{cfg.dataset}/{cfg.model}/{cfg.variant} fused: {labels} on {device}", flush=True)
+    fused = "" if len(cfgs) == 1 else " fused:"
+    labels = ", ".join(member_label(c) for c in cfgs)
+    print(
+        f"{cfg.dataset}/{cfg.model}/{cfg.variant}{fused} {labels} on {device}",
+        flush=True,  # a job's log shows it has started before its first epoch ends
+    )
     print(f"execution: {execution.describe()}", flush=True)
 
     log, progress, close_progress = reporters(sys.stdout)
@@ -568,7 +571,7 @@ def main(argv=None) -> int:
         print(f"{results[0].status}: wrote {args.out} in {results[0].wall_time_s:.1f}s")
     else:
         statuses = ", ".join(
-            f"seed {c.seed} lr {c.lr:g} {r.status}" for c, r in zip(cfgs, results, strict=True)
+            f"{member_label(c)} {r.status}" for c, r in zip(cfgs, results, strict=True)
         )
         print(f"fused job done: {statuses}; wrote {len(outs)} run folders")
     return 0
@@ -590,10 +593,11 @@ def member_configs(args, cfg: RunConfig) -> list[RunConfig]:
 
 
 def _member_paths(args, cfgs: list[RunConfig]) -> tuple[list, list, list]:
-    """(run folders, TensorBoard folders, member logs or []), one per member. K = 1: --out,
-    --tensorboard-dir. K > 1: --outs (default <out>/seed<S> with --seeds, else <out>/lr<LR>),
-    --tensorboard-dirs (default <member>/tensorboard), --member-logs (default: none)."""
-    if len(cfgs) == 1 and not (args.outs or args.tensorboard_dirs or args.member_logs):
+    """(run folders, TensorBoard folders, member logs or []), one per member. Without --seeds and
+    --lrs: --out, --tensorboard-dir. With them: --outs (default <out>/seed<S> with --seeds, else
+    <out>/lr<LR>), --tensorboard-dirs (default <member>/tensorboard), --member-logs (default:
+    none)."""
+    if args.seeds is None and args.lrs is None:
         out = Path(args.out)
         return [out], [args.tensorboard_dir or out / "tensorboard"], []
     kind, key = ("train", "seed") if args.seeds else ("lr_search", "lr")
