@@ -9,14 +9,13 @@ stacked buffers, updated per member inside the vmap; dropout masks are drawn ind
 member (randomness="different"). The loss is the SUM of the members' mean losses, so that each
 member's gradient is exactly the gradient of its own run. Adam is `StackedAdam`, below.
 
-This module holds the fused model, optimizer and checkpoint state; `normdrop.fused_train` runs
-the epochs and writes each member's outputs as `normdrop.train` does.
+This module holds the fused model and optimizer; `normdrop.train` runs them in its one training
+loop (`train_members`, K > 1) and writes each member's outputs as an unfused run's.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -330,14 +329,3 @@ def make_fused_step(model: FusedModel, optimizer: StackedAdam, device, bf16: boo
         return losses.detach(), (logits.argmax(2) == y).sum(1)
 
     return step
-
-
-@dataclass
-class FusedObjects:
-    """A fused job's live objects, built from the members' settings alone."""
-
-    model: FusedModel
-    optimizer: StackedAdam
-    scheduler: object  # train.make_scheduler over optimizer.schedule_groups
-    gens: list  # one torch.Generator per member: its data order and augmentation
-    param_count: int
