@@ -5,6 +5,7 @@ on a041c63 (HANDOFF-train.md has the evidence)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 
@@ -341,3 +342,117 @@ def test_restored_adam_state_is_laid_out_as_channels_last_params(
             assert s[key].stride() == p.stride(), (key, tuple(p.shape))
     steps = [s["step"] for s in state.values()]
     assert all(float(t) > 0 for t in steps)  # the checkpoint's state, not a fresh one
+
+
+# --------------------------------------------------------------------------- capture (K >= 1)
+class CudaOnCpu:
+    """What execution.capture_step calls of torch.cuda, on the CPU: streams that do nothing, the
+    capture's `with torch.cuda.graph(...)` running the step eagerly (a real capture records it
+    without running it: here it changes the state too, which the restore must undo as well), a
+    replay that only counts, and the CPU generator as the CUDA RNG. What this cannot show (a
+    replay's numbers) is gpu_check's `fused graph == fused eager` row."""
+
+    def __init__(self, monkeypatch):
+        self.replays = 0
+        stream = type("Stream", (), {"wait_stream": lambda self, other: None})
+        outer = self
+
+        class Graph:
+            def replay(self):
+                outer.replays += 1
+
+        m = monkeypatch
+        m.setattr(torch.cuda, "Stream", lambda device=None: stream())
+        m.setattr(torch.cuda, "current_stream", lambda device=None: stream())
+        m.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        m.setattr(torch.cuda, "CUDAGraph", Graph)
+        m.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+        m.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.get_rng_state())
+        m.setattr(
+            torch.cuda, "set_rng_state", lambda state, device=None: torch.set_rng_state(state)
+        )
+
+
+def _batch(data, k, batch=32):
+    """k members' first batches, normalized: x (k, B, C, H, W), y (k, B)."""
+    from normdrop.data import normalize, standardization
+
+    x = normalize(data.train_x[: k * batch], *standardization(data.mean, data.std))
+    return x.view(k, batch, *data.in_shape), data.train_y[: k * batch].view(k, batch)
+
+
+def test_fused_capture_puts_model_adam_and_rng_back_in_the_same_memory(
+    tiny_data, monkeypatch, tiny_config, cpu
+):
+    from normdrop.execution import _tensors
+    from normdrop.fusion import FusedModel, StackedAdam, capture_fused_step, make_fused_step
+
+    # BatchNorm (statistics, counters), dropout (the RNG), channels_last (the static batch)
+    base = dict(model="cnn", width=4, norm="batch", dropout_rate=0.3)
+    cfgs = [tiny_config(**base, seed=s, memory_format="channels_last") for s in (42, 43)]
+    data = load_prepared(tiny_data)
+    model = FusedModel(cfgs, data.in_shape, data.num_classes, cpu)
+    adam = StackedAdam(model.params, cfgs, cpu, capturable=True)
+    step = make_fused_step(model, adam, cpu, bf16=False)
+    model.train()
+    x, y = _batch(data, 2)
+    active = torch.tensor([True, True])
+    step(x, y, active)  # Adam's state exists, non-zero, before capture: restoring it is tested
+    with pytest.raises(ValueError, match="capturable"):
+        capture_fused_step(step, model, StackedAdam(model.params, cfgs, cpu), x.shape, cpu)
+
+    def state():
+        named = dict(_tensors(model.state_dict()))
+        for i, s in enumerate(adam.state.values()):
+            named |= {f"adam {i} {k}": v for k, v in s.items()}
+        return named
+
+    before = {k: v.detach().clone() for k, v in state().items()}
+    addresses = {k: v.data_ptr() for k, v in state().items()}
+    rng = torch.get_rng_state()
+    seen = []
+
+    def recording_step(*static):
+        seen.append((adam.steps_taken, *static))
+        return step(*static)
+
+    fake = CudaOnCpu(monkeypatch)
+    graph_step = capture_fused_step(recording_step, model, adam, x.shape, cpu)
+    assert [s[0] for s in seen] == [1, 2, 3, 4]  # 3 warm-up steps and the capture ran
+    after = state()
+    assert {k: v.data_ptr() for k, v in after.items()} == addresses  # the graph's addresses
+    for k, v in after.items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(torch.get_rng_state(), rng)
+    static_x, static_y, static_active = seen[0][1:]
+    assert static_x.shape == x.shape and static_x.permute(0, 1, 3, 4, 2).is_contiguous()
+    assert static_y.shape == y.shape and static_active.dtype == torch.bool
+    graph_step(x, y, active)
+    assert fake.replays == 1 and torch.equal(static_x, x)  # the batch copied into the graph's
+
+
+def test_k1_capture_leaves_a_fresh_run_as_it_was(tiny_data, monkeypatch, tiny_config, cpu):
+    # capture_train_step (train's K = 1 path, now over capture_step): torch's Adam makes its
+    # state in the warm-up; zeroed, the next eager step is a fresh run's first, bitwise.
+    from normdrop.execution import capture_train_step, make_train_step
+    from normdrop.models import build_model
+
+    cfg = tiny_config(model="cnn", width=4, norm="batch")
+    data = load_prepared(tiny_data)
+    x, y = (t[0] for t in _batch(data, 1))
+
+    def fresh():
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.in_shape, data.num_classes, 4, "batch").train()
+        adam = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return model, adam, make_train_step(model, adam, cpu, bf16=False)
+
+    model, adam, step = fresh()
+    CudaOnCpu(monkeypatch)
+    capture_train_step(step, model, adam, x.shape, torch.contiguous_format, cpu)
+    assert adam.state and all(float(s["step"]) == 0 for s in adam.state.values())
+    twin_model, _, twin_step = fresh()
+    assert torch.equal(step(x, y)[0], twin_step(x, y)[0])
+    twin = twin_model.state_dict()
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, twin[name]), name
