@@ -384,7 +384,7 @@ def _batch(data, k, batch=32):
 def test_fused_capture_puts_model_adam_and_rng_back_in_the_same_memory(
     tiny_data, monkeypatch, tiny_config, cpu
 ):
-    from normdrop.execution import _tensors
+    from normdrop.execution import named_tensors
     from normdrop.fusion import FusedModel, StackedAdam, capture_fused_step, make_fused_step
 
     # BatchNorm (statistics, counters), dropout (the RNG), channels_last (the static batch)
@@ -402,7 +402,7 @@ def test_fused_capture_puts_model_adam_and_rng_back_in_the_same_memory(
         capture_fused_step(step, model, StackedAdam(model.params, cfgs, cpu), x.shape, cpu)
 
     def state():
-        named = dict(_tensors(model.state_dict()))
+        named = dict(named_tensors(model.state_dict()))
         for i, s in enumerate(adam.state.values()):
             named |= {f"adam {i} {k}": v for k, v in s.items()}
         return named
