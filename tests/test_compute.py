@@ -69,3 +69,26 @@ def test_a_summary_without_run_folders_says_so(tmp_path, make_summary):
     text = rep.build_report(tmp_path / "summary", tmp_path / "report.md")
     assert "compute and hardware not recorded" in text
     assert "### Error bars and confidence intervals" in text
+
+
+def test_a_fused_jobs_attempts_count_once_and_its_time_is_shared(results):
+    """Each member's meta.json holds the whole job's attempts (normdrop.fusion): two members of
+    one job, a killed 30 s and a finished 60 s attempt, are one job of 2 attempts and 90 s."""
+    train = sorted((results / "runs").rglob("meta.json"))[:2]
+    checkpoint = str(results / "scratch" / "fused.ckpt")
+    for path, other in ((train[0], train[1]), (train[1], train[0])):
+        meta = json.loads(path.read_text())
+        meta.update(fused_with=[str(other.parent)], fused_checkpoint=checkpoint)
+        meta["attempts"] = [{"wall_time_s": 30.0, "outcome": "killed"},
+                            {"wall_time_s": 60.0, "outcome": "finished"}]  # fmt: skip
+        path.write_text(json.dumps(meta))
+    metas = compute.read_metas(results)
+    metas = metas[metas["kind"] == "train"]
+    fused = metas[metas["members"] == 2]
+    assert len(fused) == 2 and fused["compute_s"].tolist() == [45.0, 45.0]
+    table = compute.compute_table(metas)
+    unfused = metas[metas["members"] == 1]
+    attempts = int(unfused["attempts"].sum()) + 2  # the job's 2 attempts, once
+    assert table.rows[0][2] == str(attempts)
+    assert table.rows[0][3] == str(int(unfused["not_finished"].sum()) + 1)
+    assert "1 fused job(s) trained 2 of these runs" in " ".join(table.notes)

@@ -9,7 +9,9 @@ significance (what the error bars and intervals are), answered from the results 
   (results written before attempts were recorded). Training runs and the learning-rate search
   (every candidate, also those `extend_at_edge` added) are counted apart and together. A run
   that never finished has no meta.json and is not counted (its attempts are still in its
-  checkpoint's attempt log under scratch/).
+  checkpoint's attempt log under scratch/). A fused job (normdrop.fusion) is one process for
+  its K members: each member's meta.json holds the job's attempts, so the job's wall time is
+  shared equally among its members and its attempts are counted once per job.
 - Hardware and versions: devices, GPU name and driver, peak device memory, hosts, library
   versions, code revisions (uncommitted changes marked), the data files' SHA-256.
 - What the ± values, error bars and confidence intervals mean, and their assumptions.
@@ -51,6 +53,10 @@ def read_metas(results: Path | str) -> pd.DataFrame:
             dict(
                 kind=run.kind,
                 cell=f"{run.dataset}/{run.model}/{run.variant}",
+                # The process that trained it: a fused job's members share its checkpoint path
+                # and each holds the job's attempts, which are counted once per job.
+                job=meta.get("fused_checkpoint") or str(path.parent),
+                members=1 + len(meta.get("fused_with") or []),
                 compute_s=float(compute) if compute is not None else np.nan,
                 attempts=len(attempts),
                 not_finished=sum(o != "finished" for o in outcomes),
@@ -83,8 +89,9 @@ def compute_table(metas: pd.DataFrame) -> TextTable:
         if sub.empty:
             continue
         t = sub["compute_s"].dropna()
-        rows.append([name, str(len(sub)), str(int(sub["attempts"].sum())),
-                     str(int(sub["not_finished"].sum())), _hours(t.sum()),
+        jobs = sub.drop_duplicates("job")  # a fused job's attempts once, not once per member
+        rows.append([name, str(len(sub)), str(int(jobs["attempts"].sum())),
+                     str(int(jobs["not_finished"].sum())), _hours(t.sum()),
                      _hours(t.median()) if len(t) else "n/a",
                      _hours(t.max()) if len(t) else "n/a"])  # fmt: skip
     table = TextTable(
@@ -108,7 +115,15 @@ def compute_table(metas: pd.DataFrame) -> TextTable:
         ],  # fmt: skip
         rule_before={len(rows) - 1} if len(rows) > 2 else set(),
     )
-    untimed, at_least = int(metas["untimed"].sum()), int(metas["at_least"].sum())
+    fused = metas[metas["members"] > 1].drop_duplicates("job")
+    if len(fused):
+        table.notes.append(
+            f"{len(fused)} fused job(s) trained {int(fused['members'].sum())} of these runs, "
+            "each as one process (normdrop.fusion): a job's attempts are counted once, and its "
+            "wall time is shared equally among its members."
+        )
+    jobs = metas.drop_duplicates("job")
+    untimed, at_least = int(jobs["untimed"].sum()), int(jobs["at_least"].sum())
     if untimed or at_least:  # attempts killed before they could record their end (SIGKILL)
         table.notes.append(
             f"Killed attempts: {at_least} counted up to their last checkpoint (a "
