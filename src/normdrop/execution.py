@@ -171,11 +171,11 @@ def make_train_step(forward, optimizer, device: torch.device, bf16: bool, clip: 
 
 
 # --------------------------------------------------------------------------- CUDA graphs
-def _tensors(state: dict, prefix: str = ""):
+def named_tensors(state: dict, prefix: str = ""):
     """(name, tensor) of a state dict, nested dicts flattened ("params.fc.weight")."""
     for key, value in state.items():
         if isinstance(value, dict):
-            yield from _tensors(value, f"{prefix}{key}.")
+            yield from named_tensors(value, f"{prefix}{key}.")
         elif isinstance(value, torch.Tensor):
             yield f"{prefix}{key}", value
 
@@ -188,12 +188,12 @@ def snapshot_train_state(model, optimizer):
     into the very tensors (same memory: a CUDA graph captured in between reads and writes those
     addresses); optimizer state that did not exist yet (torch's Adam makes it at its first
     step) is zeroed, as a fresh run has none. The RNG is the caller's (it is per device)."""
-    saved_model = {k: v.detach().clone() for k, v in _tensors(model.state_dict())}
+    saved_model = {k: v.detach().clone() for k, v in named_tensors(model.state_dict())}
     saved_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
 
     @torch.no_grad()
     def restore() -> None:
-        for k, v in _tensors(model.state_dict()):
+        for k, v in named_tensors(model.state_dict()):
             v.copy_(saved_model[k])
         for p, state in optimizer.state.items():
             for k, v in state.items():  # state a fresh run did not have yet starts at zero
