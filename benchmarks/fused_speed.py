@@ -9,8 +9,7 @@ import torch
 
 from normdrop.config import RunConfig
 from normdrop.data import Prepared
-from normdrop.fused_train import train_fused
-from normdrop.train import train
+from normdrop.train import train, train_members
 
 
 def _second_epoch_s(epochs) -> float:
@@ -18,11 +17,11 @@ def _second_epoch_s(epochs) -> float:
 
 
 def fused_images_per_s(cfg: RunConfig, data: Prepared, device: torch.device, k: int) -> float:
-    """Aggregate training images/s of k seeds of `cfg` fused (normdrop.fused_train: the real
+    """Aggregate training images/s of k seeds of `cfg` fused (normdrop.train.train_members: the real
     path, each member's outputs kept) in their second epoch (the first pays the warm-up), on
     the job's epoch clock; the members' evaluations count as training time."""
     cfgs = [replace(cfg, seed=cfg.seed + i, epochs=2, lr_milestones=()) for i in range(k)]
-    fused = train_fused(cfgs, data, device, log=lambda line: None)
+    fused = train_members(cfgs, data, device, log=lambda line: None)
     return k * len(data.train_y) / _second_epoch_s(fused[-1].epochs)  # the last row closes it
 
 

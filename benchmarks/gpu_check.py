@@ -28,8 +28,9 @@ with. Sections, correctness first and speed last (`--sections` picks any subset,
              standard errors of the seed-to-seed spread (`compare`); tiny: information only.
   speed      images/s per model: eager, compiled (ResNet-20), CUDA graphs against the textbook
              loop (speed.py); 1 and k processes timed over one shared window; the grid's time.
-  fusion     K seeds fused (normdrop.fused_train, the workflow's path) against K processes one
-             after another and K processes sharing the GPU, per model, K = 3, 4, 12 (speed only);
+  fusion     K seeds fused (normdrop.train.train_members, the workflow's path) against K
+             processes one after another and K processes sharing the GPU, per model, K = 3, 4,
+             12 (speed only);
              in the settings' memory format (auto: channels_last on CUDA), and for the CNN and
              ResNet-20 at K = 3 also fused contiguous on CUDA.
 

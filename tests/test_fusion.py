@@ -1,11 +1,11 @@
-"""Fused runs (normdrop.fusion, normdrop.fused_train; issue 26): every member is the run it
-replaces. With dropout off, fp32 and CPU kernels, each member's per-step losses and epoch records
-equal its unfused run's within TOL (measured on CPU: 0, bitwise, for the MLP, CNN, ResNet-20, the
-ViT with LayerNorm and the LSTM with LayerNorm or its per-step BatchNorm), and a deliberately
-broken fusion (members sharing a data order, BatchNorm statistics, Adam state or learning rate)
-fails it. The GPU settings on CPU: StackedAdam's capturable mode (CUDA graphs) gives the default
-mode's parameters bitwise; fused channels_last gives each member's unfused channels_last run's
-losses bitwise (CNN), and the fused contiguous run's within CL_TOL."""
+"""Fused runs (normdrop.fusion; normdrop.train.train_members with K > 1; issue 26): every member
+is the run it replaces. With dropout off, fp32 and CPU kernels, each member's per-step losses and
+epoch records equal its unfused run's within TOL (measured on CPU: 0, bitwise, for the MLP, CNN,
+ResNet-20, the ViT with LayerNorm and the LSTM with LayerNorm or its per-step BatchNorm), and a
+deliberately broken fusion (members sharing a data order, BatchNorm statistics, Adam state or
+learning rate) fails it. The GPU settings on CPU: StackedAdam's capturable mode (CUDA graphs)
+gives the default mode's parameters bitwise; fused channels_last gives each member's unfused
+channels_last run's losses bitwise (CNN), and the fused contiguous run's within CL_TOL."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ import pandas as pd
 import pytest
 import torch
 
-from normdrop import fused_train
+from normdrop import train as train_module
 from normdrop.attempts import Preempted, StopSignals
+from normdrop.checkpoints import Checkpointer
 from normdrop.config import ConfigError, RunConfig
 from normdrop.data import (
     SyntheticSpec,
@@ -29,7 +30,7 @@ from normdrop.data import (
     standardization,
 )
 from normdrop.fusion import FusedModel, StackedAdam, make_fused_step, members_in_format
-from normdrop.train import main, make_scheduler, train
+from normdrop.train import main, make_scheduler, train, train_members
 
 ONE_EPOCH = dict(epochs=1, lr_milestones=())
 TOL = 1e-5  # relative, per step and per epoch-record value (the issue's bound)
@@ -101,21 +102,21 @@ def unfused(cfgs, data):
 )
 def test_each_member_equals_its_unfused_run(small, settings):
     cfgs = members(**settings)
-    fused = fused_train.train_fused(cfgs, small, CPU, **QUIET)
+    fused = train_members(cfgs, small, CPU, **QUIET)
     assert mismatch(fused, unfused(cfgs, small)) <= TOL
     assert [r.status for r in fused] == ["completed", "completed"]
     assert fused[1].epochs.lr.iloc[0] == 3e-3  # its own rate (the schedule: mismatch)
 
 
 def _shared_data_order(monkeypatch):
-    build = fused_train.build_fused
+    build = train_module.build_objects
 
-    def one_order(cfgs, data, device):
-        run = build(cfgs, data, device)
+    def one_order(cfgs, data, device, ex):
+        run = build(cfgs, data, device, ex)
         run.gens = [torch.Generator(device=device).manual_seed(cfgs[0].seed) for _ in cfgs]
         return run
 
-    monkeypatch.setattr(fused_train, "build_fused", one_order)
+    monkeypatch.setattr(train_module, "build_objects", one_order)
 
 
 def _shared_bn_statistics(monkeypatch):
@@ -161,7 +162,7 @@ def test_a_fusion_that_shares_state_between_members_fails_the_check(small, monke
     cfgs = members(model="mlp")
     reference = unfused(cfgs, small)
     breakage(monkeypatch)
-    assert mismatch(fused_train.train_fused(cfgs, small, CPU, **QUIET), reference) > TOL
+    assert mismatch(train_members(cfgs, small, CPU, **QUIET), reference) > TOL
 
 
 def test_members_draw_their_own_dropout_masks(small):
@@ -182,7 +183,7 @@ def test_members_draw_their_own_dropout_masks(small):
 
 def test_a_diverged_member_is_frozen_and_the_others_go_on(small):
     cfgs = [members(model="mlp")[0], RunConfig(**{**members()[0].to_dict(), "lr": 1e20})]
-    fused = fused_train.train_fused(cfgs, small, CPU, **QUIET)
+    fused = train_members(cfgs, small, CPU, **QUIET)
     alone = unfused(cfgs, small)
     assert [r.status for r in fused] == ["completed", "diverged"] == [r.status for r in alone]
     assert fused[1].diverged_epoch == alone[1].diverged_epoch == 1
@@ -200,8 +201,8 @@ def test_a_killed_job_resumes_bitwise(small, tmp_path, monkeypatch, stop_after_s
         RunConfig(**{**c.to_dict(), "checkpoint_every_s": 0.0, "dropout_rate": 0.2})
         for c in members(model="cnn", augment="crop_flip")
     ]  # dropout on: the resumed RNG state must give the same masks
-    whole = fused_train.train_fused(cfgs, small, CPU, **QUIET)
-    save, calls = fused_train.save_checkpoint, []
+    whole = train_members(cfgs, small, CPU, **QUIET)
+    save, calls = Checkpointer.save, []
 
     def save_then_die(*args):
         save(*args)
@@ -211,10 +212,10 @@ def test_a_killed_job_resumes_bitwise(small, tmp_path, monkeypatch, stop_after_s
 
     ckpt = tmp_path / "fused.pt"
     with monkeypatch.context() as m:
-        m.setattr(fused_train, "save_checkpoint", save_then_die)
+        m.setattr(Checkpointer, "save", save_then_die)
         with pytest.raises(Interrupt):
-            fused_train.train_fused(cfgs, small, CPU, ckpt, **QUIET)
-    resumed = fused_train.train_fused(cfgs, small, CPU, ckpt, **QUIET)
+            train_members(cfgs, small, CPU, ckpt, **QUIET)
+    resumed = train_members(cfgs, small, CPU, ckpt, **QUIET)
     assert len(resumed[0].resumes) == 1
     for a, b in zip(whole, resumed, strict=True):
         pd.testing.assert_frame_equal(a.steps, b.steps)
@@ -227,11 +228,11 @@ def test_a_sigterm_checkpoints_the_job_after_its_step_and_the_rerun_resumes_bitw
     small, tmp_path
 ):
     cfgs = members(model="mlp", dropout_rate=0.2)
-    whole = fused_train.train_fused(cfgs, small, CPU, **QUIET)
+    whole = train_members(cfgs, small, CPU, **QUIET)
     ckpt = tmp_path / "fused.pt"
     with StopSignals((signal.SIGTERM, 4)) as stop, pytest.raises(Preempted):  # epoch 2, step 1
-        fused_train.train_fused(cfgs, small, CPU, ckpt, stop=stop, **QUIET)
-    resumed = fused_train.train_fused(cfgs, small, CPU, ckpt, **QUIET)
+        train_members(cfgs, small, CPU, ckpt, stop=stop, **QUIET)
+    resumed = train_members(cfgs, small, CPU, ckpt, **QUIET)
     assert resumed[0].resumes == [{"epoch": 1, "step": 1}]
     for a, b in zip(whole, resumed, strict=True):
         pd.testing.assert_frame_equal(a.steps, b.steps)
@@ -239,12 +240,12 @@ def test_a_sigterm_checkpoints_the_job_after_its_step_and_the_rerun_resumes_bitw
 
 def test_models_that_cannot_fuse_are_refused_in_one_line(small):
     with pytest.raises(ConfigError, match="cannot fuse lstm with norm none"):
-        fused_train.train_fused(members(model="lstm", norm="none"), small, CPU, **QUIET)
+        train_members(members(model="lstm", norm="none"), small, CPU, **QUIET)
     with pytest.raises(ConfigError, match="cannot fuse vit with norm batch"):
-        fused_train.train_fused(members(model="vit"), small, CPU, **QUIET)
+        train_members(members(model="vit"), small, CPU, **QUIET)
     odd = [members()[0], RunConfig(**{**members()[1].to_dict(), "width": 16})]
     with pytest.raises(ConfigError, match="members differ in width"):
-        fused_train.train_fused(odd, small, CPU, **QUIET)
+        train_members(odd, small, CPU, **QUIET)
 
 
 def test_the_cli_writes_each_members_run_folder(tiny_data, tmp_path, capsys):
@@ -322,12 +323,12 @@ def test_fused_channels_last_equals_unfused_channels_last_and_fused_contiguous(s
 
     with monkeypatch.context() as m:
         m.setattr(torch.nn.functional, "conv2d", recording)
-        fused = fused_train.train_fused(last, small, CPU, **QUIET)
+        fused = train_members(last, small, CPU, **QUIET)
     # 5 convolutions x 2 members x 3 steps, and the members' evaluations (unfused modules)
     assert len(calls) >= 30 and all(calls)
     assert fused[0].execution["memory_format"] == "channels_last"
     assert mismatch(fused, unfused(last, small)) <= TOL
-    reference = fused_train.train_fused(contiguous, small, CPU, **QUIET)
+    reference = train_members(contiguous, small, CPU, **QUIET)
     assert 0 < mismatch(fused, reference) <= CL_TOL  # 0: the kernels did differ
 
     model = FusedModel(last, small.in_shape, small.num_classes, CPU)

@@ -161,7 +161,7 @@ def cuda_checkpoint(ckpt: dict) -> dict:
     ran_as = {**ckpt.get("ran_as", {}), "device": "cuda", "precision": "bf16", "adam": "fused"}
     return {
         **ckpt,
-        "rng": {**ckpt["rng"], "data": philox, "cuda": philox.clone()},
+        "rng": {**ckpt["rng"], "data": [philox], "cuda": philox.clone()},  # one member
         "optimizer": {**ckpt["optimizer"], "param_groups": groups},
         "ran_as": ran_as,
     }
@@ -220,11 +220,12 @@ def test_cpu_rng_states_map_onto_cuda_deterministically(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device=None: cuda_rng.get_state())
     monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, device=None: cuda_rng.set_state(s))
     monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: cuda_rng.manual_seed(seed))
-    cpu_state = {"cpu": torch.get_rng_state(), "data": torch.Generator().manual_seed(3).get_state()}
+    data_state = torch.Generator().manual_seed(3).get_state()
+    cpu_state = {"cpu": torch.get_rng_state(), "data": [data_state]}
 
     def resume_on_cuda():
         gen = FakeCudaGenerator()
-        bitwise = restore_rng(cpu_state, CUDA, gen)
+        bitwise = restore_rng(cpu_state, CUDA, [gen])
         return bitwise, gen.get_state(), cuda_rng.get_state()
 
     first, again = resume_on_cuda(), resume_on_cuda()
@@ -232,9 +233,9 @@ def test_cpu_rng_states_map_onto_cuda_deterministically(monkeypatch):
     assert torch.equal(first[1], again[1]) and torch.equal(first[2], again[2])
     assert not torch.equal(first[1], FakeCudaGenerator().get_state())  # not the fresh stream
     # A CUDA checkpoint on CUDA: put back as it was, bitwise.
-    cuda_state = {"cpu": torch.get_rng_state(), "data": first[1], "cuda": first[2]}
+    cuda_state = {"cpu": torch.get_rng_state(), "data": [first[1]], "cuda": first[2]}
     gen = FakeCudaGenerator()
-    assert restore_rng(cuda_state, CUDA, gen) is True and torch.equal(gen.get_state(), first[1])
+    assert restore_rng(cuda_state, CUDA, [gen]) is True and torch.equal(gen.get_state(), first[1])
 
 
 def test_checkpoint_that_cannot_be_resumed_is_moved_aside_once(
@@ -332,7 +333,7 @@ def test_restored_adam_state_is_laid_out_as_channels_last_params(
         train_module.train(cfg, data, cpu, checkpoint=ckpt, log=stop_at("epoch 2/"))
     cfg_cl = tiny_config(**{**cfg.to_dict(), "memory_format": "channels_last"})
     ex = resolve_execution(cfg_cl, cpu)
-    run, history = train_module._start_or_resume(cfg_cl, data, cpu, ex, ckpt, print)
+    run, history = train_module._start_or_resume([cfg_cl], data, cpu, ex, ckpt, print)
     assert history.resumes, "the checkpoint was not resumed"
     state = run.optimizer.state
     conv = [p for p in state if p.dim() == 4]

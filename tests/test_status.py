@@ -318,14 +318,14 @@ def test_checkpoint_mid_epoch_counts_the_steps_done(tmp_path, real_checkpoint):
 
 def test_a_checkpoint_of_another_format_is_reported_as_such(tree, real_checkpoint):
     ckpt = tree / "results/demo/scratch/runs/synthetic/cnn/none/seed42.ckpt"
-    torch.save({**real_checkpoint, "format": 2}, ckpt)
-    assert read_checkpoint_summary(ckpt) == CheckpointSummary(problem="format 2, not 1")
+    torch.save({**real_checkpoint, "format": 1}, ckpt)  # the one before fused jobs shared it
+    assert read_checkpoint_summary(ckpt) == CheckpointSummary(problem="format 1, not 2")
     report = status_json("--results", tree / "results/demo", cwd=tree)
     run = next(r for r in report["runs"] if r["name"] == "synthetic/cnn/none/seed42")
-    assert run["checkpoint_problem"] == "format 2, not 1" and run["done"] == 2  # from its log
+    assert run["checkpoint_problem"] == "format 1, not 2" and run["done"] == 2  # from its log
     text = status("--results", tree / "results/demo", cwd=tree).stdout
     assert "Checkpoints not read, progress from the log (1):" in text
-    assert "  train synthetic/cnn/none/seed42: format 2, not 1" in text
+    assert "  train synthetic/cnn/none/seed42: format 1, not 2" in text
 
 
 # `python -m normdrop.status` with every import of torch refused, as on a login node without it.
@@ -377,3 +377,49 @@ def test_a_study_config_lists_its_swept_runs(study, train, search):
     assert kinds == {"train": train, "lr_search": search}
     if study == "batch_size":
         assert {r.variant for r in runs} >= {"bn_bs8", "gn_bs128", "none_bs16"}
+
+
+def test_a_fused_jobs_members_show_its_progress_from_its_checkpoint(
+    tmp_path, tiny_data, tiny_config, cpu
+):
+    # A real fused job (seeds 42 and 43 of one cell, 43 diverging at once) stopped after its
+    # 2nd of 4 epochs, its checkpoint and logs where the workflow puts them (layout).
+    from normdrop import layout
+    from normdrop.train import train_members
+
+    results, cell = tmp_path / "results", dict(dataset="synthetic", model="mlp", variant="bn")
+    ckpt = Path(layout.fused_checkpoint(results, "train", **cell))
+    logs = [Path(layout.run_log(results, "train", **cell, seed=s)) for s in (42, 43)]
+
+    def member_log(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return lambda line: path.open("a").write(line + "\n")
+
+    def stop(line):
+        if "epoch 3/" in line:  # the checkpoint of epoch 2's end is on disk
+            raise _StopAfter
+
+    cfgs = [tiny_config(epochs=4, seed=42), tiny_config(epochs=4, seed=43, lr=1e20)]
+    with pytest.raises(_StopAfter):
+        train_members(cfgs, load_prepared(tiny_data), cpu, ckpt, stop, None, None,
+                      [member_log(p) for p in logs])  # fmt: skip
+    summary = read_checkpoint_summary(ckpt)
+    assert summary.done == 2 and [m.diverged_epoch for m in summary.members] == [None, 1]
+    assert [m.settings["seed"] for m in summary.members] == [42, 43]
+
+    runs = {r["key"]: r for r in status_json("--results", results, cwd=tmp_path)["runs"]}
+    assert runs["seed42"]["state"] == "running" and runs["seed42"]["done"] == 2
+    assert runs["seed42"]["epochs"] == 4 and runs["seed42"]["measured_s"] > 0
+    assert runs["seed43"]["state"] == "diverged" and runs["seed43"]["diverged_epoch"] == 1
+    old = time.time() - 3 * 3600  # killed 3 h ago: stopped, resumable
+    for path in (ckpt, *logs):
+        os.utime(path, (old, old))
+    runs = {r["key"]: r for r in status_json("--results", results, cwd=tmp_path)["runs"]}
+    assert runs["seed42"]["state"] == "stopped" and runs["seed42"]["done"] == 2
+    job_log = Path(layout.fused_log(results, "train", **cell))  # the job's traceback lands here
+    job_log.parent.mkdir(parents=True)
+    job_log.write_text("RuntimeError: CUDA error: an illegal memory access\n")
+    runs = {r["key"]: r for r in status_json("--results", results, cwd=tmp_path)["runs"]}
+    assert runs["seed42"]["state"] == "failed" and runs["seed42"]["last_line"].startswith("Runt")
+    text = status("--results", results, cwd=tmp_path).stdout
+    assert "1/2 done (1 diverged), 1 failed (ep 2/4)" in text

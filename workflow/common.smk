@@ -125,7 +125,7 @@ def train_args(wildcards):
 
 
 # fuse.train / fuse.lr_search: a cell's seeds, or a search's candidates, train as one fused job
-# (normdrop.fused_train) whose outputs are the members' run folders (docs/speed.md, "Fused runs").
+# (normdrop.train with K members) whose outputs are the members' run folders (docs/speed.md).
 FUSE = {"train": False, "lr_search": False, **config.get("fuse", {})}
 MEMBERS = {"train": config["seeds"], "lr_search": config["lr_search"]["candidates"]}
 MEMBER_KEY = {"train": "seed", "lr_search": "lr"}
@@ -147,7 +147,7 @@ def fused_outputs(kind):
 
 def fused_checkpoint(kind):
     """A fused job's one checkpoint, beside its members' unfused ones in scratch/."""
-    return os.path.join(layout.checkpoint_dir(RESULTS, kind), "fused.ckpt")
+    return layout.fused_checkpoint(RESULTS, kind)
 
 
 def fused_members(kind):

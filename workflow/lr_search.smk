@@ -13,7 +13,7 @@ if FUSE["lr_search"]:
         output:
             fused_outputs("lr_search"),
         log:
-            layout.log(RESULTS, "lr_search_fused", layout.CELL),
+            layout.fused_log(RESULTS, "lr_search"),
         params:
             out=layout.checkpoint_dir(RESULTS, "lr_search"),
             checkpoint=fused_checkpoint("lr_search"),

@@ -14,7 +14,7 @@ if FUSE["train"]:
         output:
             fused_outputs("train"),
         log:
-            layout.log(RESULTS, "train_fused", layout.CELL),
+            layout.fused_log(RESULTS, "train"),
         params:
             out=layout.checkpoint_dir(RESULTS, "train"),
             checkpoint=fused_checkpoint("train"),

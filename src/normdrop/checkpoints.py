@@ -1,14 +1,21 @@
-"""A training run's checkpoint: written atomically after every epoch and every
-`checkpoint_every_s` seconds (mid-epoch too), read back with weights_only, and resumed exactly
-where it stopped, RNG states included. A checkpoint of other settings, or one that cannot be
-read or resumed, is moved aside (never deleted) and the run starts over; one written on another
-device type or under another execution resumes, marked "not bitwise" in its resume entry.
+"""A training job's checkpoint (one run, or K fused members): written atomically after every
+epoch and every `checkpoint_every_s` seconds (mid-epoch too), read back with weights_only, and
+resumed exactly where it stopped, RNG states included. A checkpoint of other settings, or one
+that cannot be read or resumed, is moved aside (never deleted) and the run starts over; one
+written on another device type or under another execution resumes, marked "not bitwise" in its
+resume entry.
 
 The file format is this module's: `Checkpointer.save` writes it, `load_checkpoint` and `resume`
 read it for training, and `read_checkpoint_summary` gives the status command what it needs
 (progress, elapsed time, settings) as a `CheckpointSummary`. torch is imported inside the
 functions that use it, not at the top: the status command imports this module where torch may
 be absent.
+
+One format whatever the number of members K (an unfused run is K = 1): the members' settings and
+hashes, per member its history (epoch rows, step losses, divergence) and data generator state.
+Format 2 replaced format 1 (one run only, and a second copy of this code for fused jobs): a
+format-1 checkpoint is moved aside with its one line and its run starts over; keeping K = 1 files
+readable would have kept two readers for the few runs in flight at the upgrade.
 """
 
 from __future__ import annotations
@@ -26,42 +33,55 @@ from normdrop.storage import atomic_write_torch
 if TYPE_CHECKING:
     import torch
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 
 
 @dataclass
 class Resumable:
-    """The live objects of a run that a checkpoint saves and puts back."""
+    """The live objects of a job (K >= 1 members) that a checkpoint saves and puts back."""
 
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
+    model: Any  # torch.nn.Module (K = 1) or fusion.FusedModel: state_dict, load_state_dict
+    optimizer: Any  # torch.optim.Adam (K = 1) or fusion.StackedAdam
     scheduler: Any  # a torch.optim.lr_scheduler (MultiStepLR or LambdaLR)
-    gen: torch.Generator  # data order and augmentation, on the run's device
+    gens: list  # per member: its torch.Generator of data order and augmentation, on the device
 
 
 @dataclass
 class History:
-    """What a run has recorded, and where it goes on; saved in and resumed from checkpoints."""
+    """What a job's members have recorded, and where the job goes on; saved in and resumed from
+    checkpoints. The lists hold one entry per member."""
 
-    epoch_rows: list[dict] = field(default_factory=list)
-    step_losses: list[torch.Tensor] = field(default_factory=list)  # per finished epoch, host
+    epoch_rows: list[list[dict]]  # per member: its epochs.parquet rows
+    step_losses: list[list[torch.Tensor]]  # per member: per finished epoch, (steps,), host
+    diverged: list[int | None]  # per member: the epoch it diverged in (1-based), or None
     resumes: list[dict] = field(default_factory=list)
     start_epoch: int = 0  # 0-based epoch to run next (or to continue, if mid_epoch)
-    mid_epoch: dict | None = None  # {"step", "tensors": [perm, losses, correct]} of that epoch
+    # {"step", "tensors": [perms (K, n), losses (steps, K), correct (K,)]} of that epoch
+    mid_epoch: dict | None = None
     elapsed: float = 0.0  # training seconds of the earlier sessions
+
+    @classmethod
+    def fresh(cls, k: int) -> History:
+        return cls([[] for _ in range(k)], [[] for _ in range(k)], [None] * k)
+
+
+def settings_hashes(cfgs: list[RunConfig]) -> list[str]:
+    return [c.settings_hash() for c in cfgs]
 
 
 class Checkpointer:
-    """Writes the run's checkpoint atomically: after each epoch and, mid-epoch, when `due()`
-    (every cfg.checkpoint_every_s seconds). No path: writes nothing and is never due."""
+    """Writes the job's checkpoint atomically: after each epoch and, mid-epoch, when `due()`
+    (every checkpoint_every_s seconds, the members' common setting). No path: writes nothing
+    and is never due."""
 
-    def __init__(self, path, cfg, device, ex, live: Resumable, history: History, t0: float):
-        self.path, self.cfg, self.device, self.ex = path, cfg, device, ex
+    def __init__(self, path, cfgs, device, ex, live: Resumable, history: History, t0: float):
+        self.path, self.cfgs, self.device, self.ex = path, cfgs, device, ex
         self.live, self.history, self.t0 = live, history, t0
         self.last_save = time.monotonic()
 
     def due(self) -> bool:
-        return bool(self.path) and time.monotonic() - self.last_save > self.cfg.checkpoint_every_s
+        every = self.cfgs[0].checkpoint_every_s
+        return bool(self.path) and time.monotonic() - self.last_save > every
 
     def save(self, epoch: int, step: int, mid: dict | None) -> None:
         if not self.path:
@@ -71,8 +91,9 @@ class Checkpointer:
             self.path,
             {
                 "format": CHECKPOINT_FORMAT,
-                "settings": self.cfg.to_dict(),
-                "settings_hash": self.cfg.settings_hash(),
+                "settings": self.cfgs[0].to_dict(),  # the job's epochs, save interval: status
+                "members": [c.to_dict() for c in self.cfgs],  # each member's, for the status
+                "settings_hashes": settings_hashes(self.cfgs),
                 "ran_as": ran_as(self.device, self.ex),  # a resume under another is marked
                 "epoch": epoch,  # 0-based epoch to run next (or to continue, if mid-epoch)
                 "step": step,
@@ -80,9 +101,10 @@ class Checkpointer:
                 "model": live.model.state_dict(),
                 "optimizer": live.optimizer.state_dict(),
                 "scheduler": live.scheduler.state_dict(),
-                "rng": _rng_state(self.device, live.gen),
+                "rng": _rng_state(self.device, live.gens),
                 "epoch_rows": history.epoch_rows,
                 "step_losses": history.step_losses,
+                "diverged": history.diverged,
                 "resumes": history.resumes,
                 "elapsed": time.perf_counter() - self.t0,
             },
@@ -90,30 +112,32 @@ class Checkpointer:
         self.last_save = time.monotonic()
 
 
-def _rng_state(device, gen):
+def _rng_state(device, gens):
     import torch
 
-    state = {"cpu": torch.get_rng_state(), "data": gen.get_state()}
+    state = {"cpu": torch.get_rng_state(), "data": [g.get_state() for g in gens]}
     if device.type == "cuda":
         state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def restore_rng(state: dict, device: torch.device, gen: torch.Generator) -> bool:
-    """The RNG states of a checkpoint put back: the CPU generator, the data generator `gen` and,
-    on CUDA, the default CUDA generator (dropout). A state written on another device type does
-    not fit (a CPU generator's state is 5056 bytes, a CUDA one's 16: seed and Philox offset);
-    that generator is then seeded from the saved state's bytes instead (deterministic, but not
-    the stream an uninterrupted run would have drawn). True if every state was put back as is."""
+def restore_rng(state: dict, device: torch.device, gens: list) -> bool:
+    """The RNG states of a checkpoint put back: the CPU generator, the members' data generators
+    `gens` and, on CUDA, the default CUDA generator (dropout). A state written on another device
+    type does not fit (a CPU generator's state is 5056 bytes, a CUDA one's 16: seed and Philox
+    offset); that generator is then seeded from the saved state's bytes instead (deterministic,
+    but not the stream an uninterrupted run would have drawn). True if every state was put back
+    as is."""
     import torch
 
     torch.set_rng_state(state["cpu"])
     bitwise = True
-    if state["data"].numel() == gen.get_state().numel():
-        gen.set_state(state["data"])
-    else:
-        gen.manual_seed(_seed_from(state["data"]))
-        bitwise = False
+    for gen, saved in zip(gens, state["data"], strict=True):
+        if saved.numel() == gen.get_state().numel():
+            gen.set_state(saved)
+        else:
+            gen.manual_seed(_seed_from(saved))
+            bitwise = False
     if device.type == "cuda":
         saved = state.get("cuda")
         if saved is not None and saved.numel() == torch.cuda.get_rng_state(device).numel():
@@ -156,8 +180,9 @@ def _state_like_params(optimizer: torch.optim.Optimizer) -> None:
                 state[key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
-def load_checkpoint(path: Path, cfg: RunConfig, log) -> dict | None:
-    """The checkpoint at `path` if it belongs to these settings; a stale or broken one is moved
+def load_checkpoint(path: Path, cfgs: list[RunConfig], log) -> dict | None:
+    """The checkpoint at `path` if it belongs to these members' settings (in this order); a
+    stale or broken one is moved
     aside (never deleted: it may still be wanted) and the run starts from epoch 1.
 
     It is read with weights_only=True: a file on a shared filesystem must not be able to run code
@@ -171,8 +196,8 @@ def load_checkpoint(path: Path, cfg: RunConfig, log) -> dict | None:
         problem = None
         if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
             problem = f"format {ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt)}"
-        elif ckpt["settings_hash"] != cfg.settings_hash():
-            problem = "different settings"
+        elif ckpt["settings_hashes"] != settings_hashes(cfgs):
+            problem = "different settings or members"
     except pickle.UnpicklingError as err:
         unsafe = "Weights only load failed" in str(err)  # torch's words for a refused object
         problem = "unsafe" if unsafe else f"unreadable (UnpicklingError: {first_line(err)})"
@@ -204,11 +229,18 @@ def resume(ckpt: dict, live: Resumable, device: torch.device, ex) -> History:
     type or under another execution (not in the settings hash, on purpose) resumes too, with the
     optimizer set for this execution; as its numbers cannot continue bitwise, that is logged and
     recorded in the resume's entry (meta.json "resumes")."""
+    import torch
+
     live.model.load_state_dict(ckpt["model"])
-    restore_optimizer(live.optimizer, ckpt["optimizer"])
+    plain = isinstance(live.optimizer, torch.optim.Optimizer)  # K = 1; else StackedAdam
+    if plain:  # with the flags of this execution
+        restore_optimizer(live.optimizer, ckpt["optimizer"])
+    else:  # fusion.StackedAdam: its own state, its rates put back as floats
+        live.optimizer.load_state_dict(ckpt["optimizer"])
     live.scheduler.load_state_dict(ckpt["scheduler"])
-    _lr_as_float(live.optimizer)
-    rng_kept = restore_rng(ckpt["rng"], device, live.gen)
+    if plain:
+        _lr_as_float(live.optimizer)
+    rng_kept = restore_rng(ckpt["rng"], device, live.gens)
     now = ran_as(device, ex)
     # Checkpoints from before "ran_as" tell only their device, by a CUDA RNG state.
     before = ckpt.get("ran_as", {"device": "cuda" if "cuda" in ckpt["rng"] else "cpu"})
@@ -219,6 +251,7 @@ def resume(ckpt: dict, live: Resumable, device: torch.device, ex) -> History:
     history = History(
         epoch_rows=ckpt["epoch_rows"],
         step_losses=ckpt["step_losses"],
+        diverged=ckpt["diverged"],
         resumes=ckpt["resumes"] + [resume],
         start_epoch=ckpt["epoch"],
         mid_epoch=ckpt["mid_epoch"],
@@ -249,13 +282,24 @@ def _lr_as_float(optimizer) -> None:
 @dataclass(frozen=True)
 class CheckpointSummary:
     """What the status command reads of a checkpoint: `done` (epochs finished, fractional when
-    saved mid-epoch), `elapsed_s` (training seconds so far) and the run's `settings`; or, when
-    the file cannot be read here, `problem` (one line: why) and the rest None."""
+    saved mid-epoch), `elapsed_s` (training seconds so far), the job's `settings` (its first
+    member's) and `members`, one per member (one for an unfused run); or, when the file cannot
+    be read here, `problem` (one line: why) and the rest None or empty."""
 
     done: float | None = None
     elapsed_s: float | None = None
     settings: dict | None = None
     problem: str | None = None
+    members: tuple[MemberSummary, ...] = ()
+
+
+@dataclass(frozen=True)
+class MemberSummary:
+    """One member of a checkpointed job: its settings, and the epoch it diverged in (1-based;
+    None while it goes on: its progress is then the job's `done`)."""
+
+    settings: dict
+    diverged_epoch: int | None = None
 
 
 def read_checkpoint_summary(path: Path) -> CheckpointSummary | None:
@@ -281,6 +325,10 @@ def read_checkpoint_summary(path: Path) -> CheckpointSummary | None:
         return CheckpointSummary(problem=f"format {found}, not {CHECKPOINT_FORMAT}")
     done = float(ckpt["epoch"])
     mid = ckpt["mid_epoch"]
-    if mid:  # tensors = (perm, per-step losses, correct): len(losses) = steps per epoch
+    if mid:  # tensors = (perms, per-step losses (steps, K), correct): len(losses) = steps
         done += mid["step"] / len(mid["tensors"][1])
-    return CheckpointSummary(done, float(ckpt["elapsed"]), ckpt["settings"])
+    members = tuple(
+        MemberSummary(settings, diverged)
+        for settings, diverged in zip(ckpt["members"], ckpt["diverged"], strict=True)
+    )
+    return CheckpointSummary(done, float(ckpt["elapsed"]), ckpt["settings"], None, members)

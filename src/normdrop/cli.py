@@ -95,7 +95,7 @@ def reporters(stream) -> tuple:
 
 
 def add_member_arguments(parser: argparse.ArgumentParser) -> None:
-    """The training CLI's options for a fused job (normdrop.fused_train.main_fused)."""
+    """The training CLI's options for a fused job (normdrop.train.main, K members)."""
     g = parser.add_argument_group("fused runs: K members trained as one model (docs/speed.md)")
     g.add_argument(
         "--seeds", type=int, nargs="+",

@@ -15,14 +15,13 @@ the stacked conv weights; StackedConv2d's per-member calls then get channels_las
 unfused channels_last run's convolutions do. Under CUDA graphs the fused step is captured whole
 (`capture_fused_step`, over execution.capture_step), with StackedAdam in its capturable mode.
 
-This module holds the fused model, optimizer and checkpoint state; `normdrop.fused_train` runs
-the epochs and writes each member's outputs as `normdrop.train` does.
+This module holds the fused model and optimizer; `normdrop.train` runs them in its one training
+loop (`train_members`, K > 1) and writes each member's outputs as an unfused run's.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -469,14 +468,3 @@ def capture_fused_step(step_fn, model: FusedModel, optimizer: StackedAdam, x_sha
     static_active = torch.ones(x_shape[0], dtype=torch.bool, device=device)
     static = (static_x, static_y, static_active)
     return capture_step(step_fn, static, model, optimizer, device, warmup)
-
-
-@dataclass
-class FusedObjects:
-    """A fused job's live objects, built from the members' settings alone."""
-
-    model: FusedModel
-    optimizer: StackedAdam
-    scheduler: object  # train.make_scheduler over optimizer.schedule_groups
-    gens: list  # one torch.Generator per member: its data order and augmentation
-    param_count: int

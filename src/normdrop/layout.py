@@ -107,6 +107,17 @@ def checkpoint_dir(results, kind: str, **keys) -> str:
     return checkpoint(results, kind, **keys).rsplit("/", 1)[0]
 
 
+def fused_checkpoint(results, kind: str, **keys) -> str:
+    """A fused job's one checkpoint (config `fuse`: a cell's seeds or search candidates trained
+    as one job), beside its members' unfused ones in scratch/."""
+    return _under(checkpoint_dir(results, kind, **keys), "fused.ckpt")
+
+
+def fused_log(results, kind: str, **keys) -> str:
+    """A fused job's log: logs/train_fused/<cell>.log or logs/lr_search_fused/<cell>.log."""
+    return log(results, KINDS[kind][2] + "_fused", CELL, **keys)
+
+
 def tensorboard_dir(results, kind: str, **keys) -> str:
     """A run's TensorBoard event files: tensorboard/ mirrors the run folders."""
     template, folder, _ = KINDS[kind]
@@ -246,7 +257,8 @@ class RunSpec:
         return run_key(self.kind, **self.wildcards)
 
     def paths(self, results) -> dict[str, Path]:
-        """meta, epochs, steps, checkpoint and log, under `results`."""
+        """meta, epochs, steps, checkpoint and log, under `results`; and the checkpoint and log
+        of the fused job it is a member of when its cell is fused."""
         files = run_files(results, self.kind, **self.wildcards)
         return {
             "meta": Path(files["meta.json"]),
@@ -254,6 +266,8 @@ class RunSpec:
             "steps": Path(files["steps.parquet"]),
             "checkpoint": Path(checkpoint(results, self.kind, **self.wildcards)),
             "log": Path(run_log(results, self.kind, **self.wildcards)),
+            "fused_checkpoint": Path(fused_checkpoint(results, self.kind, **self.wildcards)),
+            "fused_log": Path(fused_log(results, self.kind, **self.wildcards)),
         }
 
 

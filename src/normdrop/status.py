@@ -19,7 +19,9 @@ A run is
                 (SIGKILL, out of memory, time limit) or its workflow stopped; a rerun resumes it
   not started   none of its files exist
 Progress ("ep k/N": k epochs done of N) comes from the checkpoint, else from the log's last
-`epoch k/N` line.
+`epoch k/N` line. A member of a fused job (config `fuse`) without outputs yet reads the job's
+checkpoint (its own part: the job's progress, or the epoch it diverged in: then shown diverged)
+and the job's log (a failure, a recent write), beside its own log of epoch lines.
 
 Time left: normdrop.time_left.
 """
@@ -27,6 +29,7 @@ Time left: normdrop.time_left.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import re
@@ -182,6 +185,11 @@ def inspect(run: RunStatus, now: float) -> RunStatus:
         return run
 
     ckpt, log = read_checkpoint_summary(paths["checkpoint"]), read_log(paths["log"])
+    watched = [paths["checkpoint"], paths["log"]]
+    diverged = None
+    if ckpt is None and (paths["fused_checkpoint"].exists() or paths["fused_log"].exists()):
+        ckpt, diverged, log = _as_fused_member(run, log)
+        watched += [paths["fused_checkpoint"], paths["fused_log"]]
     if ckpt is not None and ckpt.problem:  # its state then comes from the log
         run.checkpoint_problem = ckpt.problem
     elif ckpt is not None:
@@ -192,15 +200,37 @@ def inspect(run: RunStatus, now: float) -> RunStatus:
         run.done = float(log["epoch"][0])
     if log and log["epoch"]:
         run.epochs = run.epochs or log["epoch"][1]
-    writes = [t for t in map(_mtime, (paths["checkpoint"], paths["log"])) if t is not None]
+    writes = [t for t in map(_mtime, watched) if t is not None]
     run.last_write_s = now - max(writes) if writes else None
-    if log and log["error"]:
+    if diverged is not None:  # a fused member frozen at its divergence; the others go on
+        run.state, run.diverged_epoch, run.done = "diverged", diverged, float(diverged)
+    elif log and log["error"]:
         run.state, run.last_line = "failed", log["last_line"][:300]
     elif run.last_write_s is not None and run.last_write_s <= run.active_s:
         run.state = "running"
     elif writes:
         run.state = "stopped"
     return run
+
+
+def _as_fused_member(run: RunStatus, log: dict | None) -> tuple:
+    """(checkpoint summary, diverged epoch or None, log) of `run` as a member of its cell's fused
+    job: the job checkpoint's summary with this member's settings (None if the job has no such
+    member), and its own log, unless the job's log is newer and ends in an error (a fused job's
+    traceback goes there, not to the members' logs)."""
+    paths = run.paths
+    job = read_checkpoint_summary(paths["fused_checkpoint"])
+    diverged = None
+    if job is not None and not job.problem:
+        mine = [m for m in job.members if layout.run_key(run.kind, **m.settings) == run.key]
+        # the job's progress with this member's settings; None for a job of other members
+        job = dataclasses.replace(job, settings=mine[0].settings) if mine else None
+        diverged = mine[0].diverged_epoch if mine else None
+    job_log = read_log(paths["fused_log"])
+    own, joint = _mtime(paths["log"]), _mtime(paths["fused_log"])
+    if job_log and job_log["error"] and (own is None or joint >= own):
+        log = {**(log or {"epoch": None}), "last_line": job_log["last_line"], "error": True}
+    return job, diverged, log
 
 
 def marked_incomplete(runs: list[RunStatus], workdir: Path, results_dir: str) -> None:
