@@ -31,8 +31,8 @@ with. Sections, correctness first and speed last (`--sections` picks any subset,
   fusion     K seeds fused (normdrop.train.train_members, the workflow's path) against K
              processes one after another and K processes sharing the GPU, per model, K = 3, 4,
              12 (speed only);
-             in the settings' memory format (auto: channels_last on CUDA), and for the CNN and
-             ResNet-20 at K = 3 also fused contiguous on CUDA.
+             in the settings' memory format (auto: channels_last on CUDA); at K = 3 also fused
+             with CUDA graphs and (CNN, ResNet-20) fused contiguous, on CUDA.
 
 Writes DIR/gpu_check.md, whose first line is the verdict, and DIR/gpu_check.json, both rewritten
 after every section (killed, DIR still holds the finished sections); everything else goes to a
@@ -100,7 +100,7 @@ PROJECTED_S = {
     "leases": (10, 2),
     "precision": (30, 10),
     "speed": (140, 75),
-    "fusion": (320, 50),
+    "fusion": (360, 50),
 }
 BUDGET_S = 420  # one command of a 15-minute GPU loan, leaving time for start-up and a rerun
 
@@ -560,7 +560,8 @@ def fusion(c: Check) -> dict:
     """Aggregate images/s of K fused members against K separate processes (one at a time: the
     single process's rate) and K processes sharing the device, per model and K. The fused job
     runs in the settings' memory format (auto: channels_last on CUDA, each member's slices
-    channels_last); for the convolutional models at the first K, also contiguous on CUDA."""
+    channels_last); at the first K, also with CUDA graphs (CUDA) and, for the convolutional
+    models, contiguous (CUDA)."""
     rows, steps = [], c.sizes.speed_steps
     data = speed.synthetic(c.tmp, steps * speed.BATCH, "cifar")
     for model in ("cnn",) if c.tiny else ("mlp", "cnn", "resnet20"):
@@ -581,6 +582,10 @@ def fusion(c: Check) -> dict:
                 plain = replace(cfg, memory_format="contiguous")
                 contiguous = fused_speed.fused_images_per_s(plain, data, c.device, k)
                 rows[-1]["fused contiguous images/s"] = contiguous
+            if i == 0 and c.cuda:  # the fused step captured (full batches), as K = 1's graphs
+                captured = replace(cfg, cuda_graphs="on")
+                graphs = fused_speed.fused_images_per_s(captured, data, c.device, k)
+                rows[-1]["fused graphs images/s"] = graphs
     best = max(rows, key=lambda r: r["fused / separate"])
     summary = f"best: {best['model']} K={best['K']} fused {best['fused images/s']:,.0f} images/s"
     summary += f", {best['fused / separate']:.2f}x one process, {best['fused / shared']:.2f}x "
