@@ -10,7 +10,9 @@ with. Sections, correctness first and speed last (`--sections` picks any subset,
   graphs     deterministic mode, MLP, CNN, ResNet-20, ViT and LSTM: GRAPH_STEPS graph replays
              equal as many eager steps from the same state (losses, weights, BN statistics and
              counters, Adam state, RNG state); a capture leaves model, optimizer and RNG as they
-             were; the lr reaches the graph; no host sync per step; nn.LSTM with dropout refused;
+             were; the lr reaches the graph; no host sync per step; the fused step (K = 3, CNN
+             and ResNet-20, contiguous and channels_last, fp32, dropout off) captured equals it
+             eager, and its capture leaves the state as it was; nn.LSTM with dropout refused;
              resumes across settings (eager -> graphs, CPU -> CUDA) through the training CLI; a
              lease without nvidia-smi; short runs of compile + graphs and of augment crop_flip.
              On CPU the eager step stands in for the graph; what needs CUDA says so.
@@ -26,8 +28,11 @@ with. Sections, correctness first and speed last (`--sections` picks any subset,
              standard errors of the seed-to-seed spread (`compare`); tiny: information only.
   speed      images/s per model: eager, compiled (ResNet-20), CUDA graphs against the textbook
              loop (speed.py); 1 and k processes timed over one shared window; the grid's time.
-  fusion     K seeds fused (normdrop.fused_train, the workflow's path) against K processes one
-             after another and K processes sharing the GPU, per model, K = 3, 4, 12 (speed only).
+  fusion     K seeds fused (normdrop.train.train_members, the workflow's path) against K
+             processes one after another and K processes sharing the GPU, per model, K = 3, 4,
+             12 (speed only);
+             in the settings' memory format (auto: channels_last on CUDA); at K = 3 also fused
+             with CUDA graphs and (CNN, ResNet-20) fused contiguous, on CUDA.
 
 Writes DIR/gpu_check.md, whose first line is the verdict, and DIR/gpu_check.json, both rewritten
 after every section (killed, DIR still holds the finished sections); everything else goes to a
@@ -60,7 +65,14 @@ import speed
 import torch
 import yaml
 from check_rows import guard, row, section, verdict, write_report
-from graph_steps import graph_vs_eager, lr_reaches_graph, no_host_sync
+from graph_steps import (
+    FUSED_K,
+    FUSED_LAYOUTS,
+    fused_graph_vs_eager,
+    graph_vs_eager,
+    lr_reaches_graph,
+    no_host_sync,
+)
 
 from normdrop.config import ConfigError, run_config, to_cli_args
 from normdrop.execution import resolve_execution, use_deterministic_algorithms
@@ -76,18 +88,19 @@ SPEEDUP_TARGET = 3.0  # ours / textbook images/s per model
 GRID_TARGET_H = 1.0  # the full grid projected on one GPU
 SEEDS = (42, 43, 44)
 GRAPH_MODELS = ("mlp", "cnn", "resnet20", "vit", "lstm")
+FUSED_GRAPH_MODELS = ("cnn", "resnet20")  # the fused step captured, in both layouts
 # Seconds each section is projected to take: (one H100/H200 at full sizes, estimated, not yet
 # measured: docs/gpu.md; --tiny on this project's 2 shared CPU cores, measured). A section
 # that would end past the budget is skipped; the sums but fusion's fit the default budget:
 # fusion (3 models x K = 3, 4, 12, estimated) is run on its own, `--sections fusion`.
 PROJECTED_S = {
-    "graphs": (110, 25),
+    "graphs": (125, 30),
     "smoke": (30, 45),
     "resume": (80, 50),
     "leases": (10, 2),
     "precision": (30, 10),
     "speed": (140, 75),
-    "fusion": (300, 50),
+    "fusion": (360, 50),
 }
 BUDGET_S = 420  # one command of a 15-minute GPU loan, leaving time for start-up and a rerun
 
@@ -248,6 +261,11 @@ def graphs(c: Check) -> dict:
                 f"lr reaches the graph, {model}", "cuda_graphs", lr_reaches_graph, c, model
             )
             rows += guard(f"no host sync per step, {model}", "cuda_graphs", no_host_sync, c, model)
+        for model in FUSED_GRAPH_MODELS:
+            for layout in FUSED_LAYOUTS:
+                check = f"fused graph == fused eager, {model} K={FUSED_K} {layout}"
+                keep = "cuda_graphs with fuse"
+                rows += guard(check, keep, fused_graph_vs_eager, c, model, layout)
     finally:  # the sections after this one run as the workflow does by default
         torch.use_deterministic_algorithms(deterministic)
         torch.backends.cudnn.deterministic = deterministic
@@ -540,26 +558,38 @@ def speed_section(c: Check) -> dict:
 # --------------------------------------------------------------------------- fusion
 def fusion(c: Check) -> dict:
     """Aggregate images/s of K fused members against K separate processes (one at a time: the
-    single process's rate) and K processes sharing the device, per model and K."""
+    single process's rate) and K processes sharing the device, per model and K. The fused job
+    runs in the settings' memory format (auto: channels_last on CUDA, each member's slices
+    channels_last); at the first K, also with CUDA graphs (CUDA) and, for the convolutional
+    models, contiguous (CUDA)."""
     rows, steps = [], c.sizes.speed_steps
     data = speed.synthetic(c.tmp, steps * speed.BATCH, "cifar")
     for model in ("cnn",) if c.tiny else ("mlp", "cnn", "resnet20"):
         cfg = replace(c.cell(model), batch_size=speed.BATCH)
+        layout = resolve_execution(cfg, c.device).describe()["memory_format"]
         alone = speed.ours_images_per_s(cfg, data, c.device)["images_per_s"]
-        for k in (2,) if c.tiny else (3, 4, 12):
+        for i, k in enumerate((2,) if c.tiny else (3, 4, 12)):
             fused = fused_speed.fused_images_per_s(cfg, data, c.device, k)
             shared = speed.concurrent_images_per_s(
                 cfg, "cifar", steps, c.device, k, c.sizes.window_s
             )
             rows.append(
-                {"model": model, "K": k, "fused images/s": fused, "separate images/s": alone,
-                 "shared images/s": shared, "fused / separate": fused / alone,
-                 "fused / shared": fused / shared}
+                {"model": model, "K": k, "memory format": layout, "fused images/s": fused,
+                 "separate images/s": alone, "shared images/s": shared,
+                 "fused / separate": fused / alone, "fused / shared": fused / shared}
             )  # fmt: skip
+            if i == 0 and layout == "channels_last" and model != "mlp":
+                plain = replace(cfg, memory_format="contiguous")
+                contiguous = fused_speed.fused_images_per_s(plain, data, c.device, k)
+                rows[-1]["fused contiguous images/s"] = contiguous
+            if i == 0 and c.cuda:  # the fused step captured (full batches), as K = 1's graphs
+                captured = replace(cfg, cuda_graphs="on")
+                graphs = fused_speed.fused_images_per_s(captured, data, c.device, k)
+                rows[-1]["fused graphs images/s"] = graphs
     best = max(rows, key=lambda r: r["fused / separate"])
     summary = f"best: {best['model']} K={best['K']} fused {best['fused images/s']:,.0f} images/s"
     summary += f", {best['fused / separate']:.2f}x one process, {best['fused / shared']:.2f}x "
-    summary += f"{best['K']} processes sharing the device"
+    summary += f"{best['K']} processes sharing the device ({best['memory format']})"
     return {"status": "info", "summary": summary, "rows": rows}
 
 

@@ -1,7 +1,8 @@
 """The graphs section's step-level checks, for gpu_check.py (a library, not a script): a captured
 CUDA graph of the training step against as many eager steps from the same state, the lr that
-reaches the graph, and no host sync per step. Each takes gpu_check's `Check` and returns report
-rows (check_rows.py).
+reaches the graph, no host sync per step, and the fused step (K members, normdrop.fusion)
+captured against the fused step eager. Each takes gpu_check's `Check` and returns report rows
+(check_rows.py).
 """
 
 from __future__ import annotations
@@ -22,8 +23,10 @@ from normdrop.execution import (
     copy_lr_into,
     lr_to_device,
     make_train_step,
+    named_tensors,
     resolve_execution,
 )
+from normdrop.fusion import FusedModel, StackedAdam, capture_fused_step, make_fused_step
 from normdrop.models import build_model
 from normdrop.train import make_optimizer, make_scheduler
 
@@ -35,6 +38,8 @@ if TYPE_CHECKING:
 # integers (num_batches_tracked, Adam's step on CPU, RNG state) must be equal.
 GRAPH_TOLERANCE = (1e-5, 1e-7)
 GRAPH_STEPS = 5
+FUSED_K = 3  # members of the fused graph rows (seeds 42, 43, 44)
+FUSED_LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last": torch.channels_last}
 
 
 # The graphs section runs train()'s own parts (normdrop.execution, normdrop.train): the eager
@@ -192,3 +197,78 @@ def no_host_sync(c: Check, model_name: str) -> dict:
     graph_syncs = any(f.startswith("graph") for f in failures)
     keep = "cuda_graphs" if graph_syncs else "nothing (a speed defect of the eager step)"
     return row(check, not failures, "; ".join(failures) or "eager and graph steps", keep)
+
+
+# --------------------------------------------------------------------------- the fused step
+def capture_fused(step, model, optimizer, x_shape, device):
+    """capture_fused_step on CUDA; on CPU the eager fused step itself (as `capture`)."""
+    if device.type != "cuda":
+        return step
+    return capture_fused_step(step, model, optimizer, x_shape, device)
+
+
+def _setup_fused(c: Check, model_name: str, memory_format) -> SimpleNamespace:
+    """FUSED_K members (seeds 42, 43, 44; bn: dropout off), fp32, deterministic, as the fused
+    job builds them (FusedModel, StackedAdam capturable on CUDA, make_fused_step) with each
+    member's 4-d slices in `memory_format`; GRAPH_STEPS + 1 batches of (K, B, ...); `capture()`
+    makes the graph (on CPU: the eager step stands in)."""
+    cfgs = [
+        c.cell(model_name, "bn", seed=seed, deterministic=True, precision="fp32")
+        for seed in (42, 43, 44)[:FUSED_K]
+    ]
+    data = c.data((GRAPH_STEPS + 1) * FUSED_K).to(c.device)
+    x = normalize(data.train_x, *standardization(data.mean, data.std))
+    b = cfgs[0].batch_size
+    xs = x.split(FUSED_K * b)
+    ys = data.train_y.split(FUSED_K * b)
+    batches = [
+        (xb.view(FUSED_K, b, *data.in_shape), yb.view(FUSED_K, b))
+        for xb, yb in zip(xs, ys, strict=True)
+    ]
+    model = FusedModel(cfgs, data.in_shape, 10, c.device, memory_format)
+    model.train()
+    adam = StackedAdam(model.params, cfgs, c.device, capturable=c.cuda)
+    s = SimpleNamespace(model=model, optimizer=adam, batches=batches)
+    s.step = make_fused_step(model, adam, c.device, bf16=False)
+    s.active = torch.ones(FUSED_K, dtype=torch.bool, device=c.device)
+    shape = batches[0][0].shape
+    s.capture = lambda: capture_fused(s.step, model, adam, shape, c.device)
+    return s
+
+
+def _fused_state(s: SimpleNamespace) -> dict[str, torch.Tensor]:
+    """The fused model's params and buffers and StackedAdam's moments and step, cloned."""
+    out = {f"model {k}": v.detach().clone() for k, v in named_tensors(s.model.state_dict())}
+    for i, state in enumerate(s.optimizer.state.values()):
+        out |= {f"adam {i} {k}": v.clone() for k, v in state.items()}
+    return out
+
+
+def fused_graph_vs_eager(c: Check, model_name: str, layout: str) -> list[dict]:
+    """From one state (one eager step taken: Adam state non-zero), on the same batches:
+    GRAPH_STEPS replays of the captured fused step against as many eager fused steps of a twin
+    built the same way; per step the K members' losses, after the last the whole state. And the
+    state right after capture against right before it (CUDA)."""
+    name = f"fused graph == fused eager, {model_name} K={FUSED_K} {layout}"
+    s, twin = (_setup_fused(c, model_name, FUSED_LAYOUTS[layout]) for _ in range(2))
+    for run in (s, twin):
+        run.step(*run.batches[0], run.active)
+    before = _fused_state(s)
+    graph = s.capture()
+    restored = first_difference([before], [_fused_state(s)])
+
+    def steps(run, step):
+        out = [{"losses": step(x, y, run.active)[0].clone()} for x, y in run.batches[1:]]
+        out[-1] |= _fused_state(run)
+        return out
+
+    d = first_difference(steps(s, graph), steps(twin, twin.step))
+    where = f"; first difference at {d['first difference']}" if d["first difference"] else ""
+    stand_in = "" if c.cuda else " (eager stand-in for the graph: the comparison ran)"
+    detail = f"{GRAPH_STEPS} steps, fp32, dropout off: bitwise {d['bitwise']}{where}{stand_in}"
+    restore = (restored["first difference"] or "model, Adam as before") if c.cuda else ""
+    check = f"fused capture restores state, {model_name} {layout}"
+    return [
+        row(name, d["ok"], detail, "cuda_graphs with fuse"),
+        row(check, restored["bitwise"] if c.cuda else None, restore, "cuda_graphs with fuse"),
+    ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import itertools
 import json
 import os
 import signal
@@ -210,6 +211,12 @@ def test_graphs_section_runs_the_comparison_on_cpu(tmp_path, run_gpu_check):
         assert rows[needs_cuda]["status"] == "skipped: needs CUDA"
     assert rows["lease without nvidia-smi"]["status"] == "skipped: needs CUDA"
     assert rows["augment crop_flip"]["status"] == "pass"
+    for model, layout in itertools.product(("cnn", "resnet20"), ("contiguous", "channels_last")):
+        fused = rows[f"fused graph == fused eager, {model} K=3 {layout}"]
+        assert fused["status"] == "pass" and "bitwise True" in fused["detail"]
+        assert "eager stand-in" in fused["detail"]
+        restored = rows[f"fused capture restores state, {model} {layout}"]
+        assert restored["status"] == "skipped: needs CUDA"
     refused = rows["graphs refused: lstm, norm none + dropout"]
     assert refused["status"] == "pass" and "lstm with norm none and dropout" in refused["detail"]
     assert list(report["sections"]) == ["graphs"]
@@ -253,6 +260,18 @@ def test_lr_check_catches_a_graph_reading_a_stale_lr(check, monkeypatch):
     monkeypatch.setattr(graph_steps, "capture", stale_lr)
     row = graph_steps.lr_reaches_graph(check, "cnn")
     assert row["status"] == "fail" and "at lr 0 a replay changed" in row["detail"], row
+
+
+def test_fused_graph_row_catches_a_graph_that_skips_the_optimizer(check, monkeypatch):
+    def frozen_weights(step, model, optimizer, x_shape, device):
+        """A 'graph' whose replays update no member (as if Adam's step were not captured)."""
+        return lambda x, y, active: step(x, y, torch.zeros_like(active))
+
+    monkeypatch.setattr(graph_steps, "capture_fused", frozen_weights)
+    row = graph_steps.fused_graph_vs_eager(check, "cnn", "channels_last")[0]
+    assert row["status"] == "fail" and row["keep off"] == "cuda_graphs with fuse"
+    # step 1's losses are computed before the update: equal; step 2's are not
+    assert "first difference at step 2, losses" in row["detail"], row
 
 
 def test_first_difference_reports_step_and_tensor_and_tolerance():

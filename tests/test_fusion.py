@@ -3,7 +3,9 @@ is the run it replaces. With dropout off, fp32 and CPU kernels, each member's pe
 epoch records equal its unfused run's within TOL (measured on CPU: 0, bitwise, for the MLP, CNN,
 ResNet-20, the ViT with LayerNorm and the LSTM with LayerNorm or its per-step BatchNorm), and a
 deliberately broken fusion (members sharing a data order, BatchNorm statistics, Adam state or
-learning rate) fails it."""
+learning rate) fails it. The GPU settings on CPU: StackedAdam's capturable mode (CUDA graphs)
+gives the default mode's parameters bitwise; fused channels_last gives each member's unfused
+channels_last run's losses bitwise (CNN), and the fused contiguous run's within CL_TOL."""
 
 from __future__ import annotations
 
@@ -19,12 +21,23 @@ from normdrop import train as train_module
 from normdrop.attempts import Preempted, StopSignals
 from normdrop.checkpoints import Checkpointer
 from normdrop.config import ConfigError, RunConfig
-from normdrop.data import SyntheticSpec, download, load_prepared, prepare
-from normdrop.fusion import FusedModel, StackedAdam
-from normdrop.train import main, train, train_members
+from normdrop.data import (
+    SyntheticSpec,
+    download,
+    load_prepared,
+    normalize,
+    prepare,
+    standardization,
+)
+from normdrop.fusion import FusedModel, StackedAdam, make_fused_step, members_in_format
+from normdrop.train import main, make_scheduler, train, train_members
 
 ONE_EPOCH = dict(epochs=1, lr_milestones=())
 TOL = 1e-5  # relative, per step and per epoch-record value (the issue's bound)
+# channels_last against contiguous, relative: other convolution kernels (oneDNN's channels_last
+# ones sum in another order), as tests/test_gpu_path.py bounds the unfused run's. Measured: 2e-5
+# for the tiny CNN over an epoch.
+CL_TOL = 1e-3
 CPU = torch.device("cpu")
 QUIET = dict(log=lambda line: None)
 pytestmark = pytest.mark.filterwarnings("ignore:There is a performance drop")
@@ -253,3 +266,75 @@ def test_the_cli_writes_each_members_run_folder(tiny_data, tmp_path, capsys):
     assert [m["lr"] for m in metas] == [1e-3, 3e-3] and metas[0]["seed"] == 42
     assert metas[0]["fused_with"] == [str(tmp_path / "job" / "lr0.003")]
     assert not (tmp_path / "job" / "checkpoint.pt").exists()  # the outputs hold everything
+
+
+# --------------------------------------------------------------------------- GPU settings on CPU
+def test_capturable_adam_equals_the_default_mode_bitwise(small):
+    # 20 steps of the fused CNN (BatchNorm: Adam fed tiny gradients, where an ulp would grow),
+    # the lr x0.1 after step 10 (the milestone). Capturable: step count and bias corrections
+    # on the device in float64, lr filled into one fixed tensor. CPU: the same float64 pow and
+    # sqrt, so bitwise (bound 0); on CUDA an ulp of float64 may differ (StackedAdam's note).
+    def run(capturable):
+        cfgs = members(model="cnn")
+        model = FusedModel(cfgs, small.in_shape, small.num_classes, CPU)
+        adam = StackedAdam(model.params, cfgs, CPU, capturable=capturable)
+        scheduler, lr = make_scheduler(adam.schedule_groups, cfgs[0]), adam.lr
+        step, gen = make_fused_step(model, adam, CPU, bf16=False), torch.Generator().manual_seed(0)
+        scale, shift = standardization(small.mean, small.std)
+        model.train()
+        for i in range(20):
+            idx = torch.stack(
+                [torch.randperm(len(small.train_y), generator=gen)[:32] for _ in cfgs]
+            )
+            step(
+                normalize(small.train_x[idx], scale, shift),
+                small.train_y[idx],
+                torch.tensor([True, True]),
+            )
+            if i == 9:
+                scheduler.step()
+                adam.read_lrs()
+        assert adam.lr is lr and adam.lr.tolist() == pytest.approx([1e-4, 3e-4])  # in place
+        assert adam.steps_taken == 20 and adam.state_dict()["step"] == 20
+        return model.params, adam
+
+    default, capturable = run(False), run(True)
+    assert capturable[1].step_t.device == CPU and capturable[1].step_t.dtype == torch.float64
+    for name, p in default[0].items():
+        assert torch.equal(p, capturable[0][name]), name
+    for part in ("exp_avg", "exp_avg_sq"):
+        for name, t in getattr(default[1], part).items():
+            assert torch.equal(t, getattr(capturable[1], part)[name]), (part, name)
+
+
+def test_fused_channels_last_equals_unfused_channels_last_and_fused_contiguous(small, monkeypatch):
+    # One epoch of the tiny CNN, dropout off, fp32: each member's per-step losses and epoch
+    # records equal its unfused channels_last run's bitwise (measured; bound TOL), and the fused
+    # contiguous run's within CL_TOL; every per-member convolution got channels_last tensors.
+    last = members(model="cnn", memory_format="channels_last", **ONE_EPOCH)
+    contiguous = members(model="cnn", **ONE_EPOCH)
+    calls = []
+    conv2d = torch.nn.functional.conv2d
+
+    def recording(x, weight, *args):
+        cl = torch.channels_last
+        calls.append(x.is_contiguous(memory_format=cl) and weight.is_contiguous(memory_format=cl))
+        return conv2d(x, weight, *args)
+
+    with monkeypatch.context() as m:
+        m.setattr(torch.nn.functional, "conv2d", recording)
+        fused = train_members(last, small, CPU, **QUIET)
+    # 5 convolutions x 2 members x 3 steps, and the members' evaluations (unfused modules)
+    assert len(calls) >= 30 and all(calls)
+    assert fused[0].execution["memory_format"] == "channels_last"
+    assert mismatch(fused, unfused(last, small)) <= TOL
+    reference = train_members(contiguous, small, CPU, **QUIET)
+    assert 0 < mismatch(fused, reference) <= CL_TOL  # 0: the kernels did differ
+
+    model = FusedModel(last, small.in_shape, small.num_classes, CPU)
+    x = members_in_format(torch.randn(2, 32, *small.in_shape), model.memory_format)
+    assert x.permute(0, 1, 3, 4, 2).is_contiguous()  # (K, B, H, W, C) in memory
+    assert all(x[k].is_contiguous(memory_format=torch.channels_last) for k in range(2))
+    convs = [p for p in model.params.values() if p.dim() == 5]
+    assert convs and all(p[1].is_contiguous(memory_format=torch.channels_last) for p in convs)
+    assert all(not p[1].is_contiguous() for p in convs)  # really channels_last, not both

@@ -5,6 +5,7 @@ on a041c63 (HANDOFF-train.md has the evidence)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 
@@ -342,3 +343,211 @@ def test_restored_adam_state_is_laid_out_as_channels_last_params(
             assert s[key].stride() == p.stride(), (key, tuple(p.shape))
     steps = [s["step"] for s in state.values()]
     assert all(float(t) > 0 for t in steps)  # the checkpoint's state, not a fresh one
+
+
+# --------------------------------------------------------------------------- capture (K >= 1)
+class CudaOnCpu:
+    """What execution.capture_step calls of torch.cuda, on the CPU: streams that do nothing, the
+    capture's `with torch.cuda.graph(...)` running the step eagerly (a real capture records it
+    without running it: here it changes the state too, which the restore must undo as well), a
+    replay that counts and runs `replay_fn` if one is set, and the CPU generator as the CUDA RNG.
+    What this cannot show (a real replay's numbers) is gpu_check's `fused graph == fused eager`
+    row."""
+
+    def __init__(self, monkeypatch):
+        self.replays, self.replay_fn = 0, None
+        stream = type("Stream", (), {"wait_stream": lambda self, other: None})
+        outer = self
+
+        class Graph:
+            def replay(self):
+                outer.replays += 1
+                if outer.replay_fn:
+                    outer.replay_fn()
+
+        m = monkeypatch
+        m.setattr(torch.cuda, "Stream", lambda device=None: stream())
+        m.setattr(torch.cuda, "current_stream", lambda device=None: stream())
+        m.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+        m.setattr(torch.cuda, "CUDAGraph", Graph)
+        m.setattr(torch.cuda, "graph", lambda graph: contextlib.nullcontext())
+        m.setattr(torch.cuda, "get_rng_state", lambda device=None: torch.get_rng_state())
+        m.setattr(
+            torch.cuda, "set_rng_state", lambda state, device=None: torch.set_rng_state(state)
+        )
+
+
+def _batch(data, k, batch=32):
+    """k members' first batches, normalized: x (k, B, C, H, W), y (k, B)."""
+    from normdrop.data import normalize, standardization
+
+    x = normalize(data.train_x[: k * batch], *standardization(data.mean, data.std))
+    return x.view(k, batch, *data.in_shape), data.train_y[: k * batch].view(k, batch)
+
+
+def test_fused_capture_puts_model_adam_and_rng_back_in_the_same_memory(
+    tiny_data, monkeypatch, tiny_config, cpu
+):
+    from normdrop.execution import named_tensors
+    from normdrop.fusion import FusedModel, StackedAdam, capture_fused_step, make_fused_step
+
+    # BatchNorm (statistics, counters), dropout (the RNG), channels_last (the static batch)
+    base = dict(model="cnn", width=4, norm="batch", dropout_rate=0.3)
+    cfgs = [tiny_config(**base, seed=s, memory_format="channels_last") for s in (42, 43)]
+    data = load_prepared(tiny_data)
+    model = FusedModel(cfgs, data.in_shape, data.num_classes, cpu)
+    adam = StackedAdam(model.params, cfgs, cpu, capturable=True)
+    step = make_fused_step(model, adam, cpu, bf16=False)
+    model.train()
+    x, y = _batch(data, 2)
+    active = torch.tensor([True, True])
+    step(x, y, active)  # Adam's state exists, non-zero, before capture: restoring it is tested
+    with pytest.raises(ValueError, match="capturable"):
+        capture_fused_step(step, model, StackedAdam(model.params, cfgs, cpu), x.shape, cpu)
+
+    def state():
+        named = dict(named_tensors(model.state_dict()))
+        for i, s in enumerate(adam.state.values()):
+            named |= {f"adam {i} {k}": v for k, v in s.items()}
+        return named
+
+    before = {k: v.detach().clone() for k, v in state().items()}
+    addresses = {k: v.data_ptr() for k, v in state().items()}
+    rng = torch.get_rng_state()
+    seen = []
+
+    def recording_step(*static):
+        seen.append((adam.steps_taken, *static))
+        return step(*static)
+
+    fake = CudaOnCpu(monkeypatch)
+    graph_step = capture_fused_step(recording_step, model, adam, x.shape, cpu)
+    assert [s[0] for s in seen] == [1, 2, 3, 4]  # 3 warm-up steps and the capture ran
+    after = state()
+    assert {k: v.data_ptr() for k, v in after.items()} == addresses  # the graph's addresses
+    for k, v in after.items():
+        assert torch.equal(v, before[k]), k
+    assert torch.equal(torch.get_rng_state(), rng)
+    static_x, static_y, static_active = seen[0][1:]
+    assert static_x.shape == x.shape and static_x.permute(0, 1, 3, 4, 2).is_contiguous()
+    assert static_y.shape == y.shape and static_active.dtype == torch.bool
+    graph_step(x, y, active)
+    assert fake.replays == 1 and torch.equal(static_x, x)  # the batch copied into the graph's
+
+
+def test_k1_capture_leaves_a_fresh_run_as_it_was(tiny_data, monkeypatch, tiny_config, cpu):
+    # capture_train_step (train's K = 1 path, now over capture_step): torch's Adam makes its
+    # state in the warm-up; zeroed, the next eager step is a fresh run's first, bitwise.
+    from normdrop.execution import capture_train_step, make_train_step
+    from normdrop.models import build_model
+
+    cfg = tiny_config(model="cnn", width=4, norm="batch")
+    data = load_prepared(tiny_data)
+    x, y = (t[0] for t in _batch(data, 1))
+
+    def fresh():
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg.model, data.in_shape, data.num_classes, 4, "batch").train()
+        adam = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        return model, adam, make_train_step(model, adam, cpu, bf16=False)
+
+    model, adam, step = fresh()
+    CudaOnCpu(monkeypatch)
+    capture_train_step(step, model, adam, x.shape, torch.contiguous_format, cpu)
+    assert adam.state and all(float(s["step"]) == 0 for s in adam.state.values())
+    twin_model, _, twin_step = fresh()
+    assert torch.equal(step(x, y)[0], twin_step(x, y)[0])
+    twin = twin_model.state_dict()
+    for name, p in model.state_dict().items():
+        assert torch.equal(p, twin[name]), name
+
+
+class FusedGraphsOnCpu(CudaOnCpu):
+    """train_members' fused capture (the real capture_fused_step and capture_step, torch.cuda
+    stubbed as in CudaOnCpu) with a replay that runs the captured step again on the static
+    inputs, into the static outputs, reading the (K,) lr tensor StackedAdam held at capture: what
+    a real graph reads, whatever `optimizer.lr` is now."""
+
+    def __init__(self, monkeypatch):
+        super().__init__(monkeypatch)
+        self.captures = 0
+        real = train_module.capture_fused_step
+
+        def capture(step_fn, model, optimizer, x_shape, device, warmup=3):
+            self.captures += 1
+            calls = []
+
+            def recording(*static):
+                out = step_fn(*static)
+                calls.append((static, out, optimizer.lr))
+                return out
+
+            graph_step = real(recording, model, optimizer, x_shape, device, warmup)
+            static, outputs, captured_lr = calls[-1]  # the capture's call
+
+            def replay():
+                live, optimizer.lr = optimizer.lr, captured_lr
+                try:
+                    for out, new in zip(outputs, step_fn(*static), strict=True):
+                        out.copy_(new)
+                finally:
+                    optimizer.lr = live
+
+            self.replay_fn = replay
+            return graph_step
+
+        monkeypatch.setattr(train_module, "capture_fused_step", capture)
+
+
+def test_fused_members_under_emulated_graphs_equal_the_eager_fused_run(
+    tiny_data, monkeypatch, tiny_config, cpu, quiet
+):
+    # BatchNorm, dropout (the RNG put back after capture), crop_flip, two milestones (the lr the
+    # graph reads), members of other seeds and rates; 270 images: 8 full batches replay the
+    # graph, the 9th (14 images) runs eagerly. Capturable StackedAdam under graphs, the default
+    # one eager: bitwise on CPU (test_fusion.py).
+    settings = dict(model="cnn", width=4, norm="batch", dropout_rate=0.3, augment="crop_flip",
+                    epochs=3, lr_milestones=(1, 2), batch_size=32)  # fmt: skip
+    cfgs = [tiny_config(**settings, seed=s, lr=lr) for s, lr in ((42, 1e-3), (43, 3e-3))]
+    data = load_prepared(tiny_data)
+    eager = train_module.train_members(cfgs, data, cpu, **quiet)
+    graphs_execution(monkeypatch)
+    fake = FusedGraphsOnCpu(monkeypatch)
+    graphed = train_module.train_members(cfgs, data, cpu, **quiet)
+    assert fake.captures == 1 and fake.replays == 3 * 8
+    assert graphed[1].execution["cuda_graphs"] is True and graphed[1].execution["fused"] == 2
+    for a, b in zip(eager, graphed, strict=True):
+        pd.testing.assert_frame_equal(a.steps, b.steps)
+        pd.testing.assert_frame_equal(
+            a.epochs.drop(columns="wall_time_s"), b.epochs.drop(columns="wall_time_s")
+        )
+    # The emulation is real: rates put into a new tensor, not the captured one, are not read.
+    from normdrop.fusion import StackedAdam
+
+    def new_tensor(self):
+        lrs = [float(g["lr"]) for g in self.schedule_groups.param_groups]
+        self.lr = torch.tensor(lrs, dtype=torch.float64)
+        return self.lr
+
+    monkeypatch.setattr(StackedAdam, "read_lrs", new_tensor)
+    stale = train_module.train_members(cfgs, data, cpu, **quiet)
+    assert stale[0].epochs.train_loss_mean.iloc[1] != eager[0].epochs.train_loss_mean.iloc[1]
+
+
+def test_fused_cuda_graphs_auto_stays_off_on_cpu_and_on_is_refused_there(
+    tiny_data, monkeypatch, tiny_config, cpu, quiet
+):
+    from normdrop.config import ConfigError
+    from normdrop.grid import fusion_refusal
+
+    def never(*args, **kwargs):
+        raise AssertionError("captured on CPU")
+
+    monkeypatch.setattr(train_module, "capture_fused_step", never)
+    cfgs = [tiny_config(epochs=1, lr_milestones=(), seed=s, cuda_graphs="auto") for s in (42, 43)]
+    result = train_module.train_members(cfgs, load_prepared(tiny_data), cpu, **quiet)
+    assert result[0].execution["cuda_graphs"] is False and result[0].execution["fused"] == 2
+    on = [dataclasses.replace(c, cuda_graphs="on") for c in cfgs]
+    assert fusion_refusal(on) is None  # fused runs may capture: on CUDA
+    with pytest.raises(ConfigError, match="'cuda_graphs' = 'on' needs a CUDA device"):
+        train_module.train_members(on, load_prepared(tiny_data), cpu, **quiet)

@@ -5,7 +5,8 @@ step, and the CUDA-graph path (capture of that step; the lr as captured device t
 Speed, not numbers: none of this is in a run's settings hash. The CUDA-only parts are small and
 named, off by default, and exercised on CPU with fakes in the tests; `benchmarks/gpu_check.py`
 runs them on a GPU (its `graphs` section uses `make_train_step`, `capture_train_step`,
-`lr_to_device` and `copy_lr_into`, as `train()` does).
+`lr_to_device` and `copy_lr_into`, as `train()` does, and normdrop.fusion's
+`capture_fused_step`, over the same `capture_step`).
 """
 
 from __future__ import annotations
@@ -170,49 +171,83 @@ def make_train_step(forward, optimizer, device: torch.device, bf16: bool, clip: 
 
 
 # --------------------------------------------------------------------------- CUDA graphs
-def capture_train_step(step_fn, model, optimizer, x_shape, memory_format, device, warmup=3):
-    """The training step `step_fn(x, y) -> (loss, correct)` (forward, backward, Adam step) as one
-    CUDA graph for batches of shape x_shape: returns `graph_step(x, y)`, which copies the batch
-    into static buffers and replays the graph. CUDA only; see torch.cuda.graphs, "Whole-network
-    capture". The optimizer must be capturable, its lr the device tensors of `lr_to_device`.
+def named_tensors(state: dict, prefix: str = ""):
+    """(name, tensor) of a state dict, nested dicts flattened ("params.fc.weight")."""
+    for key, value in state.items():
+        if isinstance(value, dict):
+            yield from named_tensors(value, f"{prefix}{key}.")
+        elif isinstance(value, torch.Tensor):
+            yield f"{prefix}{key}", value
+
+
+def snapshot_train_state(model, optimizer):
+    """Clones of everything a training step writes in place: the model's weights and buffers
+    (`model.state_dict()`: an nn.Module's, or normdrop.fusion.FusedModel's stacked params and
+    buffers) and the optimizer's per-parameter state (`optimizer.state`: torch's Adam, or
+    StackedAdam's moments and device step count). Returns `restore()`, which copies them back
+    into the very tensors (same memory: a CUDA graph captured in between reads and writes those
+    addresses); optimizer state that did not exist yet (torch's Adam makes it at its first
+    step) is zeroed, as a fresh run has none. The RNG is the caller's (it is per device)."""
+    saved_model = {k: v.detach().clone() for k, v in named_tensors(model.state_dict())}
+    saved_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+
+    @torch.no_grad()
+    def restore() -> None:
+        for k, v in named_tensors(model.state_dict()):
+            v.copy_(saved_model[k])
+        for p, state in optimizer.state.items():
+            for k, v in state.items():  # state a fresh run did not have yet starts at zero
+                v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+
+    return restore
+
+
+def capture_step(step_fn, static_inputs: tuple, model, optimizer, device, warmup=3):
+    """The training step `step_fn(*static_inputs) -> outputs` (forward, backward, optimizer
+    step) as one CUDA graph: returns `graph_step(*inputs)`, which copies the inputs into the
+    static ones (their shapes, dtypes and layouts: train's (x, y), the fused step's (x, y,
+    active)) and replays the graph. CUDA only; see torch.cuda.graphs, "Whole-network capture".
+    The optimizer must be capturable, its lr device tensors (`lr_to_device`; StackedAdam's
+    fixed (K,) tensor).
 
     Capture needs a few warm-up steps on a side stream first; they change the weights, BN
-    statistics, optimizer state and CUDA RNG, so all of these are put back in place (same memory:
-    the graph reads and writes those addresses) and the run goes on exactly where it was.
-    Dropout in the graph draws from the default CUDA generator (graph-safe Philox): each replay
-    advances its offset, so every step gets fresh masks from the run's seeded stream."""
-    static_x = torch.zeros(x_shape, device=device).contiguous(memory_format=memory_format)
-    static_y = torch.zeros(x_shape[0], dtype=torch.long, device=device)
-    saved_model = {k: v.clone() for k, v in model.state_dict().items()}
-    saved_state = {p: {k: v.clone() for k, v in s.items()} for p, s in optimizer.state.items()}
+    statistics, optimizer state and CUDA RNG, so all of these are put back in place
+    (`snapshot_train_state`, same memory: the graph reads and writes those addresses) and the
+    run goes on exactly where it was. Dropout in the graph draws from the default CUDA
+    generator (graph-safe Philox): each replay advances its offset, so every step gets fresh
+    masks from the run's seeded stream."""
+    restore = snapshot_train_state(model, optimizer)
     saved_rng = torch.cuda.get_rng_state(device)
 
     side = torch.cuda.Stream(device)
     side.wait_stream(torch.cuda.current_stream(device))
     with torch.cuda.stream(side):
         for _ in range(warmup):
-            step_fn(static_x, static_y)
+            step_fn(*static_inputs)
     torch.cuda.current_stream(device).wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     optimizer.zero_grad(set_to_none=True)  # grads are then allocated inside the graph's pool
     with torch.cuda.graph(graph):
-        static_loss, static_correct = step_fn(static_x, static_y)
+        static_outputs = step_fn(*static_inputs)
 
-    with torch.no_grad():
-        for k, v in model.state_dict().items():
-            v.copy_(saved_model[k])
-        for p, state in optimizer.state.items():
-            for k, v in state.items():  # state a fresh run did not have yet starts at zero
-                v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+    restore()
     torch.cuda.set_rng_state(saved_rng, device)
 
-    def graph_step(x, y):
-        static_x.copy_(x)
-        static_y.copy_(y)
+    def graph_step(*inputs):
+        for static, given in zip(static_inputs, inputs, strict=True):
+            static.copy_(given)
         graph.replay()
-        return static_loss, static_correct  # overwritten by the next replay: use before then
+        return static_outputs  # overwritten by the next replay: use before then
 
     return graph_step
+
+
+def capture_train_step(step_fn, model, optimizer, x_shape, memory_format, device, warmup=3):
+    """`make_train_step`'s step `(x, y) -> (loss, correct)` as one CUDA graph for batches of
+    shape x_shape (`capture_step`, static x in `memory_format`): `graph_step(x, y)`."""
+    static_x = torch.zeros(x_shape, device=device).contiguous(memory_format=memory_format)
+    static_y = torch.zeros(x_shape[0], dtype=torch.long, device=device)
+    return capture_step(step_fn, (static_x, static_y), model, optimizer, device, warmup)
 
 
 def lr_to_device(optimizer, device: torch.device) -> list[torch.Tensor]:

@@ -200,10 +200,6 @@ def fusion_refusal(cfgs: list[RunConfig]) -> str | None:
         )
     if cfg.compile:
         return "cannot fuse with compile on (the vmapped step is not compiled); use --no-compile"
-    if cfg.cuda_graphs == "on":
-        return "cannot fuse with cuda_graphs on (not captured fused yet); use auto or off"
-    if cfg.memory_format == "channels_last":
-        return "cannot fuse with memory_format channels_last (the batch is 5-d); use auto"
     return None
 
 

@@ -65,7 +65,7 @@ from normdrop.execution import (
     resolve_execution,
     use_deterministic_algorithms,
 )
-from normdrop.fusion import FusedModel, StackedAdam, make_fused_step
+from normdrop.fusion import FusedModel, StackedAdam, capture_fused_step, make_fused_step
 from normdrop.grid import fusion_refusal  # torch-free: planning refuses the same cells
 from normdrop.models import build_model, count_parameters
 from normdrop.outputs import epoch_record, steps_frame, write_outputs
@@ -164,17 +164,30 @@ class FusedRun(Resumable):
     same interface to the loop as `OneRun`."""
 
     param_count: int  # of one member
+    graph_step: object = None  # the captured fused step for full batches, under CUDA graphs
 
     def make_step(self, ex: Execution, x_shape, device, cfg: RunConfig):
         """`step(x (K, B, ...), y (K, B), active (K,)) -> (losses (K,), correct (K,))`; the
-        update of a member not `active` (diverged) is masked."""
-        return make_fused_step(self.model, self.optimizer, device, ex.bf16, cfg.grad_clip_norm)
+        update of a member not `active` (diverged) is masked. Under CUDA graphs, as K = 1: the
+        graph captured for full batches of `x_shape` (per member), eager for the last, smaller
+        batch; the graph reads StackedAdam's (K,) lr tensor, which `epoch_lrs` fills in place."""
+        eager = make_fused_step(self.model, self.optimizer, device, ex.bf16, cfg.grad_clip_norm)
+        if not ex.cuda_graphs:
+            return eager
+        shape = (len(self.gens), *x_shape)  # (K, B, C, H, W)
+        self.graph_step = capture_fused_step(eager, self.model, self.optimizer, shape, device)
+        full, graph = x_shape[0], self.graph_step
+
+        def step(x, y, active):
+            return (graph if y.shape[1] == full else eager)(x, y, active)
+
+        return step
 
     def member(self, m: int) -> torch.nn.Module:
         return self.model.member(m)  # member m's slice in its own module, for evaluation
 
     def epoch_lrs(self) -> list[float]:
-        self.optimizer.read_lrs()  # the scheduler's rates onto the device, for the update
+        self.optimizer.read_lrs()  # the scheduler's rates into the (K,) tensor a graph reads
         return [float(g["lr"]) for g in self.optimizer.schedule_groups.param_groups]
 
     def execution(self, ex: Execution) -> dict:
@@ -188,8 +201,8 @@ def build_objects(cfgs: list[RunConfig], data: Prepared, device, ex: Execution):
     gens = [torch.Generator(device=device).manual_seed(c.seed) for c in cfgs]
     cfg = cfgs[0]
     if len(cfgs) > 1:
-        model = FusedModel(cfgs, data.in_shape, data.num_classes, device)
-        optimizer = StackedAdam(model.params, cfgs, device)
+        model = FusedModel(cfgs, data.in_shape, data.num_classes, device, ex.memory_format)
+        optimizer = StackedAdam(model.params, cfgs, device, capturable=ex.cuda_graphs)
         scheduler = make_scheduler(optimizer.schedule_groups, cfg)  # each member's own rate
         return FusedRun(model, optimizer, scheduler, gens, count_parameters(model.models[0]))
     torch.manual_seed(cfg.seed)  # model initialization and dropout masks
