@@ -89,13 +89,13 @@ def test_machine_without_a_driver_is_a_cpu_run_without_a_warning(tmp_path, monke
 
 # --------------------------------------------------------------------------- 4: --device cuda:N
 class RunsOn(Exception):
-    """Raised by the fake train(): where main() would have trained."""
+    """Raised by the fake train_members(): where main() would have trained."""
 
 
 @pytest.fixture
 def fake_gpus(monkeypatch, tmp_path):
     """A host with GPUs 0, 1, 2 as far as main() can tell: CUDA counts CUDA_VISIBLE_DEVICES as
-    it stands when asked (after the lease), and train() only reports its device."""
+    it stands when asked (after the lease), and train_members() only reports its device."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1,2")
 
     def count():
@@ -106,10 +106,10 @@ def fake_gpus(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
 
-    def fake_train(cfg, data, device, *args, **kwargs):
+    def fake_train(cfgs, data, device, *args, **kwargs):
         raise RunsOn(device, os.environ["CUDA_VISIBLE_DEVICES"])
 
-    monkeypatch.setattr(train_module, "train", fake_train)
+    monkeypatch.setattr(train_module, "train_members", fake_train)  # main's one training call
     yield tmp_path
     for lease in list(gpu_lease._HELD):
         lease.release()
