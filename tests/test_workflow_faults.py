@@ -106,9 +106,17 @@ def test_snakemake_killed_mid_grid_reruns_only_the_unfinished_runs(
 def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(
     grid, snakemake_cmd, run, kill_group, tail, output
 ):
+    # The first redoes the summary from every run folder; the second would retrain one of those
+    # runs meanwhile, and is refused. (A second that plans the whole grid can instead stop on a
+    # summary file the first deletes while the second plans: Snakemake plans before it locks.)
     locks = grid.workdir / ".snakemake" / "locks"
     cmd = snakemake_cmd(grid.workdir, "--cores", "1", "--forcerun", "aggregate",
                         configs=[grid.override])  # fmt: skip
+    run_meta = grid.run_dir[grid.run_keys[-1]] / "meta.json"
+    retrain = snakemake_cmd(grid.workdir, "--cores", "1", "--forcerun", "train",
+                            str(run_meta.relative_to(grid.workdir)),
+                            configs=[grid.override])  # fmt: skip
+    run_before = run_meta.stat().st_mtime_ns
     summary = grid.results / "summary" / "runs.parquet"
     before = summary.stat().st_mtime_ns
     first = subprocess.Popen(
@@ -120,7 +128,7 @@ def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(
             assert first.poll() is None, first.stdout.read()[-3000:]
             assert time.monotonic() - t0 < 300, "the first workflow never took its lock"
             time.sleep(0.05)
-        second = run(cmd, timeout=300)
+        second = run(retrain, timeout=300)
         still_running = first.poll() is None
         first_out, _ = first.communicate(timeout=600)
     finally:
@@ -129,6 +137,7 @@ def test_second_workflow_on_the_same_folder_is_refused_by_the_lock(
     assert second.returncode != 0, tail(output(second))
     assert "LockException" in output(second) or "cannot be locked" in output(second)
     assert "Job stats" not in second.stdout  # it planned nothing, ran nothing
+    assert run_meta.stat().st_mtime_ns == run_before  # the run it would retrain is untouched
     assert first.returncode == 0, first_out[-3000:]
     assert summary.stat().st_mtime_ns > before  # the first one did redo the summary
     runs = pd.read_parquet(summary)
