@@ -110,3 +110,52 @@ def test_demo_runs_end_to_end_and_a_second_run_has_nothing_to_do(tmp_path, snake
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Nothing to be done" in again.stdout + again.stderr
     assert mtimes == {p: p.stat().st_mtime_ns for p in results.rglob("*.parquet")}
+
+
+@pytest.mark.slow
+def test_a_fused_grid_writes_each_run_as_the_unfused_grid_does(
+    tmp_path, write_config, snakemake, fast_config
+):
+    # The MLP's four cells, 2 seeds, a 2-candidate search: unfused, then with `fuse` on (one job
+    # per cell for the seeds, one per search). Every run folder is written either way, the status
+    # counts each member, and a run without dropout computes the same numbers fused (on CPU).
+    grid = {
+        **fast_config,
+        "select": {"models": ["mlp"]},
+        "train": {"epochs": 2, "lr_milestones": [1]},
+        "lr_search": {"epochs": 1, "candidates": [1.0e-3, 3.0e-3]},
+    }
+    folders, outputs = {}, {}
+    for fused in (False, True):
+        workdir = tmp_path / ("fused" if fused else "unfused")
+        workdir.mkdir()
+        override = write_config(workdir, {**grid, "fuse": {"train": fused, "lr_search": fused}})
+        res = snakemake(workdir, "--cores", "2", configs=[override])
+        assert res.returncode == 0, res.stderr[-3000:]
+        folders[fused], outputs[fused] = workdir / "results" / "demo", res.stdout + res.stderr
+        status = [sys.executable, "-m", "normdrop.status", "--configfile",
+                  str(REPO / "workflow" / "demo.yaml"), str(override), "--directory",
+                  str(workdir), "--json"]  # fmt: skip
+        env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+        shown = subprocess.run(status, capture_output=True, text=True, env=env)
+        counts = json.loads(shown.stdout)["counts"]
+        assert counts["train"]["finished"] == 8 and counts["lr_search"]["finished"] == 8, counts
+    assert "train_fused" in outputs[True] and "lr_search_fused" in outputs[True]
+    assert "train_fused" not in outputs[False]
+
+    runs = {f: pd.read_parquet(folders[f] / "summary" / "runs.parquet") for f in folders}
+    assert list(runs[True].columns) == list(runs[False].columns) and len(runs[True]) == 8
+    files = {
+        f: sorted(p.relative_to(folders[f]) for p in folders[f].rglob("*.parquet")) for f in folders
+    }
+    assert files[True] == files[False]  # every run's and candidate's files, and the summaries
+    for variant in ("none", "bn"):  # no dropout: the same numbers, to the bit
+        for seed in (42, 43):
+            run = Path("runs", "synthetic", "mlp", variant, f"seed{seed}")
+            a, b = (pd.read_parquet(folders[f] / run / "epochs.parquet") for f in (False, True))
+            pd.testing.assert_frame_equal(
+                a.drop(columns="wall_time_s"), b.drop(columns="wall_time_s")
+            )
+            meta = json.loads((folders[True] / run / "meta.json").read_text())
+            other = [Path(p).parts[-2:] for p in meta["fused_with"]]  # the cell's other seed
+            assert other == [(variant, f"seed{85 - seed}")], meta["fused_with"]
