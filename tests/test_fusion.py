@@ -331,7 +331,7 @@ def test_fused_channels_last_equals_unfused_channels_last_and_fused_contiguous(s
     reference = train_members(contiguous, small, CPU, **QUIET)
     assert 0 < mismatch(fused, reference) <= CL_TOL  # 0: the kernels did differ
 
-    model = FusedModel(last, small.in_shape, small.num_classes, CPU)
+    model = FusedModel(last, small.in_shape, small.num_classes, CPU, torch.channels_last)
     x = members_in_format(torch.randn(2, 32, *small.in_shape), model.memory_format)
     assert x.permute(0, 1, 3, 4, 2).is_contiguous()  # (K, B, H, W, C) in memory
     assert all(x[k].is_contiguous(memory_format=torch.channels_last) for k in range(2))

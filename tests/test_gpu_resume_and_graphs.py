@@ -395,7 +395,7 @@ def test_fused_capture_puts_model_adam_and_rng_back_in_the_same_memory(
     base = dict(model="cnn", width=4, norm="batch", dropout_rate=0.3)
     cfgs = [tiny_config(**base, seed=s, memory_format="channels_last") for s in (42, 43)]
     data = load_prepared(tiny_data)
-    model = FusedModel(cfgs, data.in_shape, data.num_classes, cpu)
+    model = FusedModel(cfgs, data.in_shape, data.num_classes, cpu, torch.channels_last)
     adam = StackedAdam(model.params, cfgs, cpu, capturable=True)
     step = make_fused_step(model, adam, cpu, bf16=False)
     model.train()

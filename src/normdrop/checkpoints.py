@@ -232,14 +232,12 @@ def resume(ckpt: dict, live: Resumable, device: torch.device, ex) -> History:
     import torch
 
     live.model.load_state_dict(ckpt["model"])
-    plain = isinstance(live.optimizer, torch.optim.Optimizer)  # K = 1; else StackedAdam
-    if plain:  # with the flags of this execution
+    if isinstance(live.optimizer, torch.optim.Optimizer):  # K = 1: with this execution's flags
         restore_optimizer(live.optimizer, ckpt["optimizer"])
+        _lr_as_float(live.optimizer)
     else:  # fusion.StackedAdam: its own state, its rates put back as floats
         live.optimizer.load_state_dict(ckpt["optimizer"])
     live.scheduler.load_state_dict(ckpt["scheduler"])
-    if plain:
-        _lr_as_float(live.optimizer)
     rng_kept = restore_rng(ckpt["rng"], device, live.gens)
     now = ran_as(device, ex)
     # Checkpoints from before "ran_as" tell only their device, by a CUDA RNG state.

@@ -29,7 +29,7 @@ from torch import nn
 from torch.func import functional_call, stack_module_state, vmap
 
 from normdrop.config import RunConfig
-from normdrop.execution import capture_step, resolve_execution
+from normdrop.execution import capture_step
 from normdrop.models import build_model
 
 
@@ -39,15 +39,18 @@ class FusedModel:
     classes) logits. `models` are the K ordinary modules they were built from: `member(k)` copies
     member k's slice into its module, for evaluation with the unfused code.
 
-    `memory_format` (None: as the members' settings resolve on `device`, `resolve_execution`,
-    as the fused job runs): channels_last lays each member's 4-d conv weight out channels_last
-    (the stack (K, O, kh, kw, I) in memory), and the member modules as the unfused run's."""
+    `memory_format` (the job's, as its Execution resolved it): channels_last lays each member's
+    4-d conv weight out channels_last (the stack (K, O, kh, kw, I) in memory), and the member
+    modules as the unfused run's."""
 
     def __init__(
-        self, cfgs: list[RunConfig], in_shape, num_classes: int, device, memory_format=None
+        self,
+        cfgs: list[RunConfig],
+        in_shape,
+        num_classes: int,
+        device,
+        memory_format=torch.contiguous_format,
     ):
-        if memory_format is None:
-            memory_format = resolve_execution(cfgs[0], torch.device(device)).memory_format
         self.memory_format = memory_format
         self.models = []
         for cfg in cfgs:
